@@ -1,0 +1,70 @@
+"""Engines and connections: the one place that knows backend differences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from chimeway.errors import ConfigurationError
+
+__all__ = ["DEFAULT_DATABASE_URL", "connection_of", "create_engine", "is_postgres"]
+
+DEFAULT_DATABASE_URL = "sqlite:///chimeway.db"
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine with the settings Chimeway needs on each backend.
+
+    SQLite gets WAL journaling, a busy timeout (several processes share one
+    file) and foreign keys; ``postgresql://`` URLs use psycopg 3.
+
+    Args:
+        url: a SQLAlchemy database URL.
+        **kwargs: passed to :func:`sqlalchemy.create_engine`.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigurationError(f"database_url {url!r} cannot be used: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin, so
+        # BEGIN IMMEDIATE can take the write lock up front.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("chimeway_write") else "BEGIN")
+
+
+def is_postgres(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "postgresql"
+
+
+def connection_of(target: Session | Connection) -> Connection:
+    """The caller's connection, inside the caller's transaction."""
+    if isinstance(target, Session):
+        return target.connection()
+    if isinstance(target, Connection):
+        return target
+    raise ConfigurationError(
+        f"session must be a sqlalchemy Session or Connection, got {type(target).__name__}"
+    )

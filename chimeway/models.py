@@ -1,0 +1,218 @@
+"""Chimeway's own tables (all prefixed ``chimeway_``), on one ``MetaData``.
+
+Rows are typed SQLAlchemy 2 mapped classes. Hot paths write them with Core
+``insert()`` on the mapped table; reads use the ORM or Core as fits.
+
+Notification tables:
+
+- ``events``: one per trigger, unique per ``(tenant, idempotency_key)``.
+- ``notifications``: one per event × recipient; also the in-app inbox row.
+- ``deliveries``: one per notification × channel (× workflow step).
+- ``attempts``: append-only, one per provider call.
+- ``delivery_decisions``: append-only, every decision that changed a
+  delivery's fate outside an attempt (recovered, suppressed, deferred, ...).
+
+Queue tables: ``jobs``, ``workers`` (heartbeats), ``cron_ticks``.
+
+``tenant`` is stored as ``""`` when the caller passes ``None`` so the unique
+constraints treat "no tenant" as one tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from chimeway.types import JSONType, UTCDateTime
+
+__all__ = [
+    "ACTIVE_JOB_STATES",
+    "Attempt",
+    "Base",
+    "CronTick",
+    "Delivery",
+    "DeliveryDecision",
+    "Event",
+    "Job",
+    "Notification",
+    "WorkerRow",
+    "metadata",
+]
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+class Event(Base):
+    __tablename__ = "chimeway_events"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "idempotency_key", name="uq_chimeway_events_tenant_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    idempotency_key: Mapped[str] = mapped_column(sa.String(500))
+    notifier_key: Mapped[str] = mapped_column(sa.String(200))
+    notifier_version: Mapped[int] = mapped_column(sa.Integer)
+    actor: Mapped[str | None] = mapped_column(sa.String(200))
+    correlation_id: Mapped[str | None] = mapped_column(sa.String(200))
+    cancellation_key: Mapped[str | None] = mapped_column(sa.String(500))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Notification(Base):
+    __tablename__ = "chimeway_notifications"
+    __table_args__ = (
+        sa.Index("ix_chimeway_notifications_inbox", "tenant", "recipient_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_events.id", ondelete="CASCADE"), index=True
+    )
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    recipient: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    notifier_key: Mapped[str] = mapped_column(sa.String(200))
+    category: Mapped[str | None] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when an in-app delivery succeeds: the row is then an inbox item.
+    inbox_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    inbox_content: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Delivery(Base):
+    __tablename__ = "chimeway_deliveries"
+    __table_args__ = (
+        sa.Index("ix_chimeway_deliveries_status_due", "status", "not_before"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_notifications.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    step: Mapped[int | None] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(20))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    message: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Attempt(Base):
+    __tablename__ = "chimeway_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(sa.Integer)
+    outcome: Mapped[str] = mapped_column(sa.String(20))
+    error_class: Mapped[str | None] = mapped_column(sa.String(200))
+    vendor_code: Mapped[str | None] = mapped_column(sa.String(100))
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(500))
+    retry_after: Mapped[float | None] = mapped_column(sa.Float)
+    duration_ms: Mapped[float] = mapped_column(sa.Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeliveryDecision(Base):
+    __tablename__ = "chimeway_delivery_decisions"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event: Mapped[str] = mapped_column(sa.String(50))
+    checkpoint: Mapped[str | None] = mapped_column(sa.String(50))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+# --- the job queue -----------------------------------------------------------
+
+ACTIVE_JOB_STATES = ("available", "scheduled", "executing", "retryable")
+
+
+class Job(Base):
+    __tablename__ = "chimeway_jobs"
+    __table_args__ = (
+        sa.Index("ix_chimeway_jobs_fetch", "queue", "state", "priority", "scheduled_at", "id"),
+        sa.Index("ix_chimeway_jobs_state_scheduled", "state", "scheduled_at"),
+        sa.Index(
+            "uq_chimeway_jobs_unique_key",
+            "unique_key",
+            unique=True,
+            postgresql_where=sa.text("state IN ('available','scheduled','executing','retryable')"),
+            sqlite_where=sa.text("state IN ('available','scheduled','executing','retryable')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    state: Mapped[str] = mapped_column(sa.String(20))
+    queue: Mapped[str] = mapped_column(sa.String(100))
+    worker: Mapped[str] = mapped_column(sa.String(300))
+    args: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    errors: Mapped[list[Any]] = mapped_column(JSONType)
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, default=20)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+    unique_key: Mapped[str | None] = mapped_column(sa.String(500))
+    inserted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempted_by: Mapped[str | None] = mapped_column(sa.String(200))
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    discarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkerRow(Base):
+    __tablename__ = "chimeway_workers"
+
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    node: Mapped[str] = mapped_column(sa.String(200))
+    queues: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class CronTick(Base):
+    __tablename__ = "chimeway_cron_ticks"
+
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    tick_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    inserted_at: Mapped[datetime] = mapped_column(UTCDateTime())
