@@ -1,0 +1,161 @@
+"""Shared plumbing for channels that speak HTTP: one pooled client, one classifier."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from chimeway.channels.base import Channel
+from chimeway.values import DeliveryResult, Message
+
+__all__ = [
+    "HTTPChannel",
+    "classify_http",
+    "classify_transport_error",
+    "parse_retry_after",
+]
+
+TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now())
+
+
+def classify_transport_error(exc: httpx.TransportError) -> DeliveryResult:
+    """Timeouts, refused connections and protocol errors are worth retrying."""
+    return DeliveryResult.temporary(
+        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+        error_class=type(exc).__name__,
+    )
+
+
+def classify_http(
+    response: httpx.Response,
+    *,
+    provider_message_id: str | None = None,
+    vendor_code: str | None = None,
+    detail: str | None = None,
+) -> DeliveryResult:
+    """Map an HTTP response onto an outcome.
+
+    2xx ⇒ succeeded; 408/425/429/5xx ⇒ temporary (``Retry-After`` honoured);
+    any other status ⇒ permanent.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return DeliveryResult.ok(provider_message_id=provider_message_id)
+    text = detail if detail is not None else _short_body(response)
+    message = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    if status in TEMPORARY_STATUSES or status >= 500:
+        return DeliveryResult.temporary(
+            message,
+            error_class=f"http_{status}",
+            vendor_code=vendor_code,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    return DeliveryResult.permanent(message, error_class=f"http_{status}", vendor_code=vendor_code)
+
+
+def _short_body(response: httpx.Response, limit: int = 300) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return ""
+    text = " ".join(text.split())
+    return text[:limit]
+
+
+class HTTPChannel(Channel):
+    """A channel that owns one connection-pooled ``httpx.Client``.
+
+    Args:
+        base_url: the provider's API root (point it at a local server in tests).
+        timeout: seconds for connect/read/write/pool.
+        client: an ``httpx.Client`` to use instead of creating one.
+        headers: extra headers sent with every request.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "",
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._owns_client = client is None
+        self._client = client
+        self._async_client: httpx.AsyncClient | None = None
+        self._headers = dict(headers or {})
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=self.timeout,
+                headers=self._headers,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            )
+        return self._client
+
+    @property
+    def async_client(self) -> httpx.AsyncClient:
+        if self._async_client is None:
+            self._async_client = httpx.AsyncClient(timeout=self.timeout, headers=self._headers)
+        return self._async_client
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def request(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response | DeliveryResult:
+        """Make one request; a transport error comes back as a temporary result."""
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        try:
+            return self.client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            return classify_transport_error(exc)
+
+    async def request_async(
+        self, method: str, path_or_url: str, **kwargs: Any
+    ) -> httpx.Response | DeliveryResult:
+        """Async twin of :meth:`request` over a pooled ``httpx.AsyncClient``."""
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        try:
+            return await self.async_client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            return classify_transport_error(exc)
+
+    def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            self._client.close()
+        self._client = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def message_summary(message: Message) -> str:
+    return f"delivery {message.delivery_id} ({message.notifier_key} via {message.channel})"
