@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from chimeway.errors import ConfigurationError
 
-__all__ = ["DEFAULT_DATABASE_URL", "connection_of", "create_engine", "is_postgres"]
+__all__ = ["DEFAULT_DATABASE_URL", "connection_of", "create_engine", "is_postgres", "writer"]
 
 DEFAULT_DATABASE_URL = "sqlite:///chimeway.db"
 
@@ -52,7 +52,21 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("chimeway_write") else "BEGIN")
+        write = conn.get_execution_options().get("chimeway_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def writer(engine: Engine) -> Engine:
+    """An engine whose transactions take SQLite's write lock at BEGIN.
+
+    A deferred SQLite transaction that reads and then writes can fail at once
+    with "database is locked" when another process writes in between; taking
+    the lock up front makes it wait (busy_timeout) instead. On PostgreSQL this
+    is the same engine.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(chimeway_write=True)
 
 
 def is_postgres(bind: Engine | Connection) -> bool:

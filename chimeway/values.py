@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["DeliveryResult", "Message", "Outcome", "Recipient"]
+__all__ = ["DeliveryResult", "Feedback", "FeedbackStatus", "Message", "Outcome", "Recipient"]
 
 Outcome = Literal["succeeded", "temporary", "permanent", "bounced"]
 
@@ -152,3 +152,29 @@ class DeliveryResult:
     ) -> DeliveryResult:
         """The provider says the address does not accept messages."""
         return cls(outcome="bounced", detail=detail, error_class=error_class, vendor_code=vendor_code)
+
+
+FeedbackStatus = Literal["delivered", "bounced", "failed", "complained", "opened", "clicked"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Feedback:
+    """One status report a provider sent back about a message (inbound webhook).
+
+    Args:
+        provider_event_id: the provider's id for this report (used to dedupe).
+        status: what happened to the message.
+        provider_message_id: the provider's message id, as returned when sending.
+        delivery_id: our delivery id, when the provider echoes it back.
+        detail: a short explanation (no secrets).
+        vendor_code: the provider's code for this status, if any.
+        occurred_at: when the provider says it happened.
+    """
+
+    provider_event_id: str
+    status: FeedbackStatus
+    provider_message_id: str | None = None
+    delivery_id: uuid.UUID | None = None
+    detail: str | None = None
+    vendor_code: str | None = None
+    occurred_at: datetime | None = None

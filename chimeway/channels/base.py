@@ -26,7 +26,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from chimeway.values import DeliveryResult, Message, Recipient
+from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
 __all__ = ["Channel"]
 
@@ -75,6 +75,24 @@ class Channel:
         if missing:
             return f"missing required field(s) for this channel: {', '.join(missing)}"
         return None
+
+    def parse_feedback(
+        self, headers: Mapping[str, str], body: bytes, *, url: str | None = None
+    ) -> list[Feedback]:
+        """Verify and parse a provider's inbound status webhook.
+
+        Channels whose provider reports delivery status override this. It must
+        raise :class:`~chimeway.errors.SignatureError` when the request is not
+        authentic (bad or missing signature) and change nothing.
+
+        Args:
+            headers: the request headers (any case).
+            body: the raw request body, exactly as received.
+            url: the full URL the provider called (some providers sign it).
+        """
+        from chimeway.errors import ConfigurationError
+
+        raise ConfigurationError(f"channel {type(self).__name__} does not accept provider feedback")
 
     def close(self) -> None:
         """Release pooled connections; the app calls this on ``close()``."""
