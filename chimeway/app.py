@@ -1,0 +1,192 @@
+"""``Chimeway``: configuration plus the user-facing verbs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from chimeway.channels.base import Channel
+from chimeway.channels.in_app import InApp
+from chimeway.clock import Clock, SystemClock
+from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine
+from chimeway.dispatch.base import Dispatcher
+from chimeway.dispatch.executor import Executor
+from chimeway.dispatch.sync import SyncDispatcher
+from chimeway.errors import ConfigurationError, InvalidInputError
+from chimeway.explain import Explanation, Trace, explain, trace
+from chimeway.inbox import Inbox
+from chimeway.notifier import Notifier
+from chimeway.planning import TriggerResult, plan, write_plan
+
+__all__ = ["Chimeway"]
+
+
+class Chimeway:
+    """A Chimeway application: one database, its channels and a dispatcher.
+
+    Args:
+        database_url: where Chimeway's tables live (default: ``sqlite:///chimeway.db``).
+            Must be the database the caller's sessions write to.
+        engine: an existing SQLAlchemy ``Engine`` to use instead of ``database_url``.
+        dispatcher: ``"sync"`` (deliver in-process after commit), ``"queue"``
+            (through the job queue), or a ``Dispatcher`` instance.
+        channels: channel name → ``Channel``. ``"in_app"`` is added if missing.
+        clock: time source (``chimeway.testing.FakeClock`` in tests).
+        max_attempts: attempts per delivery before a temporary failure is final.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        engine: Engine | None = None,
+        dispatcher: str | Dispatcher = "sync",
+        channels: Mapping[str, Channel] | None = None,
+        clock: Clock | None = None,
+        max_attempts: int = 5,
+    ) -> None:
+        if engine is not None and database_url is not None:
+            raise ConfigurationError("pass database_url or engine, not both")
+        self._owns_engine = engine is None
+        self.engine: Engine = engine if engine is not None else create_engine(database_url or DEFAULT_DATABASE_URL)
+        self.clock: Clock = clock or SystemClock()
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        self.max_attempts = max_attempts
+        configured = dict(channels or {})
+        for name, channel in configured.items():
+            if not isinstance(channel, Channel):
+                raise ConfigurationError(
+                    f"channels[{name!r}] is a {type(channel).__name__}, not a chimeway Channel"
+                )
+        configured.setdefault("in_app", InApp())
+        self.channels: dict[str, Channel] = configured
+        self.executor = Executor(
+            engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts
+        )
+        self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
+
+    def _make_dispatcher(self, dispatcher: str | Dispatcher) -> Dispatcher:
+        if dispatcher == "sync":
+            return SyncDispatcher(self.executor)
+        if isinstance(dispatcher, str):
+            raise ConfigurationError(f"dispatcher must be 'sync', 'queue' or a Dispatcher, got {dispatcher!r}")
+        return dispatcher
+
+    # -- schema -----------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade Chimeway's tables (Alembic, revision ``head``)."""
+        from chimeway.migrations import upgrade
+
+        upgrade(self.engine)
+
+    # -- triggering -------------------------------------------------------------
+
+    def trigger(
+        self,
+        session: Session | Connection,
+        notifier: type[Notifier],
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str,
+        tenant: str | None = None,
+        actor: str | None = None,
+        correlation_id: str | None = None,
+        cancellation_key: str | None = None,
+    ) -> TriggerResult:
+        """Plan a notification inside the caller's transaction.
+
+        Writes the event, one notification per recipient and one delivery per
+        notification × channel through ``session``; never commits it. Rollback
+        leaves nothing behind; after commit the dispatcher delivers.
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``, in a transaction.
+            notifier: the ``Notifier`` subclass.
+            params: JSON values for ``recipients()`` and templates.
+            idempotency_key: unique per tenant; a repeat returns ``duplicate=True``.
+            tenant: the tenant, or ``None``.
+            actor: who caused it.
+            correlation_id: ties it to a request or trace.
+            cancellation_key: a key ``cancel`` can find it by later.
+
+        Raises:
+            ChimewayError: a subclass naming the bad field, before anything is written.
+        """
+        the_plan = plan(
+            notifier,
+            params if params is not None else {},
+            idempotency_key=idempotency_key,
+            tenant=tenant,
+            actor=actor,
+            correlation_id=correlation_id,
+            cancellation_key=cancellation_key,
+            channels=self.channels,
+            now=self.clock.now(),
+        )
+        conn = connection_of(session)
+        result = write_plan(conn, the_plan)
+        if not result.duplicate:
+            pending = [d.id for d in the_plan.deliveries if d.status == "pending"]
+            self.dispatcher.planned(session, conn, pending)
+        return result
+
+    # -- reading ----------------------------------------------------------------
+
+    def inbox(
+        self, recipient: str, tenant: str | None = None, *, session: Session | Connection | None = None
+    ) -> Inbox:
+        """The in-app inbox of one recipient in one tenant.
+
+        Args:
+            recipient: the recipient id.
+            tenant: the tenant, or ``None``.
+            session: run transitions in the caller's transaction instead of Chimeway's own.
+        """
+        return Inbox(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant, session=session)
+
+    def explain(self, delivery_id: uuid.UUID | str) -> Explanation:
+        """Why a delivery has its status: ``.status``, ``.reason``, ``.timeline``."""
+        with self.engine.connect() as conn:
+            return explain(conn, delivery_id)
+
+    def trace(self, event_id: uuid.UUID | str) -> Trace:
+        """An event's notifications and every delivery's explanation."""
+        with self.engine.connect() as conn:
+            return trace(conn, event_id)
+
+    # -- operating --------------------------------------------------------------
+
+    def recover(self, older_than: timedelta = timedelta(minutes=5), *, limit: int = 1000) -> int:
+        """Re-drive deliveries left behind: ``pending`` after a crash, ``failed`` and due.
+
+        Args:
+            older_than: how old a ``pending``/``dispatched`` row must be to count as left behind.
+            limit: at most this many per call.
+
+        Returns:
+            how many deliveries were attempted.
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidInputError("older_than must be a non-negative timedelta")
+        ids = self.executor.recoverable(older_than=older_than, limit=limit)
+        return self.dispatcher.redrive(ids) if ids else 0
+
+    def close(self) -> None:
+        """Close channels' connection pools and, if Chimeway created it, the engine."""
+        for channel in self.channels.values():
+            channel.close()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Chimeway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

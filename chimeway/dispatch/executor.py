@@ -1,0 +1,297 @@
+"""The one executor every delivery goes through: claim, send, record.
+
+1. Claim due deliveries (``pending``/``failed`` → ``dispatched``) in one
+   short transaction, so two executors never send the same attempt.
+2. Call each channel outside any transaction (provider calls can be slow).
+3. Record an append-only attempt and the delivery's new status in one
+   transaction; an in-app success makes the notification an inbox item in
+   that same transaction.
+
+A crash between 1 and 3 leaves the delivery ``dispatched``; ``recover()``
+re-drives it (at-least-once; the stable delivery id lets receivers dedupe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from chimeway.channels.base import Channel
+from chimeway.clock import Clock
+from chimeway.db import writer
+from chimeway.ids import new_id
+from chimeway.models import Attempt, Delivery, DeliveryDecision, Event, Notification
+from chimeway.values import DeliveryResult, Message, Recipient
+
+__all__ = ["DeliveryOutcome", "Executor", "backoff_seconds"]
+
+log = logging.getLogger("chimeway.deliveries")
+
+FINAL_STATUSES = ("succeeded", "cancelled", "suppressed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryOutcome:
+    """What one execution of one delivery ended in.
+
+    Args:
+        delivery_id: the delivery.
+        status: its status afterwards.
+        result: what the channel reported.
+        attempt: the attempt number made.
+        retry_at: when a ``failed`` delivery is due again.
+    """
+
+    delivery_id: uuid.UUID
+    status: str
+    result: DeliveryResult
+    attempt: int
+    retry_at: datetime | None = None
+
+
+def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) -> float:
+    """Exponential backoff for a delivery's next attempt (without jitter)."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+@dataclass(kw_only=True)
+class _Claimed:
+    message: Message
+    channel: Channel | None
+    attempts: int
+
+
+class Executor:
+    """Executes deliveries against the configured channels.
+
+    Args:
+        engine: Chimeway's engine (the same database the caller writes to).
+        channels: channel name → channel.
+        clock: the time source.
+        max_attempts: attempts before a temporary failure becomes final.
+        on_final: called with the outcomes that reached a final state.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        channels: Mapping[str, Channel],
+        clock: Clock,
+        max_attempts: int = 5,
+        on_final: Callable[[Sequence[DeliveryOutcome]], None] | None = None,
+        before_send: Callable[[Message], DeliveryResult | None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.channels = channels
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.on_final = on_final
+        self.before_send = before_send
+
+    def execute(
+        self,
+        delivery_ids: Iterable[uuid.UUID],
+        *,
+        max_attempts: int | None = None,
+        claim_from: Sequence[str] = ("pending", "failed", "deferred"),
+    ) -> list[DeliveryOutcome]:
+        """Claim, send and record the given deliveries that are due.
+
+        Deliveries already final, not yet due, or claimed by someone else are
+        skipped; the return value has one outcome per delivery attempted.
+
+        Args:
+            delivery_ids: the deliveries to execute.
+            max_attempts: overrides the executor's limit (the queue passes the job's).
+            claim_from: statuses that may be claimed.
+        """
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return []
+        claimed = self._claim(ids, claim_from)
+        if not claimed:
+            return []
+        results: list[tuple[_Claimed, DeliveryResult, datetime, float]] = []
+        for item in claimed:
+            started = self.clock.now()
+            t0 = time.perf_counter()
+            result = self._send(item)
+            results.append((item, result, started, (time.perf_counter() - t0) * 1000.0))
+        outcomes = self._record(results, max_attempts or self.max_attempts)
+        final = [o for o in outcomes if o.status in FINAL_STATUSES]
+        if final and self.on_final is not None:
+            self.on_final(final)
+        return outcomes
+
+    def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[_Claimed]:
+        now = self.clock.now()
+        d, n, e = Delivery.__table__, Notification.__table__, Event.__table__
+        with writer(self.engine).begin() as conn:
+            claimed_ids = conn.execute(
+                sa.update(d)
+                .where(
+                    d.c.id.in_(ids),
+                    d.c.status.in_(claim_from),
+                    sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
+                )
+                .values(status="dispatched", attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now)
+                .returning(d.c.id)
+            ).scalars().all()
+            if not claimed_ids:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    d.c.id, d.c.notification_id, d.c.event_id, d.c.tenant, d.c.channel,
+                    d.c.message, d.c.attempts, d.c.created_at, n.c.recipient, e.c.notifier_key,
+                )
+                .join(n, n.c.id == d.c.notification_id)
+                .join(e, e.c.id == d.c.event_id)
+                .where(d.c.id.in_(claimed_ids))
+            ).all()
+        by_id = {row.id: row for row in rows}
+        out = []
+        for delivery_id in ids:
+            row = by_id.get(delivery_id)
+            if row is None:
+                continue
+            message = Message(
+                delivery_id=row.id,
+                notification_id=row.notification_id,
+                event_id=row.event_id,
+                tenant=row.tenant or None,
+                channel=row.channel,
+                notifier_key=row.notifier_key,
+                recipient=Recipient.from_json(row.recipient),
+                fields=row.message,
+                attempt=row.attempts,
+                created_at=row.created_at,
+            )
+            out.append(_Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
+        return out
+
+    def _send(self, item: _Claimed) -> DeliveryResult:
+        if item.channel is None:
+            return DeliveryResult.permanent(
+                f"no channel named {item.message.channel!r} is configured in this process",
+                error_class="UnknownChannel",
+            )
+        if self.before_send is not None:
+            verdict = self.before_send(item.message)
+            if verdict is not None:
+                return verdict
+        try:
+            result = item.channel.send(item.message)
+        except Exception as exc:  # a channel bug must not lose the delivery
+            log.exception("channel %s raised while sending delivery %s", item.message.channel, item.message.delivery_id)
+            return DeliveryResult.temporary(f"{type(exc).__name__}: {exc}"[:500], error_class=type(exc).__name__)
+        if not isinstance(result, DeliveryResult):
+            return DeliveryResult.temporary(
+                f"channel {item.message.channel!r} returned {type(result).__name__}, not a DeliveryResult",
+                error_class="InvalidChannelResult",
+            )
+        return result
+
+    def _record(
+        self, results: list[tuple[_Claimed, DeliveryResult, datetime, float]], max_attempts: int
+    ) -> list[DeliveryOutcome]:
+        now = self.clock.now()
+        d, n = Delivery.__table__, Notification.__table__
+        outcomes: list[DeliveryOutcome] = []
+        attempts: list[dict[str, Any]] = []
+        with writer(self.engine).begin() as conn:
+            for item, result, started, duration_ms in results:
+                message = item.message
+                attempts.append({
+                    "id": new_id(),
+                    "delivery_id": message.delivery_id,
+                    "number": item.attempts,
+                    "outcome": result.outcome,
+                    "error_class": result.error_class,
+                    "vendor_code": result.vendor_code,
+                    "detail": result.detail,
+                    "provider_message_id": result.provider_message_id,
+                    "retry_after": result.retry_after,
+                    "duration_ms": duration_ms,
+                    "started_at": started,
+                })
+                values: dict[str, Any] = {"updated_at": now}
+                retry_at = None
+                if result.outcome == "succeeded":
+                    status = "succeeded"
+                    values.update(status=status, reason=None, completed_at=now,
+                                  provider_message_id=result.provider_message_id)
+                elif result.outcome == "temporary" and item.attempts < max_attempts:
+                    status = "failed"
+                    delay = max(backoff_seconds(item.attempts), result.retry_after or 0.0)
+                    retry_at = now + timedelta(seconds=delay)
+                    values.update(status=status, reason=f"temporary: {result.detail}", not_before=retry_at)
+                elif result.outcome == "temporary":
+                    status = "cancelled"
+                    values.update(status=status, completed_at=now,
+                                  reason=f"retries_exhausted: {result.detail}")
+                else:
+                    status = "cancelled"
+                    values.update(status=status, completed_at=now, reason=f"{result.outcome}: {result.detail}")
+                changed = conn.execute(
+                    sa.update(d).where(d.c.id == message.delivery_id, d.c.status == "dispatched").values(**values)
+                ).rowcount
+                if not changed:
+                    # Someone cancelled or re-drove it meanwhile; the attempt is still recorded.
+                    status = conn.execute(sa.select(d.c.status).where(d.c.id == message.delivery_id)).scalar_one()
+                elif status == "succeeded" and item.channel is not None and item.channel.inbox:
+                    conn.execute(
+                        sa.update(n)
+                        .where(n.c.id == message.notification_id, n.c.inbox_at.is_(None))
+                        .values(inbox_at=now, inbox_content=dict(message.fields))
+                    )
+                outcomes.append(DeliveryOutcome(
+                    delivery_id=message.delivery_id, status=status, result=result,
+                    attempt=item.attempts, retry_at=retry_at,
+                ))
+            conn.execute(sa.insert(Attempt.__table__), attempts)
+        return outcomes
+
+    def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[uuid.UUID]:
+        """Deliveries a crash or a failure left behind, now due again.
+
+        ``pending`` rows older than ``older_than`` (crash between commit and
+        delivery), ``failed`` rows whose retry time has come, and
+        ``dispatched`` rows stuck for longer than ``older_than`` (crash during
+        the send), which are put back to ``pending`` with a decision row.
+        """
+        now = self.clock.now()
+        cutoff = now - older_than
+        d = Delivery.__table__
+        with writer(self.engine).begin() as conn:
+            stuck = conn.execute(
+                sa.select(d.c.id).where(d.c.status == "dispatched", d.c.dispatched_at <= cutoff).limit(limit)
+            ).scalars().all()
+            if stuck:
+                conn.execute(
+                    sa.update(d).where(d.c.id.in_(stuck), d.c.status == "dispatched")
+                    .values(status="pending", updated_at=now)
+                )
+                conn.execute(sa.insert(DeliveryDecision.__table__), [
+                    {"id": new_id(), "delivery_id": i, "at": now, "event": "recovered", "checkpoint": "recover",
+                     "detail": {"rule": "stuck_dispatched", "older_than_seconds": older_than.total_seconds()}}
+                    for i in stuck
+                ])
+            due = conn.execute(
+                sa.select(d.c.id).where(
+                    sa.or_(
+                        sa.and_(d.c.status == "pending", d.c.created_at <= cutoff,
+                                sa.or_(d.c.not_before.is_(None), d.c.not_before <= now)),
+                        sa.and_(d.c.status.in_(("failed", "deferred")), d.c.not_before <= now),
+                    )
+                ).order_by(d.c.id).limit(limit)
+            ).scalars().all()
+        return list(dict.fromkeys([*stuck, *due]))

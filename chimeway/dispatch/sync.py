@@ -1,0 +1,45 @@
+"""The ``sync`` dispatcher: deliver in-process right after the caller commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from chimeway.dispatch.executor import Executor
+from chimeway.transactions import after_commit
+
+__all__ = ["SyncDispatcher"]
+
+
+class SyncDispatcher:
+    """Delivers after the caller's commit, in the committing thread.
+
+    A temporary failure leaves the delivery ``failed`` with its retry time;
+    ``app.recover()`` (or a periodic sweep) retries it. A process that dies
+    between commit and delivery leaves it ``pending`` for ``recover()``.
+
+    Args:
+        executor: the shared executor.
+    """
+
+    name = "sync"
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    def planned(
+        self, target: Session | Connection, conn: Connection, delivery_ids: Sequence[uuid.UUID]
+    ) -> None:
+        if not delivery_ids:
+            return
+        ids = list(delivery_ids)
+        after_commit(target, lambda: self._deliver(ids))
+
+    def _deliver(self, ids: list[uuid.UUID]) -> None:
+        self.executor.execute(ids)
+
+    def redrive(self, delivery_ids: Sequence[uuid.UUID]) -> int:
+        return len(self.executor.execute(delivery_ids))

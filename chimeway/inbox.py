@@ -1,0 +1,235 @@
+"""The in-app inbox: reads and read/seen/archive transitions.
+
+An inbox item is a notification whose in-app delivery succeeded. Every
+query is scoped to one tenant and one recipient; only the first transition
+writes a timestamp.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from chimeway.clock import Clock
+from chimeway.db import connection_of, writer
+from chimeway.errors import InvalidInputError, NotFoundError
+from chimeway.ids import as_uuid
+from chimeway.models import Notification
+from chimeway.planning import tenant_key
+
+__all__ = ["Inbox", "InboxItem", "InboxPage"]
+
+MAX_PAGE = 200
+SignalHook = Callable[[Connection, str, "InboxItem"], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboxItem:
+    """One inbox item.
+
+    Args:
+        id: the notification id.
+        notifier_key: which notifier produced it.
+        category: the notifier's category.
+        content: the rendered in-app fields (``title``, ``body``, ...).
+        created_at: when it was triggered.
+        delivered_at: when it reached the inbox.
+        seen_at / read_at / archived_at: first time of each transition, or ``None``.
+    """
+
+    id: uuid.UUID
+    recipient_id: str
+    notifier_key: str
+    category: str | None
+    content: dict[str, Any]
+    created_at: datetime
+    delivered_at: datetime
+    seen_at: datetime | None
+    read_at: datetime | None
+    archived_at: datetime | None
+
+    @property
+    def title(self) -> str | None:
+        value = self.content.get("title")
+        return None if value is None else str(value)
+
+    @property
+    def body(self) -> str | None:
+        value = self.content.get("body")
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboxPage:
+    """A page of items, newest first; pass ``next_cursor`` to get the next page."""
+
+    items: tuple[InboxItem, ...]
+    next_cursor: str | None
+
+
+class Inbox:
+    """One recipient's inbox within one tenant.
+
+    Args:
+        engine: Chimeway's engine.
+        clock: the time source.
+        recipient: the recipient id.
+        tenant: the tenant, or ``None``.
+        session: run in the caller's ``Session``/``Connection`` instead of
+            Chimeway's own short transactions.
+        on_transition: called inside the transaction after a read/seen
+            transition (emits the ``notification.read``/``seen`` signals).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        clock: Clock,
+        recipient: str,
+        tenant: str | None = None,
+        session: Session | Connection | None = None,
+        on_transition: SignalHook | None = None,
+    ) -> None:
+        if not isinstance(recipient, str) or not recipient:
+            raise InvalidInputError("recipient must be a non-empty recipient id string")
+        self._engine = engine
+        self._clock = clock
+        self.recipient = recipient
+        self.tenant = tenant_key(tenant)
+        self._session = session
+        self._on_transition = on_transition
+
+    @contextmanager
+    def _conn(self, write: bool = False) -> Iterator[Connection]:
+        if self._session is not None:
+            yield connection_of(self._session)
+            return
+        engine = writer(self._engine) if write else self._engine
+        with engine.begin() as conn:
+            yield conn
+
+    def _scope(self) -> sa.ColumnElement[bool]:
+        n = Notification.__table__
+        return sa.and_(n.c.tenant == self.tenant, n.c.recipient_id == self.recipient, n.c.inbox_at.is_not(None))
+
+    def list(
+        self,
+        limit: int = 20,
+        cursor: str | None = None,
+        *,
+        unread_only: bool = False,
+        include_archived: bool = False,
+    ) -> InboxPage:
+        """Newest items first, with keyset pagination.
+
+        Args:
+            limit: items per page (1..200).
+            cursor: ``next_cursor`` from the previous page.
+            unread_only: only items not yet read.
+            include_archived: also archived items.
+        """
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be an int between 1 and {MAX_PAGE}, got {limit!r}")
+        n = Notification.__table__
+        query = sa.select(n).where(self._scope())
+        if unread_only:
+            query = query.where(n.c.read_at.is_(None))
+        if not include_archived:
+            query = query.where(n.c.archived_at.is_(None))
+        if cursor is not None:
+            query = query.where(n.c.id < as_uuid(cursor, name="cursor"))
+        query = query.order_by(n.c.id.desc()).limit(limit + 1)
+        with self._conn() as conn:
+            rows = conn.execute(query).all()
+        items = tuple(_item(row) for row in rows[:limit])
+        next_cursor = str(items[-1].id) if len(rows) > limit and items else None
+        return InboxPage(items=items, next_cursor=next_cursor)
+
+    def get(self, notification_id: uuid.UUID | str) -> InboxItem:
+        """One item of this recipient's inbox."""
+        n = Notification.__table__
+        nid = as_uuid(notification_id, name="notification_id")
+        with self._conn() as conn:
+            row = conn.execute(sa.select(n).where(self._scope(), n.c.id == nid)).first()
+        if row is None:
+            raise NotFoundError(f"notification {nid} is not in the inbox of {self.recipient!r}")
+        return _item(row)
+
+    def unread_count(self) -> int:
+        """Items not read and not archived."""
+        n = Notification.__table__
+        with self._conn() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(n)
+                .where(self._scope(), n.c.read_at.is_(None), n.c.archived_at.is_(None))
+            ).scalar_one())
+
+    def mark_seen(self, notification_id: uuid.UUID | str) -> bool:
+        """Stamp ``seen_at`` the first time; returns whether this call changed it."""
+        return self._transition(notification_id, "seen_at", "notification.seen")
+
+    def mark_read(self, notification_id: uuid.UUID | str) -> bool:
+        """Stamp ``read_at`` (and ``seen_at`` if unset) the first time."""
+        return self._transition(notification_id, "read_at", "notification.read")
+
+    def archive(self, notification_id: uuid.UUID | str) -> bool:
+        """Stamp ``archived_at`` the first time; archived items leave ``list()``."""
+        return self._transition(notification_id, "archived_at", None)
+
+    def mark_all_read(self) -> int:
+        """Mark every unread item read; returns how many changed."""
+        n = Notification.__table__
+        now = self._clock.now()
+        with self._conn(write=True) as conn:
+            ids = conn.execute(
+                sa.update(n).where(self._scope(), n.c.read_at.is_(None))
+                .values(read_at=now, seen_at=sa.func.coalesce(n.c.seen_at, now))
+                .returning(n.c.id)
+            ).scalars().all()
+            if ids and self._on_transition is not None:
+                rows = conn.execute(sa.select(n).where(n.c.id.in_(ids))).all()
+                for row in rows:
+                    self._on_transition(conn, "notification.read", _item(row))
+        return len(ids)
+
+    def _transition(self, notification_id: uuid.UUID | str, column: str, signal: str | None) -> bool:
+        n = Notification.__table__
+        nid = as_uuid(notification_id, name="notification_id")
+        now = self._clock.now()
+        values: dict[str, Any] = {column: now}
+        if column == "read_at":
+            values["seen_at"] = sa.func.coalesce(n.c.seen_at, now)
+        with self._conn(write=True) as conn:
+            changed = conn.execute(
+                sa.update(n).where(self._scope(), n.c.id == nid, n.c[column].is_(None)).values(**values)
+            ).rowcount
+            row = conn.execute(sa.select(n).where(self._scope(), n.c.id == nid)).first()
+            if row is None:
+                raise NotFoundError(f"notification {nid} is not in the inbox of {self.recipient!r}")
+            if changed and signal is not None and self._on_transition is not None:
+                self._on_transition(conn, signal, _item(row))
+        return bool(changed)
+
+
+def _item(row: Any) -> InboxItem:
+    return InboxItem(
+        id=row.id,
+        recipient_id=row.recipient_id,
+        notifier_key=row.notifier_key,
+        category=row.category,
+        content=dict(row.inbox_content or {}),
+        created_at=row.created_at,
+        delivered_at=row.inbox_at,
+        seen_at=row.seen_at,
+        read_at=row.read_at,
+        archived_at=row.archived_at,
+    )

@@ -1,0 +1,116 @@
+"""``Notifier``: what users subclass to declare a kind of notification.
+
+A notifier says who receives it (``recipients``), over which channels
+(``channels`` / ``channels_for``), and what each channel's message says
+(``templates`` or ``build``). Classes register by ``key`` when defined, so a
+worker process that imports the user's app knows every notifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from chimeway.errors import InvalidNotifierError
+from chimeway.values import Recipient
+
+__all__ = ["Notifier", "Recipient", "get_notifier", "registered_notifiers"]
+
+_REGISTRY: dict[str, type[Notifier]] = {}
+
+
+class Notifier:
+    """Base class for notifications.
+
+    Class attributes:
+        key: stable string stored with every event (required).
+        version: bump when the meaning of the notifier changes.
+        category: optional grouping used by preferences.
+        channels: default channel names for every recipient.
+        templates: Jinja2 source per channel per message field.
+        critical: ``True`` for messages that bypass opt-outs (password resets).
+        abstract: ``True`` on intermediate base classes that are not registered.
+        workflow: optional list of steps (see :mod:`chimeway.workflow`).
+    """
+
+    key: ClassVar[str]
+    version: ClassVar[int] = 1
+    category: ClassVar[str | None] = None
+    channels: ClassVar[Sequence[str]] = ()
+    templates: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+    critical: ClassVar[bool] = False
+    abstract: ClassVar[bool] = False
+    workflow: ClassVar[Sequence[Any] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        key = cls.__dict__.get("key", getattr(cls, "key", None))
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidNotifierError(
+                f"notifier {cls.__qualname__} has no `key`: set key = \"a_stable_name\" "
+                "(or abstract = True on a base class)"
+            )
+        if not isinstance(cls.version, int) or cls.version < 1:
+            raise InvalidNotifierError(
+                f"notifier {cls.__qualname__}: `version` must be a positive int, got {cls.version!r}"
+            )
+        if isinstance(cls.channels, str) or not all(isinstance(c, str) for c in cls.channels):
+            raise InvalidNotifierError(
+                f"notifier {cls.__qualname__}: `channels` must be a list of channel names"
+            )
+        _check_templates(cls)
+        existing = _REGISTRY.get(key)
+        if existing is not None and not _same_definition(existing, cls):
+            raise InvalidNotifierError(
+                f"notifier key {key!r} is already used by {existing.__module__}.{existing.__qualname__}; "
+                f"{cls.__module__}.{cls.__qualname__} needs another key"
+            )
+        _REGISTRY[key] = cls
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        """Return who receives this notification for ``params``."""
+        raise NotImplementedError(f"{type(self).__name__}.recipients() is not implemented")
+
+    def channels_for(self, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
+        """Return the channel names for one recipient (default: ``channels``)."""
+        return self.channels
+
+    def build(
+        self, params: Mapping[str, Any], recipient: Recipient, channel: str
+    ) -> Mapping[str, Any] | None:
+        """Return the message fields for one channel, or ``None`` to use ``templates``."""
+        return None
+
+
+def _check_templates(cls: type[Notifier]) -> None:
+    if not isinstance(cls.templates, Mapping):
+        raise InvalidNotifierError(f"notifier {cls.__qualname__}: `templates` must be a dict")
+    for channel, fields in cls.templates.items():
+        if not isinstance(fields, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
+        ):
+            raise InvalidNotifierError(
+                f"notifier {cls.__qualname__}: templates[{channel!r}] must map field names to "
+                "template strings"
+            )
+
+
+def _same_definition(a: type[Notifier], b: type[Notifier]) -> bool:
+    # Re-importing a module (reloaders, `python -m` plus import) defines the
+    # same class again; that is not a conflict.
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def get_notifier(key: str) -> type[Notifier]:
+    """Return the notifier class registered under ``key``."""
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise InvalidNotifierError(f"no notifier is registered with key {key!r}") from None
+
+
+def registered_notifiers() -> dict[str, type[Notifier]]:
+    """A copy of the registry: key → class."""
+    return dict(_REGISTRY)

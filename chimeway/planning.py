@@ -1,0 +1,360 @@
+"""Trigger → event → notifications → delivery plan. The one planner.
+
+``plan()`` validates everything and renders every message before anything is
+written; ``write_plan()`` then writes the rows through the caller's
+connection. A duplicate ``(tenant, idempotency_key)`` writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from chimeway.channels.base import Channel
+from chimeway.errors import (
+    IdempotencyKeyError,
+    InvalidInputError,
+    InvalidNotifierError,
+    InvalidRecipientError,
+    UnknownChannelError,
+)
+from chimeway.ids import new_id
+from chimeway.jsonvalues import check_json, redact
+from chimeway.models import Delivery, DeliveryDecision, Event, Notification
+from chimeway.notifier import Notifier
+from chimeway.templates import render_fields
+from chimeway.values import Recipient
+
+__all__ = [
+    "Plan",
+    "PlannedDelivery",
+    "TriggerResult",
+    "insert_ignoring_conflict",
+    "plan",
+    "render_message",
+    "tenant_key",
+    "write_plan",
+]
+
+MAX_KEY_LENGTH = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerResult:
+    """What ``trigger`` did.
+
+    Args:
+        event_id: the event (the existing one when ``duplicate``).
+        duplicate: ``True`` when the idempotency key was already used; nothing was written.
+        delivery_ids: the event's deliveries, in plan order.
+        notification_ids: the event's notifications (one per recipient).
+    """
+
+    event_id: uuid.UUID
+    duplicate: bool
+    delivery_ids: tuple[uuid.UUID, ...]
+    notification_ids: tuple[uuid.UUID, ...] = ()
+
+
+@dataclass(kw_only=True)
+class PlannedDelivery:
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    recipient: Recipient
+    channel: str
+    fields: dict[str, Any]
+    status: str = "pending"
+    reason: str | None = None
+    step: int | None = None
+    not_before: datetime | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class Plan:
+    event: dict[str, Any]
+    notifications: list[dict[str, Any]]
+    deliveries: list[PlannedDelivery]
+    notifier: Notifier
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return uuid.UUID(str(self.event["id"]))
+
+
+def tenant_key(tenant: str | None) -> str:
+    """How a tenant is stored: ``None`` is the empty string."""
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str):
+        raise InvalidInputError(f"tenant must be a string or None, got {type(tenant).__name__}")
+    return tenant
+
+
+def plan(
+    notifier_cls: type[Notifier],
+    params: Mapping[str, Any],
+    *,
+    idempotency_key: str,
+    tenant: str | None,
+    actor: str | None,
+    correlation_id: str | None,
+    cancellation_key: str | None,
+    channels: Mapping[str, Channel],
+    now: datetime,
+    recipients_override: Sequence[Recipient] | None = None,
+    select_channels: Callable[[Notifier, Mapping[str, Any], Recipient], Sequence[str]] | None = None,
+) -> Plan:
+    """Validate the trigger and render every message; write nothing.
+
+    Args:
+        notifier_cls: a registered ``Notifier`` subclass.
+        params: JSON params for templates and ``recipients()``.
+        idempotency_key: unique per tenant; a repeat is a duplicate.
+        tenant: the tenant, or ``None``.
+        actor: who caused the event (a recipient id, a service name).
+        correlation_id: ties the event to a request or trace.
+        cancellation_key: lets ``cancel`` find this event's deliveries later.
+        channels: the configured channels by name.
+        now: the clock's time.
+        recipients_override: recipients to use instead of ``recipients()``.
+        select_channels: which channels a recipient gets (default: ``channels_for``).
+    """
+    if not (isinstance(notifier_cls, type) and issubclass(notifier_cls, Notifier)):
+        raise InvalidNotifierError(
+            f"notifier must be a Notifier subclass, got {notifier_cls!r}"
+        )
+    if notifier_cls.__dict__.get("abstract", False):
+        raise InvalidNotifierError(f"notifier {notifier_cls.__qualname__} is abstract")
+    _check_key(idempotency_key)
+    tenant_value = tenant_key(tenant)
+    for name, value in (("actor", actor), ("correlation_id", correlation_id),
+                        ("cancellation_key", cancellation_key)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a string or None, got {type(value).__name__}")
+    if not isinstance(params, Mapping):
+        raise InvalidInputError(f"params must be a dict, got {type(params).__name__}")
+    check_json(params)
+
+    notifier = notifier_cls()
+    recipients = _recipients(notifier, params, recipients_override)
+    event_id = new_id()
+    event = {
+        "id": event_id,
+        "tenant": tenant_value,
+        "idempotency_key": idempotency_key,
+        "notifier_key": notifier_cls.key,
+        "notifier_version": notifier_cls.version,
+        "actor": actor,
+        "correlation_id": correlation_id,
+        "cancellation_key": cancellation_key,
+        "params": redact(dict(params)),
+        "created_at": now,
+    }
+    notifications: list[dict[str, Any]] = []
+    deliveries: list[PlannedDelivery] = []
+    for recipient in recipients:
+        notification_id = new_id()
+        notifications.append({
+            "id": notification_id,
+            "event_id": event_id,
+            "tenant": tenant_value,
+            "recipient_id": recipient.id,
+            "recipient": recipient.to_json(),
+            "notifier_key": notifier_cls.key,
+            "category": notifier_cls.category,
+            "created_at": now,
+        })
+        names = (select_channels or _default_channels)(notifier, params, recipient)
+        for channel_name in _unique(names):
+            channel = channels.get(channel_name)
+            if channel is None:
+                raise UnknownChannelError(
+                    f"notifier {notifier_cls.key!r} asks for channel {channel_name!r}, but no channel "
+                    f"is configured with that name (configured: {', '.join(sorted(channels)) or 'none'})"
+                )
+            fields = render_message(notifier, params, recipient, channel_name)
+            planned = PlannedDelivery(
+                id=new_id(),
+                notification_id=notification_id,
+                recipient=recipient,
+                channel=channel_name,
+                fields=fields,
+            )
+            reason = channel.validate(fields, recipient)
+            if reason is not None:
+                planned.status = "cancelled"
+                planned.reason = f"invalid_message: {reason}"
+                planned.decisions.append({
+                    "event": "cancelled", "checkpoint": "planning",
+                    "detail": {"rule": "channel_validation", "reason": reason},
+                })
+            deliveries.append(planned)
+    return Plan(event=event, notifications=notifications, deliveries=deliveries, notifier=notifier)
+
+
+def render_message(
+    notifier: Notifier, params: Mapping[str, Any], recipient: Recipient, channel: str
+) -> dict[str, Any]:
+    """The message fields for one recipient × channel (``build()`` or ``templates``)."""
+    cls = type(notifier)
+    built = notifier.build(params, recipient, channel)
+    if built is not None:
+        if not isinstance(built, Mapping):
+            raise InvalidNotifierError(
+                f"notifier {cls.key!r}: build() must return a dict of fields or None, "
+                f"got {type(built).__name__}"
+            )
+        fields = dict(built)
+        check_json(fields, name=f"build() result for channel {channel!r}")
+        return fields
+    templates = cls.templates.get(channel)
+    if templates is None:
+        raise InvalidNotifierError(
+            f"notifier {cls.key!r} has no templates for channel {channel!r} and build() returned None"
+        )
+    context = {**params, "recipient": recipient, "params": params}
+    return render_fields(templates, context, where=f"notifier {cls.key!r}, channel {channel!r}")
+
+
+def _default_channels(notifier: Notifier, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
+    names = notifier.channels_for(params, recipient)
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise InvalidNotifierError(
+            f"notifier {type(notifier).key!r}: channels_for() must return a list of channel names"
+        )
+    return names
+
+
+def _check_key(key: Any) -> None:
+    if key is None:
+        raise IdempotencyKeyError("idempotency_key is required: pass a string unique to this event")
+    if not isinstance(key, str):
+        raise IdempotencyKeyError(f"idempotency_key must be a string, got {type(key).__name__}")
+    if not key.strip():
+        raise IdempotencyKeyError("idempotency_key is blank: pass a string unique to this event")
+    if len(key) > MAX_KEY_LENGTH:
+        raise IdempotencyKeyError(
+            f"idempotency_key is {len(key)} characters; at most {MAX_KEY_LENGTH} are allowed"
+        )
+
+
+def _recipients(
+    notifier: Notifier, params: Mapping[str, Any], override: Sequence[Recipient] | None
+) -> list[Recipient]:
+    raw = notifier.recipients(params) if override is None else override
+    key = type(notifier).key
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRecipientError(
+            f"notifier {key!r}: recipients() must return a list of Recipient, got {type(raw).__name__}"
+        )
+    seen: dict[str, Recipient] = {}
+    for index, item in enumerate(raw):
+        if not isinstance(item, Recipient):
+            raise InvalidRecipientError(
+                f"notifier {key!r}: recipients()[{index}] is a {type(item).__name__}, not a Recipient"
+            )
+        if not isinstance(item.id, str) or not item.id:
+            raise InvalidRecipientError(f"notifier {key!r}: recipients()[{index}].id must be a non-empty string")
+        check_json(dict(item.data), name=f"recipients()[{index}].data")
+        seen.setdefault(item.id, item)
+    return list(seen.values())
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def write_plan(conn: Connection, plan_: Plan) -> TriggerResult:
+    """Write the plan's rows on the caller's connection, or detect a duplicate.
+
+    The event row goes first with ``ON CONFLICT DO NOTHING`` on
+    ``(tenant, idempotency_key)``: under concurrent triggers of one key, the
+    database lets exactly one insert through and the others see a duplicate.
+    """
+    event = plan_.event
+    inserted = insert_ignoring_conflict(
+        conn, Event.__table__, event, ("tenant", "idempotency_key")  # type: ignore[arg-type]
+    )
+    if inserted == 0:
+        return existing_result(conn, event["tenant"], event["idempotency_key"])
+    if plan_.notifications:
+        conn.execute(sa.insert(Notification.__table__), plan_.notifications)
+    now = event["created_at"]
+    if plan_.deliveries:
+        conn.execute(
+            sa.insert(Delivery.__table__),
+            [
+                {
+                    "id": d.id,
+                    "notification_id": d.notification_id,
+                    "event_id": event["id"],
+                    "tenant": event["tenant"],
+                    "recipient_id": d.recipient.id,
+                    "channel": d.channel,
+                    "step": d.step,
+                    "status": d.status,
+                    "reason": d.reason,
+                    "message": d.fields,
+                    "attempts": 0,
+                    "not_before": d.not_before,
+                    "created_at": now,
+                    "updated_at": now,
+                    "completed_at": now if d.status in ("cancelled", "suppressed") else None,
+                }
+                for d in plan_.deliveries
+            ],
+        )
+        decisions = [
+            {"id": new_id(), "delivery_id": d.id, "at": now, "event": item["event"],
+             "checkpoint": item.get("checkpoint"), "detail": item.get("detail", {})}
+            for d in plan_.deliveries for item in d.decisions
+        ]
+        if decisions:
+            conn.execute(sa.insert(DeliveryDecision.__table__), decisions)
+    return TriggerResult(
+        event_id=event["id"],
+        duplicate=False,
+        delivery_ids=tuple(d.id for d in plan_.deliveries),
+        notification_ids=tuple(n["id"] for n in plan_.notifications),
+    )
+
+
+def existing_result(conn: Connection, tenant: str, idempotency_key: str) -> TriggerResult:
+    """The result for an idempotency key that was already used."""
+    event_id = conn.execute(
+        sa.select(Event.id).where(Event.tenant == tenant, Event.idempotency_key == idempotency_key)
+    ).scalar_one()
+    rows = conn.execute(
+        sa.select(Delivery.id, Delivery.notification_id)
+        .where(Delivery.event_id == event_id)
+        .order_by(Delivery.id)
+    ).all()
+    notification_ids = conn.execute(
+        sa.select(Notification.id).where(Notification.event_id == event_id).order_by(Notification.id)
+    ).scalars().all()
+    return TriggerResult(
+        event_id=event_id,
+        duplicate=True,
+        delivery_ids=tuple(r.id for r in rows),
+        notification_ids=tuple(notification_ids),
+    )
+
+
+def insert_ignoring_conflict(conn: Connection, table: sa.Table, values: Mapping[str, Any],
+                             conflict: Sequence[str]) -> int:
+    """``INSERT ... ON CONFLICT DO NOTHING``; returns 1 if the row went in, 0 if not."""
+    if conn.dialect.name == "postgresql":
+        pg_stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        return int(conn.execute(pg_stmt).rowcount)
+    if conn.dialect.name == "sqlite":
+        lite_stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        return int(conn.execute(lite_stmt).rowcount)
+    raise InvalidInputError(f"database {conn.dialect.name!r} is not supported (use PostgreSQL or SQLite)")

@@ -1,0 +1,207 @@
+"""Every statement the queue runs, in one place.
+
+Statements are built once with bound parameters (never SQL ``now()``: time
+comes from the injected clock) so SQLAlchemy compiles each one a single time
+per dialect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from chimeway.models import ACTIVE_JOB_STATES, Job, WorkerRow
+
+__all__ = [
+    "CLAIM",
+    "COUNTS",
+    "DUE_STATES",
+    "NOTIFY_CHANNEL",
+    "claim_columns",
+    "insert_jobs",
+    "notify",
+]
+
+jobs = Job.__table__
+workers = WorkerRow.__table__
+c = jobs.c
+
+NOTIFY_CHANNEL = "chimeway_jobs"
+DUE_STATES = ("available", "scheduled", "retryable")
+FINAL_STATES = ("completed", "cancelled", "discarded")
+_ACTIVE_WHERE = sa.text("state IN ('available','scheduled','executing','retryable')")
+assert tuple(ACTIVE_JOB_STATES) == ("available", "scheduled", "executing", "retryable")
+
+claim_columns = (
+    c.id, c.worker, c.queue, c.args, c.meta, c.errors, c.attempt,
+    c.max_attempts, c.priority, c.inserted_at, c.scheduled_at,
+)
+
+
+def insert_jobs(conn: Connection) -> Any:
+    """INSERT ... ON CONFLICT (unique_key) DO NOTHING RETURNING id, for ``conn``'s dialect.
+
+    The conflict target names the partial unique index's predicate so both
+    PostgreSQL and SQLite pick ``uq_chimeway_jobs_unique_key``; a duplicate
+    unique job is skipped silently, even when two transactions race.
+    """
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return (
+        module.insert(jobs)
+        .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_ACTIVE_WHERE)
+        .returning(c.id)
+    )
+
+
+def notify(conn: Connection, queues: set[str]) -> None:
+    """Announce new jobs; PostgreSQL delivers the NOTIFY only if the transaction commits."""
+    for queue in sorted(queues):
+        conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": queue})
+
+
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+
+_picked = (
+    sa.select(c.id)
+    .where(
+        c.queue == sa.bindparam("queue"),
+        c.state.in_(DUE_STATES),
+        c.scheduled_at <= sa.bindparam("now", type_=c.scheduled_at.type),
+    )
+    .order_by(c.priority, c.scheduled_at, c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .with_for_update(skip_locked=True)
+    .cte("picked")
+)
+
+# One statement claims a whole batch: rows locked by another worker's claim
+# are skipped rather than waited for, so workers never serialize on the head
+# of the queue. SQLite ignores FOR UPDATE; its writer transaction is the lock.
+CLAIM = (
+    sa.update(jobs)
+    .where(c.id.in_(sa.select(_picked.c.id)))
+    .values(
+        state="executing",
+        attempt=c.attempt + 1,
+        attempted_at=sa.bindparam("now", type_=c.attempted_at.type),
+        attempted_by=sa.bindparam("by"),
+    )
+    .returning(*claim_columns)
+)
+
+_mine = sa.and_(c.state == "executing", c.attempted_by == sa.bindparam("by"))
+
+# Completions are acknowledged in batches; the state/owner guard keeps a job
+# that was cancelled or rescued meanwhile from being overwritten.
+COMPLETE_MANY = (
+    sa.update(jobs)
+    .where(c.id.in_(sa.bindparam("ids", expanding=True)), _mine)
+    .values(completed_at=sa.bindparam("now", type_=c.completed_at.type), state="completed")
+)
+
+FINISH = (
+    sa.update(jobs)
+    .where(c.id == sa.bindparam("job_id"), _mine, c.attempt == sa.bindparam("job_attempt"))
+)
+
+RELEASE_MINE = (
+    sa.update(jobs)
+    .where(_mine)
+    .values(state="available", scheduled_at=sa.bindparam("now", type_=c.scheduled_at.type))
+)
+
+_live_workers = sa.select(workers.c.id).where(
+    workers.c.heartbeat_at >= sa.bindparam("cutoff", type_=workers.c.heartbeat_at.type)
+)
+_orphaned = sa.and_(
+    c.state == "executing",
+    sa.or_(c.attempted_by.is_(None), c.attempted_by.not_in(_live_workers)),
+)
+
+RESCUE_AVAILABLE = (
+    sa.update(jobs)
+    .where(_orphaned, c.attempt < c.max_attempts)
+    .values(state="available", scheduled_at=sa.bindparam("now", type_=c.scheduled_at.type))
+)
+RESCUE_DISCARD = (
+    sa.update(jobs)
+    .where(_orphaned, c.attempt >= c.max_attempts)
+    .values(state="discarded", discarded_at=sa.bindparam("now", type_=c.discarded_at.type))
+)
+DELETE_STALE_WORKERS = sa.delete(workers).where(
+    workers.c.heartbeat_at < sa.bindparam("cutoff", type_=workers.c.heartbeat_at.type)
+)
+
+INSERT_WORKER = sa.insert(workers)
+HEARTBEAT = (
+    sa.update(workers)
+    .where(workers.c.id == sa.bindparam("worker_id"))
+    .values(heartbeat_at=sa.bindparam("now", type_=workers.c.heartbeat_at.type))
+)
+DELETE_WORKER = sa.delete(workers).where(workers.c.id == sa.bindparam("worker_id"))
+
+_FINISHED_AT = {"completed": c.completed_at, "cancelled": c.cancelled_at, "discarded": c.discarded_at}
+
+
+def prune(state: str) -> Any:
+    """DELETE up to ``:limit`` jobs in a final ``state`` finished before ``:cutoff``."""
+    column = _FINISHED_AT[state]
+    doomed = (
+        sa.select(c.id)
+        .where(c.state == state, column < sa.bindparam("cutoff", type_=column.type))
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .scalar_subquery()
+    )
+    return sa.delete(jobs).where(c.id.in_(doomed))
+
+
+COUNTS = sa.select(c.queue, c.state, sa.func.count()).group_by(c.queue, c.state)
+OLDEST_DUE = (
+    sa.select(c.queue, sa.func.min(c.scheduled_at))
+    .where(c.state.in_(DUE_STATES), c.scheduled_at <= sa.bindparam("now", type_=c.scheduled_at.type))
+    .group_by(c.queue)
+)
+
+SELECT_JOB = sa.select(jobs).where(c.id == sa.bindparam("job_id"))
+
+# Retrying a finished job re-arms it with at least one more attempt.
+_rearm = {
+    "state": "available",
+    "scheduled_at": sa.bindparam("now", type_=c.scheduled_at.type),
+    "max_attempts": sa.case((c.max_attempts > c.attempt, c.max_attempts), else_=c.attempt + 1),
+    "completed_at": None,
+    "cancelled_at": None,
+    "discarded_at": None,
+}
+RETRY_ONE = (
+    sa.update(jobs)
+    .where(c.id == sa.bindparam("job_id"), c.state.in_((*FINAL_STATES, "retryable", "scheduled")))
+    .values(**_rearm)
+)
+_other = jobs.alias("other")
+# A discarded job whose unique key is active again (or shared by a newer
+# discarded job) stays put: re-arming it would break the unique index.
+RETRY_DISCARDED = (
+    sa.update(jobs)
+    .where(
+        c.state == "discarded",
+        sa.or_(
+            c.unique_key.is_(None),
+            ~sa.exists().where(
+                _other.c.unique_key == c.unique_key,
+                sa.or_(_other.c.state.in_(ACTIVE_JOB_STATES), sa.and_(
+                    _other.c.state == "discarded", _other.c.id > c.id)),
+            ),
+        ),
+    )
+    .values(**_rearm)
+)
+
+CANCEL_ONE = (
+    sa.update(jobs)
+    .where(c.id == sa.bindparam("job_id"), c.state.in_(ACTIVE_JOB_STATES))
+    .values(state="cancelled", cancelled_at=sa.bindparam("now", type_=c.cancelled_at.type))
+)

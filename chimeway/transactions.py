@@ -1,0 +1,89 @@
+"""Running work after the caller's transaction commits.
+
+``Session`` has an ``after_commit`` event. A bare ``Connection`` only has a
+``commit`` event that fires *before* the database commits, so for it the
+listener commits the DBAPI connection itself and then runs the callbacks;
+SQLAlchemy's own commit that follows finds nothing left to commit. Either
+way, callbacks run only once the rows are durable and visible to other
+connections, and a rollback discards them.
+
+Callbacks must not raise into the caller's ``commit()``: they are run by
+:func:`run_callbacks`, which logs failures (the rows stay ``pending`` and
+``recover()`` picks them up).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+__all__ = ["after_commit"]
+
+log = logging.getLogger("chimeway")
+
+Callback = Callable[[], None]
+
+_SESSION_KEY = "chimeway.after_commit"
+_connection_pending: weakref.WeakKeyDictionary[Connection, list[Callback]] = weakref.WeakKeyDictionary()
+
+
+def after_commit(target: Session | Connection, callback: Callback) -> None:
+    """Run ``callback`` after ``target``'s outermost transaction commits.
+
+    Args:
+        target: the caller's ``Session`` or ``Connection``.
+        callback: runs once, after commit; dropped on rollback.
+    """
+    if isinstance(target, Session):
+        pending: list[Callback] | None = target.info.get(_SESSION_KEY)
+        if pending is None:
+            pending = target.info[_SESSION_KEY] = []
+            event.listen(target, "after_commit", _session_committed)
+            event.listen(target, "after_rollback", _session_rolled_back)
+        pending.append(callback)
+        return
+    conn_pending = _connection_pending.get(target)
+    if conn_pending is None:
+        conn_pending = _connection_pending[target] = []
+        event.listen(target, "commit", _connection_committing)
+        event.listen(target, "rollback", _connection_rolled_back)
+    conn_pending.append(callback)
+
+
+def _session_committed(session: Session) -> None:
+    callbacks = session.info.get(_SESSION_KEY) or []
+    session.info[_SESSION_KEY] = []
+    run_callbacks(callbacks)
+
+
+def _session_rolled_back(session: Session) -> None:
+    session.info[_SESSION_KEY] = []
+
+
+def _connection_committing(conn: Connection) -> None:
+    callbacks = _connection_pending.get(conn) or []
+    if not callbacks:
+        return
+    _connection_pending[conn] = []
+    dbapi: Any = conn.connection.dbapi_connection
+    dbapi.commit()
+    run_callbacks(callbacks)
+
+
+def _connection_rolled_back(conn: Connection) -> None:
+    if conn in _connection_pending:
+        _connection_pending[conn] = []
+
+
+def run_callbacks(callbacks: list[Callback]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("chimeway: post-commit work failed; recover() will retry it")
