@@ -16,13 +16,33 @@ __all__ = ["Slack"]
 
 # chat.postMessage reports errors with HTTP 200 and {"ok": false, "error": code}.
 TEMPORARY_ERRORS = frozenset(
-    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-     "request_timeout", "team_added_to_org"}
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+    }
 )
 PERMANENT_ERRORS = frozenset(
-    {"invalid_auth", "not_authed", "channel_not_found", "is_archived", "account_inactive",
-     "token_revoked", "token_expired", "no_permission", "missing_scope", "not_in_channel",
-     "msg_too_long", "no_text", "invalid_blocks", "restricted_action"}
+    {
+        "invalid_auth",
+        "not_authed",
+        "channel_not_found",
+        "is_archived",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "not_in_channel",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "restricted_action",
+    }
 )
 
 

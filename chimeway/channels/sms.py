@@ -148,9 +148,7 @@ class Sms(HTTPChannel):
         if not message.recipient.phone:
             return DeliveryResult.permanent("recipient has no phone number", error_class="no_phone")
         path, form = self._build(message)
-        response = self.request(
-            "POST", path, data=form, auth=(self.account_sid, self._auth_token)
-        )
+        response = self.request("POST", path, data=form, auth=(self.account_sid, self._auth_token))
         return _classify(response)
 
     async def send_async(self, message: Message) -> DeliveryResult:
@@ -213,9 +211,11 @@ class Sms(HTTPChannel):
         elif status == "read":
             mapped = "opened"
         elif status in ("undelivered", "failed"):
-            bad_number = error_code is not None and error_code.isdigit() and int(
-                error_code
-            ) in BOUNCED_REPORT_CODES
+            bad_number = (
+                error_code is not None
+                and error_code.isdigit()
+                and int(error_code) in BOUNCED_REPORT_CODES
+            )
             mapped = "bounced" if bad_number else "failed"
         else:
             return []

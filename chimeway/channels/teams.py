@@ -28,8 +28,13 @@ def adaptive_card(fields: Mapping[str, Any]) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
     if fields.get("title"):
         blocks.append(
-            {"type": "TextBlock", "text": str(fields["title"]), "weight": "Bolder",
-             "size": "Medium", "wrap": True}
+            {
+                "type": "TextBlock",
+                "text": str(fields["title"]),
+                "weight": "Bolder",
+                "size": "Medium",
+                "wrap": True,
+            }
         )
     if fields.get("body"):
         blocks.append({"type": "TextBlock", "text": str(fields["body"]), "wrap": True})
@@ -41,8 +46,11 @@ def adaptive_card(fields: Mapping[str, Any]) -> dict[str, Any]:
     }
     if fields.get("url"):
         card["actions"] = [
-            {"type": "Action.OpenUrl", "title": str(fields.get("url_title") or "Open"),
-             "url": str(fields["url"])}
+            {
+                "type": "Action.OpenUrl",
+                "title": str(fields.get("url_title") or "Open"),
+                "url": str(fields["url"]),
+            }
         ]
     return {
         "type": "message",
@@ -86,9 +94,7 @@ class Teams(HTTPChannel):
         Args:
             message: the rendered message.
         """
-        return _classify(
-            self.request("POST", self.webhook_url, json=adaptive_card(message.fields))
-        )
+        return _classify(self.request("POST", self.webhook_url, json=adaptive_card(message.fields)))
 
     async def send_async(self, message: Message) -> DeliveryResult:
         """Native async variant of :meth:`send`.
