@@ -21,7 +21,7 @@ from chimeway.errors import ConfigurationError, InvalidInputError
 from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.inbox import Inbox
 from chimeway.notifier import Notifier
-from chimeway.planning import TriggerResult, plan, write_plan
+from chimeway.planning import PlanningCheck, TriggerResult, plan, write_plan
 
 __all__ = ["Chimeway"]
 
@@ -69,6 +69,8 @@ class Chimeway:
         self.executor = Executor(
             engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts
         )
+        # Policy and other layers append here; both run on every path.
+        self.planning_checks: list[PlanningCheck] = []
         self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
 
     def _make_dispatcher(self, dispatcher: str | Dispatcher) -> Dispatcher:
@@ -131,7 +133,7 @@ class Chimeway:
             now=self.clock.now(),
         )
         conn = connection_of(session)
-        result = write_plan(conn, the_plan)
+        result = write_plan(conn, the_plan, self.planning_checks)
         if not result.duplicate:
             pending = [d.id for d in the_plan.deliveries if d.status == "pending"]
             self.dispatcher.planned(session, conn, pending)

@@ -12,7 +12,13 @@ from sqlalchemy.engine import Connection
 
 from chimeway.errors import NotFoundError
 from chimeway.ids import as_uuid
-from chimeway.models import Attempt, Delivery, DeliveryDecision, Event, Notification
+from chimeway.models import (
+    attempts_table,
+    decisions_table,
+    deliveries_table,
+    events_table,
+    notifications_table,
+)
 
 __all__ = ["Explanation", "TimelineEntry", "Trace", "explain", "format_explanation", "trace"]
 
@@ -74,7 +80,7 @@ class Trace:
 def explain(conn: Connection, delivery_id: uuid.UUID | str) -> Explanation:
     """Build the explanation of one delivery."""
     did = as_uuid(delivery_id, name="delivery_id")
-    d, e = Delivery.__table__, Event.__table__
+    d, e = deliveries_table, events_table
     row = conn.execute(
         sa.select(d, e.c.notifier_key, e.c.notifier_version).join(e, e.c.id == d.c.event_id).where(d.c.id == did)
     ).first()
@@ -85,7 +91,7 @@ def explain(conn: Connection, delivery_id: uuid.UUID | str) -> Explanation:
 
 def _explain_rows(conn: Connection, rows: list[Any]) -> list[Explanation]:
     ids = [row.id for row in rows]
-    a, dd = Attempt.__table__, DeliveryDecision.__table__
+    a, dd = attempts_table, decisions_table
     attempts: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
     for att in conn.execute(sa.select(a).where(a.c.delivery_id.in_(ids)).order_by(a.c.number)).all():
         attempts[att.delivery_id].append(att)
@@ -134,7 +140,7 @@ def _explain_rows(conn: Connection, rows: list[Any]) -> list[Explanation]:
 def trace(conn: Connection, event_id: uuid.UUID | str) -> Trace:
     """An event with its notifications and every delivery's explanation."""
     eid = as_uuid(event_id, name="event_id")
-    d, e, n = Delivery.__table__, Event.__table__, Notification.__table__
+    d, e, n = deliveries_table, events_table, notifications_table
     event = conn.execute(sa.select(e).where(e.c.id == eid)).first()
     if event is None:
         raise NotFoundError(f"no event with id {eid}")

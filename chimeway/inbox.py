@@ -22,7 +22,7 @@ from chimeway.clock import Clock
 from chimeway.db import connection_of, writer
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.ids import as_uuid
-from chimeway.models import Notification
+from chimeway.models import notifications_table
 from chimeway.planning import tenant_key
 
 __all__ = ["Inbox", "InboxItem", "InboxPage"]
@@ -118,7 +118,7 @@ class Inbox:
             yield conn
 
     def _scope(self) -> sa.ColumnElement[bool]:
-        n = Notification.__table__
+        n = notifications_table
         return sa.and_(n.c.tenant == self.tenant, n.c.recipient_id == self.recipient, n.c.inbox_at.is_not(None))
 
     def list(
@@ -139,7 +139,7 @@ class Inbox:
         """
         if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be an int between 1 and {MAX_PAGE}, got {limit!r}")
-        n = Notification.__table__
+        n = notifications_table
         query = sa.select(n).where(self._scope())
         if unread_only:
             query = query.where(n.c.read_at.is_(None))
@@ -156,7 +156,7 @@ class Inbox:
 
     def get(self, notification_id: uuid.UUID | str) -> InboxItem:
         """One item of this recipient's inbox."""
-        n = Notification.__table__
+        n = notifications_table
         nid = as_uuid(notification_id, name="notification_id")
         with self._conn() as conn:
             row = conn.execute(sa.select(n).where(self._scope(), n.c.id == nid)).first()
@@ -166,7 +166,7 @@ class Inbox:
 
     def unread_count(self) -> int:
         """Items not read and not archived."""
-        n = Notification.__table__
+        n = notifications_table
         with self._conn() as conn:
             return int(conn.execute(
                 sa.select(sa.func.count()).select_from(n)
@@ -187,7 +187,7 @@ class Inbox:
 
     def mark_all_read(self) -> int:
         """Mark every unread item read; returns how many changed."""
-        n = Notification.__table__
+        n = notifications_table
         now = self._clock.now()
         with self._conn(write=True) as conn:
             ids = conn.execute(
@@ -202,7 +202,7 @@ class Inbox:
         return len(ids)
 
     def _transition(self, notification_id: uuid.UUID | str, column: str, signal: str | None) -> bool:
-        n = Notification.__table__
+        n = notifications_table
         nid = as_uuid(notification_id, name="notification_id")
         now = self._clock.now()
         values: dict[str, Any] = {column: now}

@@ -40,7 +40,15 @@ __all__ = [
     "Job",
     "Notification",
     "WorkerRow",
+    "attempts_table",
+    "cron_ticks_table",
+    "decisions_table",
+    "deliveries_table",
+    "events_table",
+    "jobs_table",
     "metadata",
+    "notifications_table",
+    "workers_table",
 ]
 
 NAMING = {
@@ -56,7 +64,7 @@ metadata = sa.MetaData(naming_convention=NAMING)
 
 class Base(DeclarativeBase):
     metadata = metadata
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}  # noqa: RUF012
 
 
 class Event(Base):
@@ -169,6 +177,17 @@ class Job(Base):
     __table_args__ = (
         sa.Index("ix_chimeway_jobs_fetch", "queue", "state", "priority", "scheduled_at", "id"),
         sa.Index("ix_chimeway_jobs_state_scheduled", "state", "scheduled_at"),
+        # The claim reads due jobs of one queue in (priority, scheduled_at, id)
+        # order; a partial index over the due states serves it without a sort.
+        sa.Index(
+            "ix_chimeway_jobs_due",
+            "queue",
+            "priority",
+            "scheduled_at",
+            "id",
+            postgresql_where=sa.text("state IN ('available','scheduled','retryable')"),
+            sqlite_where=sa.text("state IN ('available','scheduled','retryable')"),
+        ),
         sa.Index(
             "uq_chimeway_jobs_unique_key",
             "unique_key",
@@ -216,3 +235,21 @@ class CronTick(Base):
     name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     tick_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     inserted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+def _table(cls: type[Base]) -> sa.Table:
+    table = cls.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
+# Typed handles for Core statements on hot paths (``Model.__table__`` is typed
+# as a generic FromClause).
+events_table = _table(Event)
+notifications_table = _table(Notification)
+deliveries_table = _table(Delivery)
+attempts_table = _table(Attempt)
+decisions_table = _table(DeliveryDecision)
+jobs_table = _table(Job)
+workers_table = _table(WorkerRow)
+cron_ticks_table = _table(CronTick)

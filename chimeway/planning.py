@@ -27,7 +27,15 @@ from chimeway.errors import (
 )
 from chimeway.ids import new_id
 from chimeway.jsonvalues import check_json, redact
-from chimeway.models import Delivery, DeliveryDecision, Event, Notification
+from chimeway.models import (
+    Delivery,
+    Event,
+    Notification,
+    decisions_table,
+    deliveries_table,
+    events_table,
+    notifications_table,
+)
 from chimeway.notifier import Notifier
 from chimeway.templates import render_fields
 from chimeway.values import Recipient
@@ -35,6 +43,7 @@ from chimeway.values import Recipient
 __all__ = [
     "Plan",
     "PlannedDelivery",
+    "PlanningCheck",
     "TriggerResult",
     "insert_ignoring_conflict",
     "plan",
@@ -272,7 +281,10 @@ def _unique(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def write_plan(conn: Connection, plan_: Plan) -> TriggerResult:
+PlanningCheck = Callable[[Connection, "Plan"], None]
+
+
+def write_plan(conn: Connection, plan_: Plan, checks: Sequence[PlanningCheck] = ()) -> TriggerResult:
     """Write the plan's rows on the caller's connection, or detect a duplicate.
 
     The event row goes first with ``ON CONFLICT DO NOTHING`` on
@@ -281,16 +293,21 @@ def write_plan(conn: Connection, plan_: Plan) -> TriggerResult:
     """
     event = plan_.event
     inserted = insert_ignoring_conflict(
-        conn, Event.__table__, event, ("tenant", "idempotency_key")  # type: ignore[arg-type]
+        conn, events_table, event, ("tenant", "idempotency_key")
     )
     if inserted == 0:
         return existing_result(conn, event["tenant"], event["idempotency_key"])
+    # Planning checkpoints (preferences, caps, quiet hours) run once the event
+    # is known not to be a duplicate, inside the caller's transaction; they may
+    # set a planned delivery's status, reason and decisions.
+    for check in checks:
+        check(conn, plan_)
     if plan_.notifications:
-        conn.execute(sa.insert(Notification.__table__), plan_.notifications)
+        conn.execute(sa.insert(notifications_table), plan_.notifications)
     now = event["created_at"]
     if plan_.deliveries:
         conn.execute(
-            sa.insert(Delivery.__table__),
+            sa.insert(deliveries_table),
             [
                 {
                     "id": d.id,
@@ -318,7 +335,7 @@ def write_plan(conn: Connection, plan_: Plan) -> TriggerResult:
             for d in plan_.deliveries for item in d.decisions
         ]
         if decisions:
-            conn.execute(sa.insert(DeliveryDecision.__table__), decisions)
+            conn.execute(sa.insert(decisions_table), decisions)
     return TriggerResult(
         event_id=event["id"],
         duplicate=False,

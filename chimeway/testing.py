@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from chimeway.channels.base import Channel
 from chimeway.clock import utc
-from chimeway.values import DeliveryResult, Message
+from chimeway.values import DeliveryResult, Message, Recipient
 
 __all__ = ["FakeClock", "RecordingChannel"]
 
@@ -77,9 +78,9 @@ class RecordingChannel(Channel):
         self._lock = threading.Lock()
         self._required = required_fields
 
-    @property  # type: ignore[override]
-    def required_fields(self) -> tuple[str, ...]:
-        return self._required
+    def validate(self, fields: Mapping[str, Any], recipient: Recipient) -> str | None:
+        missing = [name for name in self._required if not fields.get(name)]
+        return f"missing required field(s): {', '.join(missing)}" if missing else None
 
     def send(self, message: Message) -> DeliveryResult:
         result = self._respond(message) if self._respond is not None else DeliveryResult.ok(

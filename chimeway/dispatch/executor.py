@@ -22,16 +22,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
 from chimeway.ids import new_id
-from chimeway.models import Attempt, Delivery, DeliveryDecision, Event, Notification
+from chimeway.models import (
+    attempts_table,
+    decisions_table,
+    deliveries_table,
+    events_table,
+    notifications_table,
+)
 from chimeway.values import DeliveryResult, Message, Recipient
 
-__all__ = ["DeliveryOutcome", "Executor", "backoff_seconds"]
+__all__ = ["DeliveryOutcome", "Executor", "SendDecision", "apply_decision", "backoff_seconds"]
 
 log = logging.getLogger("chimeway.deliveries")
 
@@ -55,6 +61,29 @@ class DeliveryOutcome:
     result: DeliveryResult
     attempt: int
     retry_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendDecision:
+    """A pre-send checkpoint's verdict that stops a claimed delivery from being sent.
+
+    Args:
+        status: ``suppressed`` (final), ``deferred`` (due again at ``until``)
+            or ``cancelled`` (final).
+        reason: the stored reason, e.g. ``cap_reached`` or ``quiet_hours``.
+        until: when a deferred delivery is due again.
+        rule: the rule that decided (shown by ``explain``).
+        detail: the rule's inputs (JSON values).
+    """
+
+    status: str
+    reason: str
+    until: datetime | None = None
+    rule: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+BeforeSend = Callable[[Connection, Message], "SendDecision | None"]
 
 
 def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) -> float:
@@ -88,14 +117,16 @@ class Executor:
         clock: Clock,
         max_attempts: int = 5,
         on_final: Callable[[Sequence[DeliveryOutcome]], None] | None = None,
-        before_send: Callable[[Message], DeliveryResult | None] | None = None,
+        before_send: list[BeforeSend] | None = None,
     ) -> None:
         self.engine = engine
         self.channels = channels
         self.clock = clock
         self.max_attempts = max_attempts
         self.on_final = on_final
-        self.before_send = before_send
+        # Pre-send checkpoints, run inside the claim transaction: preferences
+        # may have changed since planning.
+        self.before_send: list[BeforeSend] = before_send if before_send is not None else []
 
     def execute(
         self,
@@ -134,7 +165,7 @@ class Executor:
 
     def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[_Claimed]:
         now = self.clock.now()
-        d, n, e = Delivery.__table__, Notification.__table__, Event.__table__
+        d, n, e = deliveries_table, notifications_table, events_table
         with writer(self.engine).begin() as conn:
             claimed_ids = conn.execute(
                 sa.update(d)
@@ -157,26 +188,38 @@ class Executor:
                 .join(e, e.c.id == d.c.event_id)
                 .where(d.c.id.in_(claimed_ids))
             ).all()
-        by_id = {row.id: row for row in rows}
-        out = []
-        for delivery_id in ids:
-            row = by_id.get(delivery_id)
-            if row is None:
-                continue
-            message = Message(
-                delivery_id=row.id,
-                notification_id=row.notification_id,
-                event_id=row.event_id,
-                tenant=row.tenant or None,
-                channel=row.channel,
-                notifier_key=row.notifier_key,
-                recipient=Recipient.from_json(row.recipient),
-                fields=row.message,
-                attempt=row.attempts,
-                created_at=row.created_at,
-            )
-            out.append(_Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
+            by_id = {row.id: row for row in rows}
+            out = []
+            for delivery_id in ids:
+                row = by_id.get(delivery_id)
+                if row is None:
+                    continue
+                message = Message(
+                    delivery_id=row.id,
+                    notification_id=row.notification_id,
+                    event_id=row.event_id,
+                    tenant=row.tenant or None,
+                    channel=row.channel,
+                    notifier_key=row.notifier_key,
+                    recipient=Recipient.from_json(row.recipient),
+                    fields=row.message,
+                    attempt=row.attempts,
+                    created_at=row.created_at,
+                )
+                decision = self._checkpoint(conn, message)
+                if decision is not None:
+                    apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
+                                   from_status="dispatched", undo_attempt=True)
+                    continue
+                out.append(_Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
         return out
+
+    def _checkpoint(self, conn: Connection, message: Message) -> SendDecision | None:
+        for check in self.before_send:
+            decision = check(conn, message)
+            if decision is not None:
+                return decision
+        return None
 
     def _send(self, item: _Claimed) -> DeliveryResult:
         if item.channel is None:
@@ -184,10 +227,6 @@ class Executor:
                 f"no channel named {item.message.channel!r} is configured in this process",
                 error_class="UnknownChannel",
             )
-        if self.before_send is not None:
-            verdict = self.before_send(item.message)
-            if verdict is not None:
-                return verdict
         try:
             result = item.channel.send(item.message)
         except Exception as exc:  # a channel bug must not lose the delivery
@@ -204,7 +243,7 @@ class Executor:
         self, results: list[tuple[_Claimed, DeliveryResult, datetime, float]], max_attempts: int
     ) -> list[DeliveryOutcome]:
         now = self.clock.now()
-        d, n = Delivery.__table__, Notification.__table__
+        d, n = deliveries_table, notifications_table
         outcomes: list[DeliveryOutcome] = []
         attempts: list[dict[str, Any]] = []
         with writer(self.engine).begin() as conn:
@@ -257,7 +296,7 @@ class Executor:
                     delivery_id=message.delivery_id, status=status, result=result,
                     attempt=item.attempts, retry_at=retry_at,
                 ))
-            conn.execute(sa.insert(Attempt.__table__), attempts)
+            conn.execute(sa.insert(attempts_table), attempts)
         return outcomes
 
     def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[uuid.UUID]:
@@ -270,7 +309,7 @@ class Executor:
         """
         now = self.clock.now()
         cutoff = now - older_than
-        d = Delivery.__table__
+        d = deliveries_table
         with writer(self.engine).begin() as conn:
             stuck = conn.execute(
                 sa.select(d.c.id).where(d.c.status == "dispatched", d.c.dispatched_at <= cutoff).limit(limit)
@@ -280,7 +319,7 @@ class Executor:
                     sa.update(d).where(d.c.id.in_(stuck), d.c.status == "dispatched")
                     .values(status="pending", updated_at=now)
                 )
-                conn.execute(sa.insert(DeliveryDecision.__table__), [
+                conn.execute(sa.insert(decisions_table), [
                     {"id": new_id(), "delivery_id": i, "at": now, "event": "recovered", "checkpoint": "recover",
                      "detail": {"rule": "stuck_dispatched", "older_than_seconds": older_than.total_seconds()}}
                     for i in stuck
@@ -295,3 +334,49 @@ class Executor:
                 ).order_by(d.c.id).limit(limit)
             ).scalars().all()
         return list(dict.fromkeys([*stuck, *due]))
+
+
+def apply_decision(
+    conn: Connection,
+    delivery_id: uuid.UUID,
+    decision: SendDecision,
+    now: datetime,
+    *,
+    checkpoint: str,
+    from_status: str | None = None,
+    undo_attempt: bool = False,
+) -> bool:
+    """Record a policy decision on a delivery: its status, reason and a decision row.
+
+    Args:
+        conn: inside the transaction that decided.
+        delivery_id: the delivery.
+        decision: the verdict.
+        now: the clock's time.
+        checkpoint: ``planning``, ``before_send``, ...
+        from_status: only apply if the delivery is in this status.
+        undo_attempt: give back the attempt counted by the claim (nothing was sent).
+    """
+    d = deliveries_table
+    values: dict[str, Any] = {"status": decision.status, "reason": decision.reason, "updated_at": now}
+    if decision.status == "deferred":
+        values["not_before"] = decision.until
+    else:
+        values["completed_at"] = now
+    if undo_attempt:
+        values["attempts"] = d.c.attempts - 1
+    where = [d.c.id == delivery_id]
+    if from_status is not None:
+        where.append(d.c.status == from_status)
+    if not conn.execute(sa.update(d).where(*where).values(**values)).rowcount:
+        return False
+    detail: dict[str, Any] = {"reason": decision.reason, **dict(decision.detail or {})}
+    if decision.rule:
+        detail["rule"] = decision.rule
+    if decision.until is not None:
+        detail["until"] = decision.until.isoformat()
+    conn.execute(sa.insert(decisions_table).values(
+        id=new_id(), delivery_id=delivery_id, at=now, event=decision.status,
+        checkpoint=checkpoint, detail=detail,
+    ))
+    return True
