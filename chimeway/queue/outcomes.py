@@ -22,7 +22,7 @@ from typing import Any, Literal
 __all__ = ["Cancel", "JobEvent", "JobInfo", "JobOutcome", "Retry", "Snooze"]
 
 
-class JobOutcome(Exception):  # noqa: N818 - these are signals, not errors
+class JobOutcome(Exception):
     """Base of the exceptions a job raises to choose its outcome."""
 
 

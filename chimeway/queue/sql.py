@@ -7,7 +7,7 @@ per dialect.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,8 +25,8 @@ __all__ = [
     "notify",
 ]
 
-jobs = Job.__table__
-workers = WorkerRow.__table__
+jobs = cast(sa.Table, Job.__table__)
+workers = cast(sa.Table, WorkerRow.__table__)
 c = jobs.c
 
 NOTIFY_CHANNEL = "chimeway_jobs"
@@ -67,7 +67,7 @@ _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 _picked = (
     sa.select(c.id)
     .where(
-        c.queue == sa.bindparam("queue"),
+        c.queue == sa.bindparam("claim_queue"),
         c.state.in_(DUE_STATES),
         c.scheduled_at <= sa.bindparam("now", type_=c.scheduled_at.type),
     )

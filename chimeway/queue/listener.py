@@ -1,0 +1,73 @@
+"""A dedicated LISTEN connection that turns NOTIFYs into worker wake-ups."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy.engine import Engine
+
+from chimeway.queue.sql import NOTIFY_CHANNEL
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("chimeway.queue")
+
+MAX_RECONNECT_DELAY = 5.0
+
+
+def conninfo(engine: Engine) -> str:
+    """A libpq URI for the engine's database (password included)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Listener(threading.Thread):
+    """Hold one ``LISTEN`` connection, reconnecting after it is lost.
+
+    Args:
+        engine: the PostgreSQL engine whose database to listen on.
+        on_notify: called with each notification's payload (a queue name).
+        on_connect: called after every (re)connection, since notifications
+            sent while disconnected are lost and a poll must make up for them.
+        stop: set to end the thread.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        on_notify: Callable[[str], None],
+        on_connect: Callable[[], None],
+        stop: threading.Event,
+        *,
+        name: str = "chimeway-listener",
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._dsn = conninfo(engine)
+        self._on_notify = on_notify
+        self._on_connect = on_connect
+        self._stop = stop
+        self.connected = threading.Event()
+        self.connections = 0
+
+    def run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True,
+                                     application_name="chimeway-listener") as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connections += 1
+                    self.connected.set()
+                    delay = 0.1
+                    self._on_connect()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._on_notify(note.payload)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+        self.connected.clear()

@@ -1,0 +1,631 @@
+"""``JobQueue``: every business rule of the queue, over the statements in ``sql``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from chimeway.clock import Clock, SystemClock, utc
+from chimeway.db import connection_of, is_postgres, writer
+from chimeway.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownQueueError,
+)
+from chimeway.models import Job
+from chimeway.queue import sql
+from chimeway.queue.args import UniqueSpec, check_args, unique_key
+from chimeway.queue.backoff import default_backoff
+from chimeway.queue.outcomes import JobEvent, JobInfo
+from chimeway.queue.registry import Delay, JobHandle, NewJob
+from chimeway.queue.runner import Claimed, Result, run_job
+
+__all__ = ["BUILTIN_QUEUES", "JOB_STATES", "JobQueue", "QueueCounts"]
+
+log = logging.getLogger("chimeway.queue")
+
+BUILTIN_QUEUES = ("chimeway_delivery", "chimeway_signals", "chimeway_workflows", "default")
+JOB_STATES = (
+    "available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled",
+)
+DEFAULT_PRUNE_AGES = {
+    "completed": timedelta(days=1),
+    "cancelled": timedelta(days=7),
+    "discarded": timedelta(days=7),
+}
+DRAIN_BATCH = 10
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueCounts:
+    """Jobs in one queue, by state.
+
+    Args:
+        queue: the queue name.
+        states: a count for every job state (zero included).
+        oldest_available_age: seconds the oldest due job has waited, or ``None``.
+    """
+
+    queue: str
+    states: Mapping[str, int]
+    oldest_available_age: float | None
+
+
+class JobQueue:
+    """A durable job queue in Chimeway's tables (Oban's model).
+
+    Args:
+        engine: SQLAlchemy engine (PostgreSQL or SQLite).
+        clock: source of every timestamp the queue writes or compares.
+        node: this node's name in ``attempted_by`` and heartbeats (default: host name).
+        notify: on PostgreSQL, send ``NOTIFY`` on enqueue and ``LISTEN`` in
+            workers; ``False`` polls only (e.g. behind PgBouncer in
+            transaction mode).
+        backoff: seconds to wait after failed attempt *n*; default
+            ``15 + 2**n`` with 10% jitter.
+        stale_after: a worker whose heartbeat is older than this is dead and
+            its executing jobs are rescued.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock | None = None,
+        node: str | None = None,
+        notify: bool = True,
+        *,
+        backoff: Callable[[int], float] = default_backoff,
+        stale_after: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.engine = engine
+        self.clock: Clock = clock or SystemClock()
+        self.node = node or socket.gethostname()
+        self.notify = notify and is_postgres(engine)
+        self.backoff = backoff
+        self.stale_after = stale_after
+        self._writer = writer(engine)
+        self._queues: set[str] = set(BUILTIN_QUEUES)
+        self._handles: dict[str, JobHandle] = {}
+        self._listeners: list[Callable[[JobEvent], None]] = []
+
+    # --- declaring -------------------------------------------------------------
+
+    @property
+    def queues(self) -> frozenset[str]:
+        """Names of the declared queues."""
+        return frozenset(self._queues)
+
+    @property
+    def handles(self) -> Mapping[str, JobHandle]:
+        """Registered job functions by worker name."""
+        return dict(self._handles)
+
+    def declare_queue(self, name: str) -> None:
+        """Declare a queue so jobs may be enqueued to it.
+
+        Args:
+            name: queue name (1-100 characters).
+        """
+        if not isinstance(name, str) or not name or len(name) > 100:
+            raise InvalidInputError(f"queue name must be 1-100 characters, got {name!r}")
+        self._queues.add(name)
+
+    def register(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int = 20,
+        priority: int = 0,
+        unique: UniqueSpec = None,
+    ) -> JobHandle:
+        """Register a job function and return its handle.
+
+        Args:
+            fn: called as ``fn(**args)``, plus ``job=JobInfo`` if it has a
+                ``job`` parameter.
+            name: worker name stored on jobs; default ``module.qualname``.
+            queue: the queue its jobs go to (must be declared).
+            max_attempts: attempts before a failing job is discarded (>= 1).
+            priority: default priority (lower runs first).
+            unique: ``None``; ``True`` (all args); a tuple of arg names; or a
+                callable ``args -> str | None``. While a job with the same key
+                is active, enqueueing another returns ``None``.
+        """
+        name = name or f"{fn.__module__}.{fn.__qualname__}"
+        if not callable(fn):
+            raise InvalidInputError(f"job {name!r} must be callable, got {type(fn).__name__}")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidInputError(f"max_attempts for job {name!r} must be >= 1, got {max_attempts!r}")
+        if not isinstance(priority, int):
+            raise InvalidInputError(f"priority for job {name!r} must be an int, got {priority!r}")
+        self._check_queue(queue)
+        existing = self._handles.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ConfigurationError(f"a different function is already registered as job {name!r}")
+        handle = JobHandle(self, fn, name=name, queue=queue, max_attempts=max_attempts,
+                           priority=priority, unique=unique)
+        self._handles[name] = handle
+        return handle
+
+    def job(self, **options: Any) -> Callable[[Callable[..., Any]], JobHandle]:
+        """Decorator form of :meth:`register`.
+
+        Args:
+            **options: as for :meth:`register` (``name``, ``queue``, ...).
+        """
+
+        def decorate(fn: Callable[..., Any]) -> JobHandle:
+            return self.register(fn, **options)
+
+        return decorate
+
+    def on_event(self, callback: Callable[[JobEvent], None]) -> None:
+        """Call ``callback(JobEvent)`` on every job start, stop and exception.
+
+        Callbacks run on the worker thread; exceptions they raise are logged
+        and ignored.
+
+        Args:
+            callback: the telemetry handler.
+        """
+        self._listeners.append(callback)
+
+    def _check_queue(self, queue: str) -> None:
+        if queue not in self._queues:
+            raise UnknownQueueError(
+                f"queue {queue!r} is not declared; declared: {sorted(self._queues)}"
+            )
+
+    # --- enqueueing --------------------------------------------------------------
+
+    def enqueue(
+        self,
+        session: Session | Connection,
+        worker: str,
+        args: Mapping[str, Any],
+        *,
+        queue: str | None = None,
+        schedule_in: Delay | None = None,
+        scheduled_at: datetime | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        unique_key: str | None = None,
+    ) -> int | None:
+        """Insert one job in the caller's transaction.
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``.
+            worker: worker name (e.g. ``"chimeway.deliver"``).
+            args: JSON arguments with string keys.
+            queue: defaults to the registered worker's queue, else ``"default"``.
+            schedule_in: delay (seconds or ``timedelta``) before it is due.
+            scheduled_at: due time, instead of ``schedule_in``.
+            priority: lower runs first.
+            max_attempts: attempts before discarding.
+            unique_key: explicit unique key (default from the worker's ``unique``).
+
+        Returns:
+            The new job's id, or ``None`` when a unique duplicate is active.
+        """
+        job = NewJob(worker=worker, args=args, queue=queue, schedule_in=schedule_in,
+                     scheduled_at=scheduled_at, priority=priority, max_attempts=max_attempts,
+                     unique_key=unique_key)
+        row = self._row(job, self.clock.now())
+        conn = connection_of(session)
+        job_id = conn.execute(sql.insert_jobs(conn), row).scalar()
+        self._announce(conn, {row["queue"]})
+        return None if job_id is None else int(job_id)
+
+    def insert_many(
+        self, session: Session | Connection, jobs: Iterable[NewJob | Mapping[str, Any]]
+    ) -> list[int]:
+        """Insert many jobs with one INSERT statement, in the caller's transaction.
+
+        Every row is checked before anything is written.
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``.
+            jobs: ``NewJob`` values (or mappings of ``NewJob`` fields).
+
+        Returns:
+            Ids of the inserted jobs; unique duplicates are skipped.
+        """
+        now = self.clock.now()
+        rows = [self._row(j if isinstance(j, NewJob) else NewJob(**j), now) for j in jobs]
+        if not rows:
+            return []
+        conn = connection_of(session)
+        ids = [int(i) for i in conn.execute(sql.insert_jobs(conn), rows).scalars()]
+        self._announce(conn, {r["queue"] for r in rows})
+        return ids
+
+    def _row(self, job: NewJob, now: datetime) -> dict[str, Any]:
+        handle = self._handles.get(job.worker)
+        if not isinstance(job.worker, str) or not job.worker or len(job.worker) > 300:
+            raise InvalidInputError(f"worker name must be 1-300 characters, got {job.worker!r}")
+        queue = job.queue or (handle.queue if handle else "default")
+        self._check_queue(queue)
+        args = check_args(job.args)
+        if handle is not None and handle.takes_job and "job" in args:
+            raise InvalidInputError(f"job {job.worker!r} takes a 'job' parameter; args cannot use 'job'")
+        due = self._due(job, now)
+        priority = job.priority if job.priority is not None else (handle.priority if handle else 0)
+        max_attempts = job.max_attempts or (handle.max_attempts if handle else 20)
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidInputError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        key = job.unique_key
+        if key is None and handle is not None:
+            key = unique_key(job.worker, handle.unique, args)
+        if key is not None and len(key) > 500:
+            raise InvalidInputError(f"unique_key for job {job.worker!r} is longer than 500 characters")
+        return {
+            "state": "available" if due <= now else "scheduled",
+            "queue": queue, "worker": job.worker, "args": args, "meta": {}, "errors": [],
+            "attempt": 0, "max_attempts": max_attempts, "priority": int(priority),
+            "unique_key": key, "inserted_at": now, "scheduled_at": due,
+        }
+
+    @staticmethod
+    def _due(job: NewJob, now: datetime) -> datetime:
+        if job.schedule_in is not None and job.scheduled_at is not None:
+            raise InvalidInputError("pass schedule_in or scheduled_at, not both")
+        if job.scheduled_at is not None:
+            if not isinstance(job.scheduled_at, datetime):
+                raise InvalidInputError(f"scheduled_at must be a datetime, got {job.scheduled_at!r}")
+            return utc(job.scheduled_at)
+        if job.schedule_in is not None:
+            delay = job.schedule_in
+            if isinstance(delay, bool) or not isinstance(delay, int | float | timedelta):
+                raise InvalidInputError(f"schedule_in must be seconds or a timedelta, got {delay!r}")
+            return now + (delay if isinstance(delay, timedelta) else timedelta(seconds=delay))
+        return now
+
+    def _announce(self, conn: Connection, queues: set[str]) -> None:
+        if not self.notify:
+            return
+        # PostgreSQL folds identical notifications within a transaction, but
+        # each pg_notify is still a round trip: send once per transaction per
+        # queue. Inside a savepoint always send, since a rollback to it would
+        # drop the notification.
+        txn = conn.get_transaction()
+        if txn is None or conn.in_nested_transaction():
+            sql.notify(conn, queues)
+            return
+        seen = conn.info.get("chimeway_notified")
+        if seen is None or seen[0] is not txn:
+            seen = (txn, set[str]())
+            conn.info["chimeway_notified"] = seen
+        fresh = queues - seen[1]
+        if fresh:
+            sql.notify(conn, fresh)
+            seen[1].update(fresh)
+
+    # --- claiming and recording outcomes -------------------------------------------
+
+    def _claim(self, queue: str, limit: int, by: str) -> list[Claimed]:
+        with self._writer.begin() as conn:
+            rows = conn.execute(sql.CLAIM, {"claim_queue": queue, "limit": limit, "now": self.clock.now(),
+                                            "by": by}).all()
+        claimed = [
+            Claimed(
+                JobInfo(id=r.id, worker=r.worker, queue=r.queue, args=r.args, attempt=r.attempt,
+                        max_attempts=r.max_attempts, inserted_at=r.inserted_at,
+                        scheduled_at=r.scheduled_at),
+                list(r.errors or []), dict(r.meta or {}), r.priority,
+            )
+            for r in rows
+        ]
+        claimed.sort(key=lambda j: (j.priority, j.info.scheduled_at, j.info.id))
+        return claimed
+
+    def _execute(self, job: Claimed) -> Result:
+        info = job.info
+        self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
+                            attempt=info.attempt))
+        result = run_job(job, self._handles, self.clock.now, self.backoff)
+        failed = result.state in ("retryable", "discarded")
+        self._emit(JobEvent(kind="exception" if failed else "stop", job_id=info.id, worker=info.worker, queue=info.queue,
+                            attempt=info.attempt, duration=result.duration, state=result.state,
+                            error=result.error))
+        return result
+
+    def _emit(self, event: JobEvent) -> None:
+        for callback in self._listeners:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("job event callback %r failed", callback)
+
+    def _record(self, job: Claimed, result: Result, by: str) -> None:
+        values = dict(result.values, state=result.state)
+        if result.state == "completed":
+            values["completed_at"] = self.clock.now()
+        with self._writer.begin() as conn:
+            conn.execute(sql.FINISH.values(**values),
+                         {"job_id": job.info.id, "by": by, "job_attempt": job.info.attempt})
+
+    def _record_retrying(self, job: Claimed, result: Result, by: str, give_up: float = 60.0) -> None:
+        """Record an outcome, riding out a short database outage."""
+        deadline = time.monotonic() + give_up
+        delay = 0.05
+        while True:
+            try:
+                self._record(job, result, by)
+                return
+            except sa.exc.DBAPIError:
+                if time.monotonic() > deadline:
+                    # Left executing: the rescuer re-runs it once this worker's
+                    # heartbeat goes stale.
+                    log.exception("could not record outcome of job %s", job.info.id)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _complete_many(self, ids: list[int], by: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(sql.COMPLETE_MANY, {"ids": ids, "by": by, "now": self.clock.now()})
+
+    def _release(self, by: str) -> int:
+        with self._writer.begin() as conn:
+            return conn.execute(sql.RELEASE_MINE, {"by": by, "now": self.clock.now()}).rowcount
+
+    # --- liveness ----------------------------------------------------------------------
+
+    def _new_worker_id(self, kind: str) -> str:
+        return f"{self.node}:{os.getpid()}:{kind}:{uuid.uuid4().hex[:8]}"
+
+    def _register_worker(self, worker_id: str, queues: Mapping[str, int]) -> None:
+        now = self.clock.now()
+        with self._writer.begin() as conn:
+            conn.execute(sql.INSERT_WORKER, {"id": worker_id, "node": self.node,
+                                             "queues": dict(queues), "started_at": now,
+                                             "heartbeat_at": now})
+
+    def _heartbeat(self, worker_id: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(sql.HEARTBEAT, {"worker_id": worker_id, "now": self.clock.now()})
+
+    def _unregister_worker(self, worker_id: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
+
+    def rescue(self, stale_after: timedelta | None = None) -> int:
+        """Return jobs left ``executing`` by dead workers to ``available``.
+
+        A worker is dead when its heartbeat is older than ``stale_after``.
+        Rescued jobs keep the attempt they spent; one already at
+        ``max_attempts`` is discarded instead.
+
+        Args:
+            stale_after: defaults to the queue's ``stale_after``.
+
+        Returns:
+            Number of jobs rescued or discarded.
+        """
+        now = self.clock.now()
+        params = {"cutoff": now - (stale_after or self.stale_after), "now": now}
+        with self._writer.begin() as conn:
+            moved = conn.execute(sql.RESCUE_AVAILABLE, params).rowcount
+            moved += conn.execute(sql.RESCUE_DISCARD, params).rowcount
+            conn.execute(sql.DELETE_STALE_WORKERS, params)
+        if moved:
+            log.warning("rescued %d job(s) from dead workers", moved)
+        return int(moved)
+
+    def prune(
+        self,
+        *,
+        completed: timedelta | None = DEFAULT_PRUNE_AGES["completed"],
+        cancelled: timedelta | None = DEFAULT_PRUNE_AGES["cancelled"],
+        discarded: timedelta | None = DEFAULT_PRUNE_AGES["discarded"],
+        limit: int = 10_000,
+    ) -> int:
+        """Delete finished jobs older than a per-state age.
+
+        Args:
+            completed: age after which completed jobs go (``None`` keeps them).
+            cancelled: likewise for cancelled jobs.
+            discarded: likewise for discarded jobs.
+            limit: at most this many rows per state per call, to keep
+                transactions short.
+
+        Returns:
+            Number of jobs deleted.
+        """
+        now = self.clock.now()
+        deleted = 0
+        for state, age in (("completed", completed), ("cancelled", cancelled),
+                           ("discarded", discarded)):
+            if age is None:
+                continue
+            with self._writer.begin() as conn:
+                deleted += conn.execute(sql.prune(state), {"cutoff": now - age,
+                                                           "limit": limit}).rowcount
+        return int(deleted)
+
+    # --- operating -----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, QueueCounts]:
+        """Jobs per queue and state, and how long the oldest due job has waited.
+
+        Every declared queue is present, with zeros when empty.
+        """
+        now = self.clock.now()
+        table: dict[str, dict[str, int]] = {q: dict.fromkeys(JOB_STATES, 0) for q in self._queues}
+        with self.engine.connect() as conn:
+            for queue, state, n in conn.execute(sql.COUNTS):
+                table.setdefault(queue, dict.fromkeys(JOB_STATES, 0))[state] = int(n)
+            oldest = dict(conn.execute(sql.OLDEST_DUE, {"now": now}).tuples().all())
+        return {
+            queue: QueueCounts(
+                queue=queue, states=states,
+                oldest_available_age=(
+                    (now - utc(oldest[queue])).total_seconds() if queue in oldest else None
+                ),
+            )
+            for queue, states in sorted(table.items())
+        }
+
+    def get(self, job_id: int) -> Job:
+        """Load one job row (detached).
+
+        Args:
+            job_id: the job's id.
+
+        Raises:
+            NotFoundError: no job has that id.
+        """
+        with Session(self.engine, expire_on_commit=False) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job with id {job_id!r}")
+            session.expunge(job)
+            return job
+
+    def retry(self, job_id: int) -> bool:
+        """Make a finished, retryable or scheduled job due now.
+
+        A job that already used all its attempts gets one more.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            ``True`` if the job was re-armed, ``False`` if it is available or executing.
+
+        Raises:
+            NotFoundError: no job has that id.
+        """
+        try:
+            with self._writer.begin() as conn:
+                changed = conn.execute(sql.RETRY_ONE, {"job_id": job_id,
+                                                       "now": self.clock.now()}).rowcount
+        except sa.exc.IntegrityError as exc:
+            raise InvalidInputError(
+                f"job {job_id} cannot be retried: a job with its unique key is already active"
+            ) from exc
+        if not changed:
+            self.get(job_id)
+        return bool(changed)
+
+    def retry_discarded(self) -> int:
+        """Re-arm every discarded job (those whose unique key is active again stay).
+
+        Returns:
+            Number of jobs made available.
+        """
+        with self._writer.begin() as conn:
+            return int(conn.execute(sql.RETRY_DISCARDED, {"now": self.clock.now()}).rowcount)
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a job that has not finished.
+
+        An executing job is marked ``cancelled`` at once; its running call is
+        not interrupted, and whatever it returns is ignored.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            ``True`` if the job was cancelled, ``False`` if it had already finished.
+
+        Raises:
+            NotFoundError: no job has that id.
+        """
+        with self._writer.begin() as conn:
+            changed = conn.execute(sql.CANCEL_ONE, {"job_id": job_id,
+                                                    "now": self.clock.now()}).rowcount
+        if not changed:
+            self.get(job_id)
+        return bool(changed)
+
+    # --- running -----------------------------------------------------------------------
+
+    def work(self, until_empty: bool = True, queues: Iterable[str] | None = None) -> int:
+        """Run due jobs in this thread (scripts and tests).
+
+        Claims and runs jobs due at ``clock.now()`` until none are due. Jobs
+        that fail are rescheduled by their backoff, so they are not due again
+        within the same call unless the clock moves.
+
+        Args:
+            until_empty: keep going until no job is due; ``False`` runs one batch.
+            queues: queues to drain; default every declared queue.
+
+        Returns:
+            Number of jobs run.
+        """
+        names = sorted(queues) if queues is not None else sorted(self._queues)
+        for name in names:
+            self._check_queue(name)
+        by = self._new_worker_id("drain")
+        self._register_worker(by, dict.fromkeys(names, 1))
+        ran = 0
+        beat = time.monotonic()
+        try:
+            while True:
+                got = 0
+                for name in names:
+                    for job in self._claim(name, DRAIN_BATCH, by):
+                        self._record(job, self._execute(job), by)
+                        got += 1
+                        if time.monotonic() - beat > self.stale_after.total_seconds() / 4:
+                            self._heartbeat(by)
+                            beat = time.monotonic()
+                ran += got
+                if not got or not until_empty:
+                    break
+        finally:
+            self._release(by)
+            self._unregister_worker(by)
+        return ran
+
+    def run_worker(
+        self,
+        queues: Mapping[str, int] | None = None,
+        poll_interval: float = 1.0,
+        shutdown_grace: float = 15.0,
+        stop_event: Any = None,
+        **options: Any,
+    ) -> int:
+        """Run a worker until ``stop_event`` is set or SIGTERM/SIGINT arrives.
+
+        Args:
+            queues: queue name -> concurrency (threads) on this node; default
+                every declared queue with 10.
+            poll_interval: seconds between polls (the fallback when NOTIFY is
+                off or missed; SQLite always polls).
+            shutdown_grace: seconds running jobs get to finish on shutdown;
+                the rest are released back to ``available``.
+            stop_event: a ``threading.Event`` that stops the worker when set.
+            **options: ``heartbeat_interval``, ``rescue_interval``,
+                ``prune_interval`` (seconds; 0 disables pruning).
+
+        Returns:
+            Number of jobs this worker ran.
+        """
+        from chimeway.queue.worker import Worker
+
+        chosen = dict(queues) if queues is not None else dict.fromkeys(sorted(self._queues), 10)
+        for name, limit in chosen.items():
+            self._check_queue(name)
+            if not isinstance(limit, int) or limit < 1:
+                raise InvalidInputError(f"concurrency for queue {name!r} must be >= 1, got {limit!r}")
+        worker = Worker(self, chosen, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+                        stop_event=stop_event, **options)
+        return worker.run()

@@ -1,0 +1,242 @@
+"""The worker loop: claim into free slots, run on threads, acknowledge in batches.
+
+One thread (the caller's) owns the loop; each queue has a thread pool of its
+concurrency. The loop wakes when a NOTIFY names one of its queues, when a job
+finishes, or when the poll interval passes, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from chimeway.queue.listener import Listener
+from chimeway.queue.runner import Claimed
+
+if TYPE_CHECKING:
+    from chimeway.queue.manager import JobQueue
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("chimeway.queue")
+
+
+class Worker:
+    """One node's worker over some queues; see :meth:`JobQueue.run_worker`.
+
+    Args:
+        jobs: the queue to work.
+        queues: queue name -> concurrency.
+        poll_interval: seconds between polls.
+        shutdown_grace: seconds running jobs get on shutdown.
+        stop_event: set to stop.
+        heartbeat_interval: seconds between heartbeats.
+        rescue_interval: seconds between rescues of dead workers' jobs.
+        prune_interval: seconds between prunes (0 disables).
+    """
+
+    def __init__(
+        self,
+        jobs: JobQueue,
+        queues: Mapping[str, int],
+        *,
+        poll_interval: float = 1.0,
+        shutdown_grace: float = 15.0,
+        stop_event: threading.Event | None = None,
+        heartbeat_interval: float = 5.0,
+        rescue_interval: float = 30.0,
+        prune_interval: float = 60.0,
+    ) -> None:
+        self.jobs = jobs
+        self.limits = dict(queues)
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.stop = stop_event or threading.Event()
+        self.heartbeat_interval = heartbeat_interval
+        self.rescue_interval = rescue_interval
+        self.prune_interval = prune_interval
+        self.id = jobs._new_worker_id("worker")
+        self.ran = 0
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._running = dict.fromkeys(self.limits, 0)
+        self._more = dict.fromkeys(self.limits, True)
+        self._acks: list[int] = []
+        self._pools = {
+            q: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"chimeway-{q}")
+            for q, n in self.limits.items()
+        }
+
+    # --- wake-ups -------------------------------------------------------------------
+
+    def _notified(self, queue: str) -> None:
+        if queue in self._more:
+            self._more[queue] = True
+            self._wake.set()
+
+    def _poll_all(self) -> None:
+        for queue in self._more:
+            self._more[queue] = True
+        self._wake.set()
+
+    # --- running jobs -----------------------------------------------------------------
+
+    def _run(self, job: Claimed) -> None:
+        queue = job.info.queue
+        try:
+            result = self.jobs._execute(job)
+            if result.state == "completed":
+                with self._lock:
+                    self._acks.append(job.info.id)
+            else:
+                self.jobs._record_retrying(job, result, self.id)
+        except BaseException:
+            log.exception("worker thread failed on job %s", job.info.id)
+        finally:
+            with self._lock:
+                self._running[queue] -= 1
+                self.ran += 1
+            self._wake.set()
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            ids, self._acks = self._acks, []
+        if not ids:
+            return
+        try:
+            self.jobs._complete_many(ids, self.id)
+        except BaseException:
+            with self._lock:
+                self._acks[:0] = ids
+            raise
+
+    def _claim_into_free_slots(self) -> None:
+        for queue, limit in self.limits.items():
+            if not self._more[queue]:
+                continue
+            with self._lock:
+                free = limit - self._running[queue]
+            if free <= 0:
+                continue
+            claimed = self.jobs._claim(queue, free, self.id)
+            # A short batch means the queue is drained: wait for a NOTIFY or
+            # the next poll instead of asking again after every completion.
+            self._more[queue] = len(claimed) == free
+            with self._lock:
+                self._running[queue] += len(claimed)
+            for job in claimed:
+                self._pools[queue].submit(self._run, job)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped; returns the number of jobs run."""
+        restore = self._install_signals()
+        listener: Listener | None = None
+        listener_stop = threading.Event()
+        try:
+            self.jobs._register_worker(self.id, self.limits)
+            if self.jobs.notify:
+                listener = Listener(self.jobs.engine, self._notified, self._poll_all,
+                                    listener_stop)
+                listener.start()
+            self._loop()
+        finally:
+            listener_stop.set()
+            self._shutdown()
+            if listener is not None:
+                listener.join(timeout=2.0)
+            restore()
+        return self.ran
+
+    def _loop(self) -> None:
+        now = time.monotonic()
+        next_poll = now + self.poll_interval
+        next_beat = now + self.heartbeat_interval
+        next_rescue = now + min(self.rescue_interval, 1.0)
+        next_prune = now + (self.prune_interval or float("inf"))
+        failures = 0
+        while not self.stop.is_set():
+            self._wake.clear()
+            try:
+                self._flush_acks()
+                self._claim_into_free_slots()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.jobs._heartbeat(self.id)
+                    next_beat = now + self.heartbeat_interval
+                if now >= next_rescue:
+                    self.jobs.rescue()
+                    next_rescue = now + self.rescue_interval
+                if now >= next_prune:
+                    self.jobs.prune()
+                    next_prune = now + self.prune_interval
+                failures = 0
+            except sa.exc.DBAPIError as exc:
+                # The database went away (restart, failover, terminated
+                # backend): the pool replaces broken connections; back off
+                # and go round again.
+                failures += 1
+                pause = min(0.05 * 2**failures, 2.0)
+                log.warning("worker %s: database error (%s); retrying in %.2fs", self.id,
+                            type(exc).__name__, pause)
+                self.stop.wait(pause)
+                self._poll_all()
+                continue
+            now = time.monotonic()
+            timeout = max(0.0, min(next_poll, next_beat) - now)
+            self._wake.wait(timeout)
+            if time.monotonic() >= next_poll:
+                self._poll_all()
+                next_poll = time.monotonic() + self.poll_interval
+
+    def _busy(self) -> int:
+        with self._lock:
+            return sum(self._running.values())
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._busy() and time.monotonic() < deadline:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            self._quietly(self._flush_acks)
+        self._quietly(self._flush_acks)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        released = self._quietly(lambda: self.jobs._release(self.id))
+        if released:
+            log.warning("worker %s released %s unfinished job(s) on shutdown", self.id, released)
+        self._quietly(lambda: self.jobs._unregister_worker(self.id))
+
+    @staticmethod
+    def _quietly(fn: Any) -> Any:
+        try:
+            return fn()
+        except sa.exc.DBAPIError:
+            log.exception("worker shutdown step failed")
+            return None
+
+    def _install_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("worker %s: signal %d, shutting down", self.id, signum)
+            self.stop.set()
+            self._wake.set()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
