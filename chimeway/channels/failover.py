@@ -21,7 +21,16 @@ from chimeway.channels.base import Channel
 from chimeway.errors import ConfigurationError, SignatureError
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
-__all__ = ["Failover", "FailoverResult", "Route", "channel_name", "run_route", "run_route_async"]
+__all__ = [
+    "Failover",
+    "FailoverResult",
+    "Route",
+    "channel_name",
+    "parse_feedback_any",
+    "run_route",
+    "run_route_async",
+    "unique_names",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +52,8 @@ def channel_name(channel: Channel) -> str:
     return name if isinstance(name, str) and name else type(channel).__name__.lower()
 
 
-def _unique_names(channels: Sequence[Channel]) -> list[str]:
+def unique_names(channels: Sequence[Channel]) -> list[str]:
+    """Trace names for ``channels``, numbered when two share a name."""
     names: list[str] = []
     for channel in channels:
         base = channel_name(channel)
@@ -103,7 +113,9 @@ class Route:
             # Every provider failed for now: retry when the soonest one said it
             # would be ready, unless one gave no hint (then the normal backoff applies).
             hints = [r.retry_after for _, r in self.tried]
-            retry_after = None if any(h is None for h in hints) else min(h for h in hints if h is not None)
+            retry_after = (
+                None if any(h is None for h in hints) else min(h for h in hints if h is not None)
+            )
         return FailoverResult(
             outcome=last.outcome,
             detail=trace,
@@ -172,7 +184,7 @@ class Failover(Channel):
             raise ConfigurationError("Failover needs at least one channel in 'channels'")
         self.channels = tuple(channels)
         self.name = name or "failover"
-        self._names = _unique_names(self.channels)
+        self._names = unique_names(self.channels)
 
     @property
     def providers(self) -> Mapping[str, Channel]:
@@ -277,7 +289,9 @@ def parse_feedback_any(
     raise SignatureError("no provider verified this request (" + "; ".join(refusals) + ")")
 
 
-def _bind(send: Callable[[Message], DeliveryResult], message: Message) -> Callable[[], DeliveryResult]:
+def _bind(
+    send: Callable[[Message], DeliveryResult], message: Message
+) -> Callable[[], DeliveryResult]:
     return lambda: send(message)
 
 

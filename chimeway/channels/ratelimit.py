@@ -23,7 +23,7 @@ from chimeway.channels.base import Channel
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
-__all__ = ["RateLimited", "Reservation", "TokenBucket"]
+__all__ = ["RateLimited", "Reservation", "TokenBucket", "rate_limited_result"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,20 @@ class TokenBucket:
             return self._tokens
 
 
+def rate_limited_result(bucket: TokenBucket, wait: float) -> DeliveryResult:
+    """The temporary result for a send refused by ``bucket``.
+
+    Args:
+        bucket: the bucket that had no token.
+        wait: seconds until it will have one.
+    """
+    return DeliveryResult.temporary(
+        f"rate limit of {bucket.rate:g}/s reached; next send slot in {wait:.2f}s",
+        error_class="rate_limited",
+        retry_after=wait,
+    )
+
+
 class RateLimited(Channel):
     """Wrap a channel so it sends at most ``rate`` messages per second in this process.
 
@@ -131,13 +145,6 @@ class RateLimited(Channel):
         self.required_fields = channel.required_fields  # type: ignore[misc]
         self.inbox = channel.inbox  # type: ignore[misc]
 
-    def _limited(self, wait: float) -> DeliveryResult:
-        return DeliveryResult.temporary(
-            f"rate limit of {self.bucket.rate:g}/s reached; next send slot in {wait:.2f}s",
-            error_class="rate_limited",
-            retry_after=wait,
-        )
-
     def send(self, message: Message) -> DeliveryResult:
         """Send when a token is free within ``max_wait``; otherwise answer temporary.
 
@@ -146,7 +153,7 @@ class RateLimited(Channel):
         """
         reservation = self.bucket.reserve(self.max_wait)
         if not reservation.granted:
-            return self._limited(reservation.wait)
+            return rate_limited_result(self.bucket, reservation.wait)
         if reservation.wait > 0:
             self._sleep(reservation.wait)
         return self.channel.send(message)
@@ -159,7 +166,7 @@ class RateLimited(Channel):
         """
         reservation = self.bucket.reserve(self.max_wait)
         if not reservation.granted:
-            return self._limited(reservation.wait)
+            return rate_limited_result(self.bucket, reservation.wait)
         if reservation.wait > 0:
             await asyncio.sleep(reservation.wait)
         return await self.channel.send_async(message)

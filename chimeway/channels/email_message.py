@@ -1,0 +1,308 @@
+"""The email every provider sends: building it from a rendered message.
+
+Fields read from the rendered message: ``subject`` (required), ``text`` (or
+``body``), ``html`` and ``unsubscribe_url``. The HTML is sent as rendered;
+escaping is the template layer's job. When only ``html`` is given, a plain
+text part is derived from it so every message is multipart/alternative.
+
+The ``Message-ID`` is ``<{delivery_id}@{domain}>``: the same delivery always
+produces the same id, so a retry after an ambiguous failure (connection lost
+after the message was handed over) can be recognised by the receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import email.utils
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from typing import Any, ClassVar
+
+from chimeway.channels.base import Channel
+from chimeway.errors import ConfigurationError
+from chimeway.values import DeliveryResult, Message, Recipient
+
+__all__ = [
+    "DELIVERY_ID_HEADER",
+    "METADATA_KEY",
+    "EmailProvider",
+    "OutgoingEmail",
+    "build_email",
+    "email_problem",
+    "html_to_text",
+    "parse_sender",
+]
+
+DELIVERY_ID_HEADER = "X-Chimeway-Delivery-Id"
+METADATA_KEY = "chimeway_delivery_id"
+
+# Building with 7bit forces quoted-printable/base64 bodies, so any server
+# accepts the message without the 8BITMIME extension.
+_BUILD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+
+# ---------------------------------------------------------------------------
+# The message
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutgoingEmail:
+    """One email, ready for any provider.
+
+    Args:
+        delivery_id: the delivery it belongs to.
+        sender: the ``From`` header value (``"App <no-reply@example.com>"``).
+        sender_address: the bare sender address (SMTP envelope).
+        to_address: the recipient's address.
+        to_name: the recipient's display name, if known.
+        subject: the subject line (single line).
+        text: the plain text body.
+        html: the HTML body, or ``None``.
+        reply_to: the ``Reply-To`` value, or ``None``.
+        message_id: the stable ``Message-ID`` (with angle brackets).
+        headers: extra headers every provider sends (``List-Unsubscribe``...).
+    """
+
+    delivery_id: uuid.UUID
+    sender: str
+    sender_address: str
+    to_address: str
+    to_name: str | None
+    subject: str
+    text: str
+    html: str | None
+    reply_to: str | None
+    message_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def to(self) -> str:
+        """The ``To`` header value."""
+        return str(Address(display_name=self.to_name or "", addr_spec=self.to_address))
+
+    def mime(self) -> EmailMessage:
+        """The MIME message (multipart/alternative when there is HTML)."""
+        msg = EmailMessage(policy=_BUILD_POLICY)
+        msg["From"] = self.sender
+        msg["To"] = self.to
+        if self.reply_to:
+            msg["Reply-To"] = self.reply_to
+        msg["Subject"] = self.subject
+        msg["Date"] = email.utils.formatdate(usegmt=True)
+        msg["Message-ID"] = self.message_id
+        for name, value in self.headers.items():
+            msg[name] = value
+        msg.set_content(self.text)
+        if self.html is not None:
+            msg.add_alternative(self.html, subtype="html")
+        return msg
+
+
+def _one_line(value: Any) -> str:
+    # A newline in a header would let template data inject headers.
+    return " ".join(str(value).split())
+
+
+def parse_sender(from_: str) -> tuple[str, str]:
+    """The ``From`` header value and the bare address for ``from_``."""
+    name, address = email.utils.parseaddr(from_)
+    if not address or "@" not in address:
+        raise ConfigurationError(
+            f"from_ must be an address like 'App <no-reply@example.com>', got {from_!r}"
+        )
+    if name:
+        return str(Address(display_name=name, addr_spec=address)), address
+    return address, address
+
+
+def email_problem(fields: Mapping[str, Any], recipient: Recipient) -> str | None:
+    """Why a message can never be emailed, or ``None``.
+
+    Args:
+        fields: the rendered fields.
+        recipient: who it is for.
+    """
+    if not recipient.email:
+        return "recipient has no email address"
+    address = recipient.email.strip()
+    if "@" not in address or any(c in address for c in "\r\n<>, "):
+        return "recipient email address is not a valid address"
+    if not str(fields.get("subject") or "").strip():
+        return "missing required field for email: subject"
+    if not (fields.get("text") or fields.get("body") or fields.get("html")):
+        return "missing email body: one of the fields text, body or html"
+    return None
+
+
+def build_email(
+    message: Message,
+    *,
+    from_: str,
+    reply_to: str | None = None,
+    message_id_domain: str | None = None,
+) -> OutgoingEmail:
+    """Build the :class:`OutgoingEmail` for a rendered message.
+
+    Args:
+        message: the rendered message.
+        from_: the ``From`` address, optionally with a display name.
+        reply_to: the ``Reply-To`` address.
+        message_id_domain: domain of the ``Message-ID``; defaults to the
+            sender's domain.
+    """
+    sender, sender_address = parse_sender(from_)
+    fields = message.fields
+    html = fields.get("html")
+    html = str(html) if html else None
+    text = fields.get("text") or fields.get("body")
+    text = str(text) if text else (html_to_text(html) if html else "")
+    domain = message_id_domain or sender_address.rpartition("@")[2]
+    headers: dict[str, str] = {DELIVERY_ID_HEADER: str(message.delivery_id)}
+    unsubscribe = fields.get("unsubscribe_url")
+    if unsubscribe:
+        url = _one_line(unsubscribe)
+        headers["List-Unsubscribe"] = f"<{url}>"
+        if not url.lower().startswith("mailto:"):
+            # RFC 8058 one-click applies to HTTPS links only.
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return OutgoingEmail(
+        delivery_id=message.delivery_id,
+        sender=sender,
+        sender_address=sender_address,
+        to_address=(message.recipient.email or "").strip(),
+        to_name=_one_line(message.recipient.name) if message.recipient.name else None,
+        subject=_one_line(fields.get("subject", "")),
+        text=text,
+        html=html,
+        reply_to=reply_to,
+        message_id=f"<{message.delivery_id}@{domain}>",
+        headers=headers,
+    )
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCKS: ClassVar[frozenset[str]] = frozenset(
+        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text rendering of an HTML body."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+# ---------------------------------------------------------------------------
+# Providers
+
+
+class EmailProvider(Channel):
+    """Base for email providers: sends an :class:`OutgoingEmail`.
+
+    A provider is also a channel on its own (``Postmark(token, from_=...)``);
+    inside :class:`Email` only :meth:`send_email` is used, with the
+    ``Email`` channel's sender.
+    """
+
+    name: ClassVar[str] = "email"
+    from_: str | None = None
+    reply_to: str | None = None
+    message_id_domain: str | None = None
+
+    def _identity(
+        self, from_: str | None, reply_to: str | None, message_id_domain: str | None
+    ) -> None:
+        if from_ is not None:
+            parse_sender(from_)
+        self.from_ = from_
+        self.reply_to = reply_to
+        self.message_id_domain = message_id_domain
+
+    def send_email(self, outgoing: OutgoingEmail) -> DeliveryResult:
+        """Send one built email.
+
+        Args:
+            outgoing: the email to send.
+        """
+        raise NotImplementedError
+
+    async def send_email_async(self, outgoing: OutgoingEmail) -> DeliveryResult:
+        """Async variant of :meth:`send_email`; by default runs it in a thread.
+
+        Args:
+            outgoing: the email to send.
+        """
+        return await asyncio.to_thread(self.send_email, outgoing)
+
+    def _build(self, message: Message) -> OutgoingEmail | DeliveryResult:
+        if self.from_ is None:
+            return DeliveryResult.permanent(
+                f"{type(self).__name__} used as a channel needs from_=...",
+                error_class="configuration",
+            )
+        return build_email(
+            message,
+            from_=self.from_,
+            reply_to=self.reply_to,
+            message_id_domain=self.message_id_domain,
+        )
+
+    def send(self, message: Message) -> DeliveryResult:
+        """Build the email from ``message`` and send it.
+
+        Args:
+            message: the rendered message.
+        """
+        built = self._build(message)
+        return built if isinstance(built, DeliveryResult) else self.send_email(built)
+
+    async def send_async(self, message: Message) -> DeliveryResult:
+        """Async variant of :meth:`send`.
+
+        Args:
+            message: the rendered message.
+        """
+        built = self._build(message)
+        return built if isinstance(built, DeliveryResult) else await self.send_email_async(built)
+
+    def validate(self, fields: Mapping[str, Any], recipient: Recipient) -> str | None:
+        """Cancel at planning time when there is no address, subject or body.
+
+        Args:
+            fields: the rendered fields.
+            recipient: the recipient the message is for.
+        """
+        return email_problem(fields, recipient)
