@@ -470,7 +470,7 @@ class JobQueue:
         with self.engine.connect() as conn:
             for queue, state, n in conn.execute(sql.COUNTS):
                 table.setdefault(queue, dict.fromkeys(JOB_STATES, 0))[state] = int(n)
-            oldest = dict(conn.execute(sql.OLDEST_DUE, {"now": now}).tuples().all())
+            oldest = {r[0]: r[1] for r in conn.execute(sql.OLDEST_DUE, {"now": now})}
         return {
             queue: QueueCounts(
                 queue=queue, states=states,
