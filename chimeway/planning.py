@@ -295,7 +295,7 @@ def write_plan(conn: Connection, plan_: Plan, checks: Sequence[PlanningCheck] = 
     inserted = insert_ignoring_conflict(
         conn, events_table, event, ("tenant", "idempotency_key")
     )
-    if inserted == 0:
+    if not inserted:
         return existing_result(conn, event["tenant"], event["idempotency_key"])
     # Planning checkpoints (preferences, caps, quiet hours) run once the event
     # is known not to be a duplicate, inside the caller's transaction; they may
@@ -366,12 +366,16 @@ def existing_result(conn: Connection, tenant: str, idempotency_key: str) -> Trig
 
 
 def insert_ignoring_conflict(conn: Connection, table: sa.Table, values: Mapping[str, Any],
-                             conflict: Sequence[str]) -> int:
-    """``INSERT ... ON CONFLICT DO NOTHING``; returns 1 if the row went in, 0 if not."""
+                             conflict: Sequence[str]) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING``; returns whether the row went in.
+
+    ``RETURNING`` tells us, where ``rowcount`` is not reliable on every driver.
+    """
+    pk = next(iter(table.primary_key.columns))
     if conn.dialect.name == "postgresql":
         pg_stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-        return int(conn.execute(pg_stmt).rowcount)
+        return conn.execute(pg_stmt.returning(pk)).first() is not None
     if conn.dialect.name == "sqlite":
         lite_stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-        return int(conn.execute(lite_stmt).rowcount)
+        return conn.execute(lite_stmt.returning(pk)).first() is not None
     raise InvalidInputError(f"database {conn.dialect.name!r} is not supported (use PostgreSQL or SQLite)")

@@ -1,0 +1,53 @@
+"""A process that triggers, commits, and is SIGKILLed before or during delivery.
+
+Usage: python crash_app.py DATABASE_URL MODE MARKER_FILE
+  MODE after_commit: killed right after the commit, before delivering.
+  MODE mid_send:     killed while the channel is sending (after the claim).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from chimeway import Chimeway, DeliveryResult, Message  # noqa: E402
+from chimeway.channels import Channel  # noqa: E402
+from chimeway.db import create_engine  # noqa: E402
+from support import OnlyRec  # noqa: E402
+
+
+class Hangs(Channel):
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def send(self, message: Message) -> DeliveryResult:
+        self.marker.write_text(str(message.delivery_id))
+        time.sleep(600)
+        return DeliveryResult.ok()
+
+
+def main() -> None:
+    url, mode, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    app = Chimeway(engine=create_engine(url), channels={"rec": Hangs(marker)})
+    with Session(app.engine) as session:
+        if mode == "after_commit":
+            # Registered before Chimeway's own hook, so it runs first.
+            @event.listens_for(session, "after_commit")
+            def die(_session: Session) -> None:
+                marker.write_text("committed")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        with session.begin():
+            app.trigger(session, OnlyRec, {"n": 1}, idempotency_key=f"crash-{mode}")
+
+
+if __name__ == "__main__":
+    main()

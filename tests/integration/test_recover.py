@@ -1,0 +1,81 @@
+"""Deliveries left behind by a process killed with SIGKILL are re-driven by recover()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from chimeway import Chimeway, DeliveryResult
+from chimeway.models import deliveries_table
+from chimeway.testing import FakeClock, RecordingChannel
+from support import OnlyRec
+
+SCRIPT = Path(__file__).with_name("crash_app.py")
+
+
+def _run_until_killed(url: str, mode: str, marker: Path) -> None:
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), url, mode, str(marker)])
+    if mode == "mid_send":
+        deadline = time.monotonic() + 60
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the child never reached the channel"
+        proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -9
+
+
+def _statuses(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(deliveries_table.c.status)).scalars())
+
+
+@pytest.mark.parametrize("mode", ["after_commit", "mid_send"])
+def test_recover_redrives_what_a_killed_process_left(any_url: str, any_engine: sa.Engine,
+                                                     tmp_path: Path, mode: str) -> None:
+    marker = tmp_path / "marker"
+    _run_until_killed(any_url, mode, marker)
+    expected = "pending" if mode == "after_commit" else "dispatched"
+    assert _statuses(any_engine) == [expected]
+
+    rec = RecordingChannel()
+    app = Chimeway(engine=any_engine, channels={"rec": rec})
+    # Young rows are left alone: their own process may still be delivering them.
+    assert app.recover(older_than=timedelta(minutes=5)) == 0
+    assert _statuses(any_engine) == [expected]
+    assert app.recover(older_than=timedelta(0)) == 1
+    assert _statuses(any_engine) == ["succeeded"]
+    assert len(rec.sent) == 1
+    explanation = app.explain(rec.sent[0].delivery_id)
+    events = [t.event for t in explanation.timeline]
+    assert events[-2:] == ["attempt", "succeeded"]
+    if mode == "mid_send":
+        assert "recovered" in events and explanation.attempts == 2
+    assert app.recover(older_than=timedelta(0)) == 0
+
+
+def test_recover_retries_failed_deliveries_when_due_then_gives_up(sqlite_engine: sa.Engine) -> None:
+    clock = FakeClock()
+    rec = RecordingChannel(lambda m: DeliveryResult.temporary("HTTP 503", error_class="http_503"))
+    app = Chimeway(engine=sqlite_engine, channels={"rec": rec}, clock=clock, max_attempts=3)
+    with Session(app.engine) as session, session.begin():
+        delivery_id = app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="retry").delivery_ids[0]
+    assert app.explain(delivery_id).status == "failed"
+    assert app.recover(older_than=timedelta(0)) == 0  # not due yet (backoff)
+    clock.advance(minutes=1)
+    assert app.recover(older_than=timedelta(0)) == 1
+    clock.advance(hours=1)
+    assert app.recover(older_than=timedelta(0)) == 1
+    explanation = app.explain(delivery_id)
+    assert explanation.status == "cancelled"
+    assert explanation.reason == "retries_exhausted: HTTP 503"
+    assert len(rec.calls) == 3
+    clock.advance(hours=5)
+    assert app.recover(older_than=timedelta(0)) == 0
