@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import pytest
-
 from channels_support import make_message
+
 from chimeway.channels.log import Log
 
 

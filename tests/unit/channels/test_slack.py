@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from channels_support import FakeSlack, Reply, make_message, refused_url, running
+
 from chimeway.channels.slack import Slack
 from chimeway.errors import ConfigurationError
 from chimeway.values import Recipient
@@ -63,7 +63,9 @@ def test_webhook_success(slack: FakeSlack, hook: Slack) -> None:
         (Reply(500, "rollup_error"), "temporary", "rollup_error"),
     ],
 )
-def test_webhook_errors(slack: FakeSlack, hook: Slack, reply: Reply, outcome: str, code: str) -> None:
+def test_webhook_errors(
+    slack: FakeSlack, hook: Slack, reply: Reply, outcome: str, code: str
+) -> None:
     slack.enqueue(reply)
     result = hook.send(make_message("slack", {"text": "x"}))
     assert (result.outcome, result.vendor_code) == (outcome, code)
@@ -106,28 +108,54 @@ def test_bot_success_records_ts(slack: FakeSlack, bot: Slack) -> None:
     assert request.path == "/api/chat.postMessage"
     assert request.headers["authorization"] == f"Bearer {FakeSlack.token}"
     assert request.headers["content-type"].startswith("application/json")
-    assert request.json() == {"channel": "C0123", "text": "Order 7 shipped", "blocks": json.loads(BLOCKS)}
+    assert request.json() == {
+        "channel": "C0123",
+        "text": "Order 7 shipped",
+        "blocks": json.loads(BLOCKS),
+    }
 
 
 def test_bot_channel_from_fields_or_recipient(slack: FakeSlack) -> None:
     channel = Slack(token=FakeSlack.token, base_url=slack.api_url)
     recipient = Recipient(id="user:1", data={"slack_channel": "U999"})
-    assert channel.send(make_message("slack", {"text": "a"}, recipient=recipient)).outcome == "succeeded"
-    assert channel.send(make_message("slack", {"text": "b", "channel": "C777"}, recipient=recipient)).outcome == "succeeded"
+    assert (
+        channel.send(make_message("slack", {"text": "a"}, recipient=recipient)).outcome
+        == "succeeded"
+    )
+    assert (
+        channel.send(
+            make_message("slack", {"text": "b", "channel": "C777"}, recipient=recipient)
+        ).outcome
+        == "succeeded"
+    )
     assert [r.json()["channel"] for r in slack.requests] == ["U999", "C777"]
     assert channel.validate({"text": "x"}, Recipient(id="user:2")) is not None
     channel.close()
 
 
-@pytest.mark.parametrize("error", ["ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable"])
+@pytest.mark.parametrize(
+    "error", ["ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable"]
+)
 def test_bot_temporary_errors(slack: FakeSlack, bot: Slack, error: str) -> None:
     slack.enqueue(Reply(200, {"ok": False, "error": error}))
     result = bot.send(make_message("slack", {"text": "x"}))
-    assert (result.outcome, result.vendor_code, result.error_class) == ("temporary", error, f"slack_{error}")
+    assert (result.outcome, result.vendor_code, result.error_class) == (
+        "temporary",
+        error,
+        f"slack_{error}",
+    )
 
 
 @pytest.mark.parametrize(
-    "error", ["invalid_auth", "not_authed", "channel_not_found", "is_archived", "account_inactive", "msg_too_long"]
+    "error",
+    [
+        "invalid_auth",
+        "not_authed",
+        "channel_not_found",
+        "is_archived",
+        "account_inactive",
+        "msg_too_long",
+    ],
 )
 def test_bot_permanent_errors(slack: FakeSlack, bot: Slack, error: str) -> None:
     slack.enqueue(Reply(200, {"ok": False, "error": error}))
@@ -147,7 +175,11 @@ def test_bot_wrong_token_is_invalid_auth(slack: FakeSlack) -> None:
 def test_bot_http_429_with_retry_after(slack: FakeSlack, bot: Slack) -> None:
     slack.enqueue(Reply(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "7"}))
     result = bot.send(make_message("slack", {"text": "x"}))
-    assert (result.outcome, result.retry_after, result.vendor_code) == ("temporary", 7.0, "ratelimited")
+    assert (result.outcome, result.retry_after, result.vendor_code) == (
+        "temporary",
+        7.0,
+        "ratelimited",
+    )
 
 
 def test_bot_5xx_is_temporary(slack: FakeSlack, bot: Slack) -> None:
@@ -203,7 +235,9 @@ def test_configuration() -> None:
 
 def test_send_async(slack: FakeSlack, bot: Slack) -> None:
     async def run() -> list[str | None]:
-        results = await asyncio.gather(*(bot.send_async(make_message("slack", {"text": str(i)})) for i in range(4)))
+        results = await asyncio.gather(
+            *(bot.send_async(make_message("slack", {"text": str(i)})) for i in range(4))
+        )
         await bot.async_client.aclose()
         return [r.provider_message_id for r in results]
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from channels_support import FakeWebhookReceiver, Reply, make_message, refused_url, running
+
 from chimeway.channels.webhook import Webhook, sign_webhook, verify_webhook
 from chimeway.errors import ConfigurationError, SignatureError
 
@@ -25,7 +25,9 @@ def receiver() -> Iterator[FakeWebhookReceiver]:
 
 @pytest.fixture
 def channel(receiver: FakeWebhookReceiver) -> Iterator[Webhook]:
-    webhook = Webhook(url=receiver.url, secret=SECRET, headers={"x-tenant-app": "shop"}, timeout=2.0)
+    webhook = Webhook(
+        url=receiver.url, secret=SECRET, headers={"x-tenant-app": "shop"}, timeout=2.0
+    )
     yield webhook
     webhook.close()
 
@@ -56,7 +58,9 @@ def test_success_posts_signed_payload(receiver: FakeWebhookReceiver, channel: We
     assert verify_webhook(request.body, request.headers, SECRET)["type"] == "order_shipped"
 
 
-def test_webhook_id_is_stable_across_retries(receiver: FakeWebhookReceiver, channel: Webhook) -> None:
+def test_webhook_id_is_stable_across_retries(
+    receiver: FakeWebhookReceiver, channel: Webhook
+) -> None:
     message = make_message("webhook", {"body": "x"})
     receiver.enqueue(Reply(503, "busy"))
     assert channel.send(message).outcome == "temporary"
@@ -152,7 +156,9 @@ PAYLOAD = b'{"type":"order_shipped","data":{"id":1}}'
 def test_verify_accepts_any_of_several_signatures() -> None:
     headers = sign_webhook(PAYLOAD, SECRET, msg_id="msg_1")
     other = sign_webhook(PAYLOAD, b"old-secret-old-secret-old-secret", msg_id="msg_1")
-    headers["webhook-signature"] = f"{other['webhook-signature']} v1a,ignored {headers['webhook-signature']}"
+    headers["webhook-signature"] = (
+        f"{other['webhook-signature']} v1a,ignored {headers['webhook-signature']}"
+    )
     upper = {k.upper(): v for k, v in headers.items()}
     assert verify_webhook(PAYLOAD, upper, SECRET) == json.loads(PAYLOAD)
     # Raw bytes and the whsec_ form are the same key.
@@ -166,7 +172,11 @@ def test_verify_matches_the_specification_example() -> None:
 
     ts = 1674087231
     expected = base64.b64encode(
-        hmac.new(KEY, b"msg_p5jXN8AQM9LWM0D4loKWxJek." + str(ts).encode() + b"." + PAYLOAD, hashlib.sha256).digest()
+        hmac.new(
+            KEY,
+            b"msg_p5jXN8AQM9LWM0D4loKWxJek." + str(ts).encode() + b"." + PAYLOAD,
+            hashlib.sha256,
+        ).digest()
     ).decode()
     headers = sign_webhook(PAYLOAD, SECRET, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=ts)
     assert headers["webhook-signature"] == f"v1,{expected}"
@@ -205,10 +215,15 @@ def test_verify_refuses_old_and_future_timestamps() -> None:
 # -- parse_feedback ------------------------------------------------------------
 
 
-def _callback(status: str, delivery_id: str, secret: str | bytes = SECRET) -> tuple[dict[str, str], bytes]:
+def _callback(
+    status: str, delivery_id: str, secret: str | bytes = SECRET
+) -> tuple[dict[str, str], bytes]:
     body = json.dumps(
-        {"type": f"delivery.{status}", "timestamp": "2026-11-22T06:01:02Z",
-         "data": {"delivery_id": delivery_id, "event_id": "e1", "reason": "mailbox full"}}
+        {
+            "type": f"delivery.{status}",
+            "timestamp": "2026-11-22T06:01:02Z",
+            "data": {"delivery_id": delivery_id, "event_id": "e1", "reason": "mailbox full"},
+        }
     ).encode()
     return sign_webhook(body, secret, msg_id="cb_77"), body
 
@@ -231,7 +246,9 @@ def test_feedback_tampered_or_unsigned_is_refused(channel: Webhook) -> None:
         channel.parse_feedback(headers, body.replace(b"delivered", b"bounced"))
     with pytest.raises(SignatureError):
         channel.parse_feedback({}, body)
-    forged_headers, forged = _callback("delivered", "x", secret=b"forged-secret-forged-secret-forged")
+    forged_headers, forged = _callback(
+        "delivered", "x", secret=b"forged-secret-forged-secret-forged"
+    )
     with pytest.raises(SignatureError):
         channel.parse_feedback(forged_headers, forged)
 
