@@ -81,10 +81,12 @@ class SMTPServer:
     port: int
     handler: StoringHandler
     controller: Controller
+    options: dict[str, Any] = field(default_factory=dict)
 
     def restart(self) -> None:
         """Stop (dropping every client connection) and listen again on the same port."""
         self.controller.stop()
+        self.controller = Controller(self.handler, hostname=self.host, port=self.port, **self.options)
         self.controller.start()
 
 
@@ -133,7 +135,8 @@ def smtp_server(
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
+    running = SMTPServer("127.0.0.1", port, handler, controller, kwargs)
     try:
-        yield SMTPServer("127.0.0.1", port, handler, controller)
+        yield running
     finally:
-        controller.stop()
+        running.controller.stop()
