@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -14,14 +14,16 @@ from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
 from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine
-from chimeway.dispatch.base import Dispatcher
+from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import Executor
+from chimeway.dispatch.queue import QueueDispatcher
 from chimeway.dispatch.sync import SyncDispatcher
 from chimeway.errors import ConfigurationError, InvalidInputError
 from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.inbox import Inbox
 from chimeway.notifier import Notifier
 from chimeway.planning import PlanningCheck, TriggerResult, plan, write_plan
+from chimeway.queue import JobHandle, JobQueue
 
 __all__ = ["Chimeway"]
 
@@ -38,6 +40,8 @@ class Chimeway:
         channels: channel name → ``Channel``. ``"in_app"`` is added if missing.
         clock: time source (``chimeway.testing.FakeClock`` in tests).
         max_attempts: attempts per delivery before a temporary failure is final.
+        notify: on PostgreSQL, wake workers with ``LISTEN/NOTIFY``; ``False``
+            polls only (e.g. behind PgBouncer in transaction mode).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class Chimeway:
         channels: Mapping[str, Channel] | None = None,
         clock: Clock | None = None,
         max_attempts: int = 5,
+        notify: bool = True,
     ) -> None:
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
@@ -71,11 +76,16 @@ class Chimeway:
         )
         # Policy and other layers append here; both run on every path.
         self.planning_checks: list[PlanningCheck] = []
+        # The job queue exists with either dispatcher: user jobs, cron and
+        # workflow timers run on it even when deliveries are sync.
+        self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)
         self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
 
     def _make_dispatcher(self, dispatcher: str | Dispatcher) -> Dispatcher:
         if dispatcher == "sync":
             return SyncDispatcher(self.executor)
+        if dispatcher == "queue":
+            return QueueDispatcher(self.executor, self.queue, max_attempts=self.max_attempts)
         if isinstance(dispatcher, str):
             raise ConfigurationError(f"dispatcher must be 'sync', 'queue' or a Dispatcher, got {dispatcher!r}")
         return dispatcher
@@ -135,8 +145,8 @@ class Chimeway:
         conn = connection_of(session)
         result = write_plan(conn, the_plan, self.planning_checks)
         if not result.duplicate:
-            pending = [d.id for d in the_plan.deliveries if d.status == "pending"]
-            self.dispatcher.planned(session, conn, pending)
+            due = [Due(d.id, d.not_before) for d in the_plan.deliveries if d.status in ("pending", "deferred")]
+            self.dispatcher.planned(session, conn, due)
         return result
 
     # -- reading ----------------------------------------------------------------
@@ -179,6 +189,45 @@ class Chimeway:
             raise InvalidInputError("older_than must be a non-negative timedelta")
         ids = self.executor.recoverable(older_than=older_than, limit=limit)
         return self.dispatcher.redrive(ids) if ids else 0
+
+    def job(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        queue: str = "default",
+        max_attempts: int = 20,
+        priority: int = 0,
+        unique: Any = None,
+        name: str | None = None,
+    ) -> Any:
+        """Declare a background job (decorator); ``fn.enqueue(session, **args)`` runs it.
+
+        Args:
+            fn: the job function, called with the job's JSON args as keywords.
+            queue: the queue it runs on (declared if new).
+            max_attempts: attempts before the job is discarded.
+            priority: lower runs first.
+            unique: ``True``, a tuple of arg names, or a function of the args
+                giving a unique key: at most one active job per key.
+            name: stable worker name (default: module and qualified name).
+        """
+        if queue not in self.queue.queues:
+            self.queue.declare_queue(queue)
+
+        def decorate(func: Callable[..., Any]) -> JobHandle:
+            return self.queue.register(func, name=name, queue=queue, max_attempts=max_attempts,
+                                       priority=priority, unique=unique)
+
+        return decorate(fn) if fn is not None else decorate
+
+    def work(self, until_empty: bool = True, queues: Iterable[str] | None = None) -> int:
+        """Run due jobs in this thread (scripts and tests); returns how many ran.
+
+        Args:
+            until_empty: keep going until no job is due at the clock's time.
+            queues: only these queues (default: all declared).
+        """
+        return self.queue.work(until_empty=until_empty, queues=queues)
 
     def close(self) -> None:
         """Close channels' connection pools and, if Chimeway created it, the engine."""

@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Due"]
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery to execute, and when it is due (``None``: now).
+
+    Args:
+        id: the delivery id.
+        not_before: the earliest time to send (quiet hours, retry backoff).
+    """
+
+    id: uuid.UUID
+    not_before: datetime | None = None
 
 
 class Dispatcher(Protocol):
@@ -27,18 +42,16 @@ class Dispatcher(Protocol):
 
     name: str
 
-    def planned(
-        self, target: Session | Connection, conn: Connection, delivery_ids: Sequence[uuid.UUID]
-    ) -> None:
+    def planned(self, target: Session | Connection, conn: Connection, deliveries: Sequence[Due]) -> None:
         """Called inside the caller's transaction with the deliveries to execute.
 
         Args:
             target: what the caller passed to ``trigger`` (for after-commit hooks).
             conn: the caller's connection, inside its transaction.
-            delivery_ids: the ``pending`` deliveries just planned.
+            deliveries: the ``pending`` and ``deferred`` deliveries just planned.
         """
         ...
 
-    def redrive(self, delivery_ids: Sequence[uuid.UUID]) -> int:
+    def redrive(self, deliveries: Sequence[Due]) -> int:
         """Execute deliveries again outside any caller transaction (``recover()``)."""
         ...

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
+from chimeway.dispatch.base import Due
 from chimeway.ids import new_id
 from chimeway.models import (
     attempts_table,
@@ -299,7 +300,7 @@ class Executor:
             conn.execute(sa.insert(attempts_table), attempts)
         return outcomes
 
-    def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[uuid.UUID]:
+    def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[Due]:
         """Deliveries a crash or a failure left behind, now due again.
 
         ``pending`` rows older than ``older_than`` (crash between commit and
@@ -325,15 +326,16 @@ class Executor:
                     for i in stuck
                 ])
             due = conn.execute(
-                sa.select(d.c.id).where(
+                sa.select(d.c.id, d.c.not_before).where(
                     sa.or_(
                         sa.and_(d.c.status == "pending", d.c.created_at <= cutoff,
                                 sa.or_(d.c.not_before.is_(None), d.c.not_before <= now)),
                         sa.and_(d.c.status.in_(("failed", "deferred")), d.c.not_before <= now),
                     )
                 ).order_by(d.c.id).limit(limit)
-            ).scalars().all()
-        return list(dict.fromkeys([*stuck, *due]))
+            ).all()
+        seen = set(stuck)
+        return [Due(i) for i in stuck] + [Due(row.id) for row in due if row.id not in seen]
 
 
 def apply_decision(

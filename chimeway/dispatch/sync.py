@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from chimeway.dispatch.base import Due
 from chimeway.dispatch.executor import Executor
 from chimeway.transactions import after_commit
 
@@ -30,16 +31,14 @@ class SyncDispatcher:
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    def planned(
-        self, target: Session | Connection, conn: Connection, delivery_ids: Sequence[uuid.UUID]
-    ) -> None:
-        if not delivery_ids:
-            return
-        ids = list(delivery_ids)
-        after_commit(target, lambda: self._deliver(ids))
+    def planned(self, target: Session | Connection, conn: Connection, deliveries: Sequence[Due]) -> None:
+        # Deferred deliveries are not due yet: recover() picks them up when they are.
+        ids = [d.id for d in deliveries if d.not_before is None]
+        if ids:
+            after_commit(target, lambda: self._deliver(ids))
 
     def _deliver(self, ids: list[uuid.UUID]) -> None:
         self.executor.execute(ids)
 
-    def redrive(self, delivery_ids: Sequence[uuid.UUID]) -> int:
-        return len(self.executor.execute(delivery_ids))
+    def redrive(self, deliveries: Sequence[Due]) -> int:
+        return len(self.executor.execute([d.id for d in deliveries]))
