@@ -47,13 +47,13 @@ class Listener(threading.Thread):
         self._dsn = conninfo(engine)
         self._on_notify = on_notify
         self._on_connect = on_connect
-        self._stop = stop
+        self._halt = stop
         self.connected = threading.Event()
         self.connections = 0
 
     def run(self) -> None:
         delay = 0.1
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True,
                                      application_name="chimeway-listener") as conn:
@@ -62,12 +62,12 @@ class Listener(threading.Thread):
                     self.connected.set()
                     delay = 0.1
                     self._on_connect()
-                    while not self._stop.is_set():
+                    while not self._halt.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._on_notify(note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                self._halt.wait(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
         self.connected.clear()

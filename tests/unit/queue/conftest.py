@@ -33,8 +33,3 @@ def clock() -> ManualClock:
 def q(sqlite_engine: sa.Engine, clock: ManualClock) -> Iterator[JobQueue]:
     # A linear backoff keeps schedules exact; the default's jitter is tested on its own.
     yield JobQueue(sqlite_engine, clock=clock, backoff=lambda attempt: 10.0 * attempt)
-
-
-def job_count(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM chimeway_jobs")).scalar_one())

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import job_count
+from queue_unit_helpers import job_count
 from sqlalchemy.orm import Session
 
 from chimeway.errors import InvalidInputError, ParamsNotJSONError, UnknownQueueError

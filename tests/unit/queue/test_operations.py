@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import job_count
+from queue_unit_helpers import job_count
 
 from chimeway.queue import JobInfo, JobQueue
 
