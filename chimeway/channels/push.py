@@ -237,7 +237,7 @@ class Push(HTTPChannel):
     async def access_token_async(
         self, *, stale: _AccessToken | None = None
     ) -> _AccessToken | DeliveryResult:
-        """Async twin of :meth:`access_token` (concurrent refreshes may both fetch)."""
+        """Async twin of :meth:`access_token`; two coroutines refreshing at once may both fetch."""
         token = self._fresh(stale)
         if token is not None:
             return token
@@ -327,6 +327,10 @@ class Push(HTTPChannel):
         refused = self._precheck(message)
         if refused is not None:
             return refused
+        # Fetch once up front so concurrent device sends share one token.
+        token = await self.access_token_async()
+        if isinstance(token, DeliveryResult):
+            return token
         results = await asyncio.gather(
             *(self._send_one_async(message, device) for device in message.recipient.push_tokens)
         )
