@@ -241,3 +241,110 @@ class Chimeway:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- async --
+    # Thin delegations to ``chimeway.aio``; sessions there are ``AsyncSession``
+    # or ``AsyncConnection`` (typed precisely in ``chimeway.aio``).
+
+    @classmethod
+    def from_async_engine(cls, engine: Any, **options: Any) -> Chimeway:
+        """An app over the database an ``AsyncEngine`` (or async URL) points at.
+
+        Chimeway delivers and explains outside the event loop, so it opens its
+        own sync engine on the same database (``sqlite+aiosqlite`` → ``sqlite``,
+        ``postgresql+psycopg``/``+asyncpg`` → ``postgresql+psycopg``) and
+        closes it on ``close()``.
+
+        Args:
+            engine: an ``AsyncEngine``, or an async database URL.
+            **options: the other ``Chimeway`` arguments (``channels``, ``dispatcher``, ...).
+        """
+        from chimeway.aio import sync_url
+
+        return cls(sync_url(engine), **options)
+
+    async def trigger_async(
+        self,
+        session: Any,
+        notifier: type[Notifier],
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str,
+        tenant: str | None = None,
+        actor: str | None = None,
+        correlation_id: str | None = None,
+        cancellation_key: str | None = None,
+        **options: Any,
+    ) -> TriggerResult:
+        """:meth:`trigger` inside the caller's ``AsyncSession``/``AsyncConnection`` transaction.
+
+        Same rows, same guarantees: rollback leaves nothing; after the async
+        commit the dispatcher delivers without blocking the event loop.
+
+        Args:
+            session: the caller's ``AsyncSession`` or ``AsyncConnection``, in a transaction.
+            notifier: the ``Notifier`` subclass.
+            params: JSON values for ``recipients()`` and templates.
+            idempotency_key: unique per tenant; a repeat returns ``duplicate=True``.
+            tenant: the tenant, or ``None``.
+            actor: who caused it.
+            correlation_id: ties it to a request or trace.
+            cancellation_key: a key ``cancel`` can find it by later.
+            **options: further keyword arguments of :meth:`trigger`.
+        """
+        from chimeway import aio
+
+        return await aio.trigger(
+            self, session, notifier, params, idempotency_key=idempotency_key, tenant=tenant,
+            actor=actor, correlation_id=correlation_id, cancellation_key=cancellation_key, **options,
+        )
+
+    def inbox_async(self, recipient: str, tenant: str | None = None, *, session: Any = None) -> Any:
+        """:meth:`inbox` with awaitable methods (a ``chimeway.aio.AsyncInbox``).
+
+        Args:
+            recipient: the recipient id.
+            tenant: the tenant, or ``None``.
+            session: run in the caller's ``AsyncSession``/``AsyncConnection``
+                transaction instead of Chimeway's own (on a worker thread).
+        """
+        from chimeway import aio
+
+        return aio.inbox(self, recipient, tenant, session=session)
+
+    async def explain_async(self, delivery_id: uuid.UUID | str) -> Explanation:
+        """:meth:`explain` without blocking the event loop.
+
+        Args:
+            delivery_id: the delivery.
+        """
+        from chimeway import aio
+
+        return await aio.explain(self, delivery_id)
+
+    async def trace_async(self, event_id: uuid.UUID | str) -> Trace:
+        """:meth:`trace` without blocking the event loop.
+
+        Args:
+            event_id: the event.
+        """
+        from chimeway import aio
+
+        return await aio.trace(self, event_id)
+
+    async def run_worker(self, **options: Any) -> int:
+        """Run a job-queue worker on its own thread until this task is cancelled.
+
+        Cancellation stops the worker gracefully (running jobs get
+        ``shutdown_grace`` seconds) and is then re-raised.
+
+        Args:
+            **options: keyword arguments of ``JobQueue.run_worker`` (``queues``,
+                ``poll_interval``, ``shutdown_grace``, ...).
+
+        Returns:
+            how many jobs the worker ran.
+        """
+        from chimeway import aio
+
+        return await aio.run_worker(self.queue, **options)
