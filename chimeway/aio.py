@@ -66,7 +66,9 @@ T = TypeVar("T")
 AsyncTarget = AsyncSession | AsyncConnection
 
 #: ``dialect+driver`` names the async verbs run on.
-SUPPORTED_ASYNC_DRIVERS = ("postgresql+psycopg", "postgresql+psycopg_async", "sqlite+aiosqlite")
+SUPPORTED_ASYNC_DRIVERS = (
+    "postgresql+asyncpg", "postgresql+psycopg", "postgresql+psycopg_async", "sqlite+aiosqlite",
+)
 
 # async driver -> the sync driver Chimeway's own engine uses on that database
 _SYNC_DRIVERS = {
