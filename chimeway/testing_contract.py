@@ -176,7 +176,9 @@ def channel_contract(
         try:
             result = channel.send(message)
         except Exception as exc:
-            problems.append(f"{check}: send raised {type(exc).__name__} instead of returning a result")
+            problems.append(
+                f"{check}: send raised {type(exc).__name__} instead of returning a result"
+            )
         else:
             check_result(check, result, outcome)
 
@@ -184,7 +186,9 @@ def channel_contract(
         try:
             result = asyncio.run(channel.send_async(message))
         except Exception as exc:
-            problems.append(f"{check}: send_async raised {type(exc).__name__} instead of returning a result")
+            problems.append(
+                f"{check}: send_async raised {type(exc).__name__} instead of returning a result"
+            )
         else:
             check_result(check, result, outcome)
 

@@ -30,6 +30,7 @@ def make_message(
         tenant="acme",
         channel=channel,
         notifier_key="order_shipped",
-        recipient=recipient or Recipient(id="user:1", email="ada@example.test", name="Ada Lovelace"),
+        recipient=recipient
+        or Recipient(id="user:1", email="ada@example.test", name="Ada Lovelace"),
         fields=dict(DEFAULT_FIELDS if fields is None else fields),
     )

@@ -48,14 +48,18 @@ class StoringHandler:
     data_reply: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
         if self.mail_reply:
             return self.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply
@@ -86,7 +90,9 @@ class SMTPServer:
     def restart(self) -> None:
         """Stop (dropping every client connection) and listen again on the same port."""
         self.controller.stop()
-        self.controller = Controller(self.handler, hostname=self.host, port=self.port, **self.options)
+        self.controller = Controller(
+            self.handler, hostname=self.host, port=self.port, **self.options
+        )
         self.controller.start()
 
 
@@ -97,7 +103,9 @@ def free_port() -> int:
 
 
 def _authenticator(username: str, password: str) -> Any:
-    def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    def check(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = (
             isinstance(auth_data, LoginPassword)
             and auth_data.login.decode() == username

@@ -52,7 +52,10 @@ class FakePostmark(FakeHTTP):
         if missing or not (body.get("TextBody") or body.get("HtmlBody")):
             return Reply(
                 422,
-                {"ErrorCode": 300, "Message": f"Invalid email request: missing {missing or 'body'}"},
+                {
+                    "ErrorCode": 300,
+                    "Message": f"Invalid email request: missing {missing or 'body'}",
+                },
             )
         headers = body.get("Headers", [])
         if not isinstance(headers, list) or not all(set(h) == {"Name", "Value"} for h in headers):
@@ -119,15 +122,22 @@ class FakeSendGrid(FakeHTTP):
                     "Each to object must at least have an email address.", "personalizations.0.to"
                 )
             if any(not isinstance(v, str) for v in p.get("custom_args", {}).values()):
-                return self._error("custom_args values must be strings.", "personalizations.0.custom_args")
+                return self._error(
+                    "custom_args values must be strings.", "personalizations.0.custom_args"
+                )
         if not isinstance(body.get("from"), dict) or not body["from"].get("email"):
             return self._error("The from object must be provided for every email send.", "from")
         if not body.get("subject"):
             return self._error("The subject is required.", "subject")
         content = body.get("content")
         if not isinstance(content, list) or not content:
-            return self._error("Unless a valid template_id is provided, the content parameter is required.", "content")
-        if content[0].get("type") != "text/plain" and any(c.get("type") == "text/plain" for c in content):
+            return self._error(
+                "Unless a valid template_id is provided, the content parameter is required.",
+                "content",
+            )
+        if content[0].get("type") != "text/plain" and any(
+            c.get("type") == "text/plain" for c in content
+        ):
             return self._error("If present, text/plain content must be first.", "content")
         self.sent.append(body)
         return Reply(202, b"", {"X-Message-Id": uuid.uuid4().hex[:22]})
@@ -156,24 +166,38 @@ class FakeResend(FakeHTTP):
                 },
             )
         if auth != f"Bearer {self.api_key}":
-            return Reply(403, {"statusCode": 403, "name": "invalid_api_key", "message": "API key is invalid"})
+            return Reply(
+                403, {"statusCode": 403, "name": "invalid_api_key", "message": "API key is invalid"}
+            )
         body = request.json()
         for name in ("from", "to", "subject"):
             if not body.get(name):
                 return Reply(
                     422,
-                    {"statusCode": 422, "name": "validation_error", "message": f"Missing `{name}` field."},
+                    {
+                        "statusCode": 422,
+                        "name": "validation_error",
+                        "message": f"Missing `{name}` field.",
+                    },
                 )
         if not (body.get("html") or body.get("text")):
             return Reply(
                 422,
-                {"statusCode": 422, "name": "validation_error", "message": "Missing `html` or `text` field."},
+                {
+                    "statusCode": 422,
+                    "name": "validation_error",
+                    "message": "Missing `html` or `text` field.",
+                },
             )
         for tag in body.get("tags", []):
-            if not set(tag) == {"name", "value"}:
+            if set(tag) != {"name", "value"}:
                 return Reply(
                     422,
-                    {"statusCode": 422, "name": "validation_error", "message": "Invalid `tags` field."},
+                    {
+                        "statusCode": 422,
+                        "name": "validation_error",
+                        "message": "Invalid `tags` field.",
+                    },
                 )
         key = request.header("idempotency-key")
         if key and key in self._idempotent:

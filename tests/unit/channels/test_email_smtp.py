@@ -78,7 +78,9 @@ def test_message_id_is_stable_per_delivery_and_domain_configurable(server: SMTPS
 def test_no_unsubscribe_headers_without_url_and_no_one_click_for_mailto(server: SMTPServer) -> None:
     channel = Email(plain(server), from_=FROM)
     channel.send(make_message())
-    channel.send(make_message({"subject": "s", "text": "t", "unsubscribe_url": "mailto:unsub@shop.example"}))
+    channel.send(
+        make_message({"subject": "s", "text": "t", "unsubscribe_url": "mailto:unsub@shop.example"})
+    )
     first, second = (r.parsed() for r in server.handler.received)
     assert first["List-Unsubscribe"] is None and first["List-Unsubscribe-Post"] is None
     assert second["List-Unsubscribe"] == "<mailto:unsub@shop.example>"
@@ -87,7 +89,11 @@ def test_no_unsubscribe_headers_without_url_and_no_one_click_for_mailto(server: 
 
 def test_html_only_gets_a_derived_text_part_and_body_field_is_text(server: SMTPServer) -> None:
     channel = Email(plain(server), from_=FROM)
-    channel.send(make_message({"subject": "s", "html": "<h1>Hi</h1><p>Your <b>order</b></p><style>x{}</style>"}))
+    channel.send(
+        make_message(
+            {"subject": "s", "html": "<h1>Hi</h1><p>Your <b>order</b></p><style>x{}</style>"}
+        )
+    )
     channel.send(make_message({"subject": "s", "body": "from body"}))
     first, second = (r.parsed() for r in server.handler.received)
     text = first.get_body(preferencelist=("plain",))
@@ -110,7 +116,11 @@ def test_header_injection_through_subject_is_flattened(server: SMTPServer) -> No
 def test_non_ascii_names_and_subject_are_encoded(server: SMTPServer) -> None:
     channel = Email(plain(server), from_="Boutique Éclair <no-reply@shop.example>")
     recipient = Recipient(id="u", email="zoe@example.test", name="Zoë Ünal")
-    result = channel.send(make_message({"subject": "Commande expédiée ✓", "text": "Merci — à bientôt"}, recipient=recipient))
+    result = channel.send(
+        make_message(
+            {"subject": "Commande expédiée ✓", "text": "Merci — à bientôt"}, recipient=recipient
+        )
+    )
     assert result.outcome == "succeeded", result.detail
     raw = server.handler.received[0].content
     assert raw.isascii()
@@ -153,7 +163,12 @@ def test_reconnects_when_the_pooled_connection_was_dropped(server: SMTPServer) -
 @pytest.mark.parametrize(
     ("reply", "outcome", "error_class", "vendor_code"),
     [
-        ("550 5.1.1 <ada@example.test>: Recipient address rejected: User unknown", "bounced", "smtp_550", "5.1.1"),
+        (
+            "550 5.1.1 <ada@example.test>: Recipient address rejected: User unknown",
+            "bounced",
+            "smtp_550",
+            "5.1.1",
+        ),
         ("551 5.1.6 User not local", "bounced", "smtp_551", "5.1.6"),
         ("553 5.1.3 Bad recipient address syntax", "bounced", "smtp_553", "5.1.3"),
         ("452 4.2.2 Mailbox full, try later", "temporary", "smtp_452", "4.2.2"),
@@ -214,7 +229,9 @@ def test_login_succeeds_and_wrong_password_is_permanent_without_leaking_it() -> 
 def test_connection_refused_is_temporary() -> None:
     with smtp_server() as server:
         port = server.port
-    result = Email(SMTP("127.0.0.1", port, starttls=False, timeout=2), from_=FROM).send(make_message())
+    result = Email(SMTP("127.0.0.1", port, starttls=False, timeout=2), from_=FROM).send(
+        make_message()
+    )
     assert result.outcome == "temporary"
     assert result.error_class == "ConnectionRefusedError"
 
@@ -229,7 +246,9 @@ def test_starttls_with_a_trusted_certificate() -> None:
 
 
 def test_starttls_required_but_not_offered_is_permanent(server: SMTPServer) -> None:
-    result = Email(SMTP(server.host, server.port, starttls=True, timeout=5), from_=FROM).send(make_message())
+    result = Email(SMTP(server.host, server.port, starttls=True, timeout=5), from_=FROM).send(
+        make_message()
+    )
     assert result.outcome == "permanent"
     assert result.detail is not None and "STARTTLS" in result.detail
 
