@@ -14,9 +14,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pg  # noqa: E402
+import pg
 
-from chimeway.models import metadata  # noqa: E402
+from chimeway.models import metadata
 
 TEMPLATE = f"chimeway_tpl_{os.getpid()}"
 

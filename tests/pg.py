@@ -93,7 +93,7 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-_server: str | None | bool = False
+_server: str | bool | None = False
 
 
 def server_url() -> str | None:

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chimeway import Chimeway, DeliveryResult, Message  # noqa: E402
-from chimeway.channels import Channel  # noqa: E402
-from chimeway.db import create_engine  # noqa: E402
-from support import OnlyRec  # noqa: E402
+from support import OnlyRec
+
+from chimeway import Chimeway, DeliveryResult, Message
+from chimeway.channels import Channel
+from chimeway.db import create_engine
 
 
 class Hangs(Channel):

@@ -6,10 +6,10 @@ import threading
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import Welcome, count_rows
 
 from chimeway import Chimeway
 from chimeway.testing import RecordingChannel
-from support import Welcome, count_rows
 
 
 def test_ten_threads_triggering_one_key_make_one_event(pg_engine: sa.Engine) -> None:
@@ -26,7 +26,7 @@ def test_ten_threads_triggering_one_key_make_one_event(pg_engine: sa.Engine) -> 
                 barrier.wait()
                 results.append(app.trigger(session, Welcome, {"name": f"t{i}", "users": ["user:1", "user:2"]},
                                            idempotency_key="same-key", tenant="acme"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]

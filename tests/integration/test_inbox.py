@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import Welcome
 
 from chimeway import Chimeway
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.testing import FakeClock, RecordingChannel
-from support import Welcome
 
 
 @pytest.fixture

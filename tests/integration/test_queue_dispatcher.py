@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import OnlyRec, Welcome
 
 from chimeway import Chimeway, DeliveryResult, Message
 from chimeway.models import jobs_table
 from chimeway.testing import FakeClock, RecordingChannel
-from support import OnlyRec, Welcome
 
 
 def _jobs(engine: sa.Engine) -> list[tuple[str, str, int]]:

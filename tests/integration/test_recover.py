@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import OnlyRec
 
 from chimeway import Chimeway, DeliveryResult
 from chimeway.models import deliveries_table
 from chimeway.testing import FakeClock, RecordingChannel
-from support import OnlyRec
 
 SCRIPT = Path(__file__).with_name("crash_app.py")
 

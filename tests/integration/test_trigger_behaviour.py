@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import OnlyRec, Welcome, count_rows, total_rows
 
 from chimeway import Chimeway, DeliveryResult
 from chimeway.models import deliveries_table, events_table, notifications_table
 from chimeway.testing import RecordingChannel
-from support import OnlyRec, Welcome, count_rows, total_rows
 
 
 @pytest.fixture
@@ -107,11 +107,10 @@ def test_trigger_with_a_connection_delivers_after_commit(app: Chimeway, rec: Rec
 def test_trigger_inside_the_callers_own_writes_is_atomic(app: Chimeway) -> None:
     table = sa.Table("orders_test", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
     table.create(app.engine)
-    with Session(app.engine) as session:
-        with pytest.raises(RuntimeError), session.begin():
-            session.execute(table.insert().values(id=1))
-            app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="order-1")
-            raise RuntimeError("the caller's own code fails after triggering")
+    with Session(app.engine) as session, pytest.raises(RuntimeError), session.begin():
+        session.execute(table.insert().values(id=1))
+        app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="order-1")
+        raise RuntimeError("the caller's own code fails after triggering")
     with app.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
     assert total_rows(app.engine) == 0
@@ -135,7 +134,7 @@ def test_channel_failures_are_classified_and_recorded(any_engine: sa.Engine) -> 
             ids[user] = app.trigger(session, OnlyRec, {"n": 1, "user": user}, idempotency_key=user).delivery_ids[0]
     temp = app.explain(ids["user:temp"])
     assert temp.status == "failed" and temp.reason == "temporary: HTTP 503"
-    attempt = [t for t in temp.timeline if t.event == "attempt"][0]
+    attempt = next(t for t in temp.timeline if t.event == "attempt")
     assert attempt.detail["outcome"] == "temporary" and attempt.detail["error_class"] == "http_503"
     assert attempt.detail["retry_after"] == 120
     failed_entry = temp.timeline[-1]

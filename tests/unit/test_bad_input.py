@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import OnlyRec, total_rows
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.errors import (
@@ -22,7 +23,6 @@ from chimeway.errors import (
     UnknownChannelError,
 )
 from chimeway.testing import RecordingChannel
-from support import OnlyRec, total_rows
 
 
 class UsesMissingVar(Notifier):
@@ -103,7 +103,7 @@ def test_template_with_missing_variable_names_field_and_variable(app: Chimeway) 
 
 
 def test_unknown_channel(app: Chimeway) -> None:
-    with pytest.raises(UnknownChannelError, match="'carrier_pigeon'.*configured: in_app, rec"):
+    with pytest.raises(UnknownChannelError, match=r"'carrier_pigeon'.*configured: in_app, rec"):
         _trigger(app, UsesUnknownChannel, {})
     assert total_rows(app.engine) == 0
     assert issubclass(UnknownChannelError, ConfigurationError)
