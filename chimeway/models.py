@@ -33,21 +33,35 @@ __all__ = [
     "ACTIVE_JOB_STATES",
     "Attempt",
     "Base",
+    "CapUsage",
     "CronTick",
+    "DedupeMark",
     "Delivery",
     "DeliveryDecision",
+    "DigestBatch",
+    "DigestItem",
     "Event",
     "Job",
     "Notification",
+    "PolicyLock",
+    "Preference",
+    "RecipientSettings",
     "WorkerRow",
     "attempts_table",
+    "cap_usage_table",
     "cron_ticks_table",
     "decisions_table",
+    "dedupe_marks_table",
     "deliveries_table",
+    "digest_items_table",
+    "digests_table",
     "events_table",
     "jobs_table",
     "metadata",
     "notifications_table",
+    "policy_locks_table",
+    "preferences_table",
+    "recipient_settings_table",
     "workers_table",
 ]
 
@@ -64,7 +78,7 @@ metadata = sa.MetaData(naming_convention=NAMING)
 
 class Base(DeclarativeBase):
     metadata = metadata
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}  # noqa: RUF012
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
 
 
 class Event(Base):
@@ -253,3 +267,149 @@ decisions_table = _table(DeliveryDecision)
 jobs_table = _table(Job)
 workers_table = _table(WorkerRow)
 cron_ticks_table = _table(CronTick)
+
+
+# --- preferences and policy --------------------------------------------------
+
+
+class Preference(Base):
+    """One recipient's opt-in or opt-out for a scope × channel.
+
+    ``scope`` is ``all``, ``category`` or ``notifier``; ``scope_key`` is the
+    category or notifier key (``""`` for ``all``); ``channel`` is a channel
+    name or ``*`` for every channel.
+    """
+
+    __tablename__ = "chimeway_preferences"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant", "recipient_id", "scope", "scope_key", "channel", name="uq_chimeway_preferences_target"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    scope: Mapped[str] = mapped_column(sa.String(20))
+    scope_key: Mapped[str] = mapped_column(sa.String(200), default="")
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    enabled: Mapped[bool] = mapped_column(sa.Boolean)
+    source: Mapped[str] = mapped_column(sa.String(50))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RecipientSettings(Base):
+    """A recipient's time zone and quiet hours (local ``HH:MM`` times)."""
+
+    __tablename__ = "chimeway_recipient_settings"
+
+    tenant: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    timezone: Mapped[str | None] = mapped_column(sa.String(100))
+    quiet_start: Mapped[str | None] = mapped_column(sa.String(5))
+    quiet_end: Mapped[str | None] = mapped_column(sa.String(5))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PolicyLock(Base):
+    """One row per recipient × channel, locked while a cap is counted.
+
+    Racing transactions queue on this row, so each one counts the usage the
+    previous one committed.
+    """
+
+    __tablename__ = "chimeway_policy_locks"
+
+    tenant: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CapUsage(Base):
+    """One row per delivery counted against the caps (a sliding-window ledger)."""
+
+    __tablename__ = "chimeway_cap_usage"
+    __table_args__ = (
+        sa.Index("ix_chimeway_cap_usage_window", "tenant", "recipient_id", "channel", "at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    notifier_key: Mapped[str] = mapped_column(sa.String(200))
+    delivery_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DedupeMark(Base):
+    """The first event of a dedupe key, valid until ``expires_at``."""
+
+    __tablename__ = "chimeway_dedupe_marks"
+
+    tenant: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    notifier_key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DigestBatch(Base):
+    """Events collected for one recipient × channel × digest key.
+
+    ``delivery_id`` is the delivery that carries the digest; it waits
+    ``deferred`` until ``flush_at``.
+    """
+
+    __tablename__ = "chimeway_digests"
+    __table_args__ = (
+        sa.Index(
+            "uq_chimeway_digests_open",
+            "tenant", "notifier_key", "recipient_id", "channel", "digest_key",
+            unique=True,
+            postgresql_where=sa.text("status = 'open'"),
+            sqlite_where=sa.text("status = 'open'"),
+        ),
+        sa.Index("ix_chimeway_digests_due", "status", "flush_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    notifier_key: Mapped[str] = mapped_column(sa.String(200))
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    digest_key: Mapped[str] = mapped_column(sa.String(500))
+    status: Mapped[str] = mapped_column(sa.String(20))
+    delivery_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    item_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    flush_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    flushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DigestItem(Base):
+    """One event collected into a digest."""
+
+    __tablename__ = "chimeway_digest_items"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    digest_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_digests.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    notification_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+preferences_table = _table(Preference)
+recipient_settings_table = _table(RecipientSettings)
+policy_locks_table = _table(PolicyLock)
+cap_usage_table = _table(CapUsage)
+dedupe_marks_table = _table(DedupeMark)
+digests_table = _table(DigestBatch)
+digest_items_table = _table(DigestItem)

@@ -31,6 +31,9 @@ class Notifier:
         critical: ``True`` for messages that bypass opt-outs (password resets).
         abstract: ``True`` on intermediate base classes that are not registered.
         workflow: optional list of steps (see :mod:`chimeway.workflow`).
+        digest: optional ``chimeway.digest.Digest``: batch events per recipient.
+        dedupe_key: optional ``chimeway.policy.Dedupe``: drop repeats within a window.
+        caps: ``chimeway.policy.Cap`` limits for this notifier, per recipient × channel.
     """
 
     key: ClassVar[str]
@@ -41,6 +44,9 @@ class Notifier:
     critical: ClassVar[bool] = False
     abstract: ClassVar[bool] = False
     workflow: ClassVar[Sequence[Any] | None] = None
+    digest: ClassVar[Any] = None
+    dedupe_key: ClassVar[Any] = None
+    caps: ClassVar[Sequence[Any]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
