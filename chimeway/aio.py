@@ -22,7 +22,7 @@ keeps serving other tasks.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -405,16 +405,37 @@ async def run_worker(jobs: Any, **options: Any) -> int:
     if "stop_event" in options:
         raise ConfigurationError("run_worker stops when its task is cancelled; do not pass stop_event")
     stop = threading.Event()
-    # Its own thread: a worker runs for the life of the process and must not
-    # hold a slot of the loop's default executor.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="chimeway-worker")
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(pool, lambda: int(jobs.run_worker(stop_event=stop, **options)))
+    done: asyncio.Future[int] = loop.create_future()
+
+    def settle(result: int | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(int(result or 0))
+
+    def work() -> None:
+        try:
+            ran = int(jobs.run_worker(stop_event=stop, **options))
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ran, None)
+
+    # Its own thread, not the loop's default executor: a worker runs for the
+    # life of the process and must not hold one of that pool's few slots.
+    # Daemon, so a loop that dies without cancelling does not hang the exit;
+    # jobs it held are rescued once its heartbeat goes stale.
+    thread = threading.Thread(target=work, name="chimeway-worker", daemon=True)
+    thread.start()
     try:
-        return await asyncio.shield(future)
+        return await asyncio.shield(done)
     except asyncio.CancelledError:
         stop.set()
-        await asyncio.wait([future])
+        await asyncio.wait([done])
+        await asyncio.to_thread(thread.join)
         raise
-    finally:
-        pool.shutdown(wait=False)

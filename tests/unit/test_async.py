@@ -217,7 +217,7 @@ async def test_run_worker_delivers_and_stops_when_its_task_is_cancelled(
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker
-        assert not [t for t in threading.enumerate() if t.name.startswith("chimeway-worker")]
+        assert not [t for t in threading.enumerate() if t.name == "chimeway-worker"]
 
 
 async def test_run_worker_owns_its_stop_event(app: Chimeway) -> None:
