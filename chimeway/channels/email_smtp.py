@@ -8,7 +8,6 @@ other 5xx, including a failed login (535), is permanent.
 
 from __future__ import annotations
 
-import email.policy
 import smtplib
 import socket
 import ssl as ssl_module
@@ -154,8 +153,7 @@ class SMTP(EmailProvider):
             outgoing: the email to send.
         """
         utf8 = not (outgoing.sender_address + outgoing.to_address).isascii()
-        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
-        payload = outgoing.mime().as_bytes(policy=policy)
+        payload = outgoing.as_bytes()
         for _ in range(2):
             try:
                 conn, fresh = self._connection()
