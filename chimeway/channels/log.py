@@ -80,7 +80,7 @@ class Log(Channel):
         return DeliveryResult.ok()
 
     async def send_async(self, message: Message) -> DeliveryResult:
-        """Log ``message`` without a thread hop; logging does not block on I/O here.
+        """Log ``message`` on the event loop: a log call is too quick to be worth a thread.
 
         Args:
             message: the rendered message.

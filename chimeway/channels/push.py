@@ -37,6 +37,9 @@ PERMANENT_FCM_CODES = frozenset(
     {"UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"}
 )
 TEMPORARY_FCM_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "QUOTA_EXCEEDED"})
+# FCM answers INVALID_ARGUMENT for these data keys; refusing them at planning
+# time gives a clearer reason than the provider's error.
+_RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type", "collapse_key"})
 
 
 def _load_service_account(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
@@ -60,6 +63,13 @@ def _data_field(raw: Any) -> dict[str, str]:
     value = json.loads(raw) if isinstance(raw, str | bytes) else raw
     if not isinstance(value, Mapping):
         raise ValueError("data must be a JSON object")
+    reserved = [
+        str(k)
+        for k in value
+        if str(k) in _RESERVED_DATA_KEYS or str(k).startswith(("google", "gcm"))
+    ]
+    if reserved:
+        raise ValueError(f"data uses key(s) FCM reserves: {', '.join(sorted(reserved))}")
     return {
         str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
         for k, v in value.items()

@@ -193,7 +193,10 @@ class Webhook(HTTPChannel):
         *,
         feedback_tolerance: float = 300,
     ) -> None:
-        super().__init__(timeout=timeout, client=client, headers=headers)
+        super().__init__(timeout=timeout, client=client)
+        # Sent per request rather than as client defaults, so they also apply
+        # when the caller supplies its own client.
+        self.extra_headers = dict(headers or {})
         if not url.startswith(("http://", "https://")):
             raise ConfigurationError("Webhook url must start with http:// or https://")
         self.endpoint = url
@@ -219,7 +222,7 @@ class Webhook(HTTPChannel):
     def _build(self, message: Message) -> tuple[str, bytes, dict[str, str]]:
         msg_id = f"msg_{message.delivery_id}"
         body = _dumps(self.payload(message))
-        headers = {"content-type": "application/json", "webhook-id": msg_id}
+        headers = {**self.extra_headers, "content-type": "application/json", "webhook-id": msg_id}
         if self._key is not None:
             headers.update(sign_webhook(body, self._key, msg_id=msg_id))
         else:

@@ -232,6 +232,12 @@ def test_validate(channel: Push) -> None:
     assert channel.validate({}, with_tokens) is not None
     assert "data" in (channel.validate({"body": "b", "data": "[1, 2]"}, with_tokens) or "")
     assert "data" in (channel.validate({"body": "b", "data": "{nope"}, with_tokens) or "")
+    assert "reserves: from, google.c.a" in (
+        channel.validate(
+            {"body": "b", "data": {"from": "x", "google.c.a": "1", "ok": "y"}}, with_tokens
+        )
+        or ""
+    )
 
 
 def test_service_account_from_path(tmp_path: Path, fcm: FakeFcm, account: dict[str, Any]) -> None:

@@ -120,6 +120,17 @@ def test_connection_refused_is_temporary() -> None:
     webhook.close()
 
 
+def test_extra_headers_apply_with_a_caller_supplied_client(receiver: FakeWebhookReceiver) -> None:
+    import httpx
+
+    with httpx.Client() as client:
+        webhook = Webhook(url=receiver.url, secret=SECRET, headers={"x-app": "shop"}, client=client)
+        assert webhook.send(make_message("webhook", {"body": "x"})).outcome == "succeeded"
+        webhook.close()
+        assert not client.is_closed
+    assert receiver.requests[0].headers["x-app"] == "shop"
+
+
 def test_unsigned_webhook_has_id_and_timestamp_only() -> None:
     with FakeWebhookReceiver(None) as receiver:
         webhook = Webhook(url=receiver.url)
