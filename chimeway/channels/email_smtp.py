@@ -169,7 +169,7 @@ class SMTP(EmailProvider):
                     return _classify_exception(lost.cause, lost.stage)
             except Exception as exc:
                 self._drop()
-                return _classify_exception(exc, "DATA")
+                return _classify_exception(exc, "send")
         return DeliveryResult.temporary(
             "SMTP connection lost twice", error_class="SMTPServerDisconnected"
         )

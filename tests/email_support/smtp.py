@@ -123,6 +123,7 @@ def smtp_server(
     starttls: ssl.SSLContext | None = None,
     implicit_tls: ssl.SSLContext | None = None,
     auth: tuple[str, str] | None = None,
+    smtputf8: bool = False,
 ) -> Iterator[SMTPServer]:
     """Run an aiosmtpd server on 127.0.0.1 for the duration of the block.
 
@@ -131,6 +132,7 @@ def smtp_server(
         starttls: offer STARTTLS with this server context (and require it).
         implicit_tls: speak TLS from the first byte with this context.
         auth: demand a login with these credentials.
+        smtputf8: offer the SMTPUTF8 extension.
     """
     handler = handler or StoringHandler()
     kwargs: dict[str, Any] = {}
@@ -140,6 +142,8 @@ def smtp_server(
         kwargs.update(ssl_context=implicit_tls)
     if auth is not None:
         kwargs.update(authenticator=_authenticator(*auth), auth_require_tls=False)
+    # The controller offers SMTPUTF8 unless told not to.
+    kwargs.update(enable_SMTPUTF8=smtputf8)
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()

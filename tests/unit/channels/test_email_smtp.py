@@ -287,3 +287,20 @@ def test_smtp_used_directly_as_a_channel(server: SMTPServer) -> None:
     unconfigured = plain(server)
     result = unconfigured.send(make_message())
     assert result.outcome == "permanent" and result.error_class == "configuration"
+
+
+def test_non_ascii_address_needs_smtputf8() -> None:
+    recipient = Recipient(id="u", email="zoë@exämple.test", name="Zoë")
+    message = make_message({"subject": "Hé", "text": "ça va"}, recipient=recipient)
+    with smtp_server() as server:
+        refused = Email(plain(server), from_=FROM).send(message)
+    assert refused.outcome == "permanent" and refused.error_class == "smtputf8_unsupported"
+    with smtp_server(smtputf8=True) as server:
+        result = Email(plain(server), from_=FROM).send(message)
+        assert result.outcome == "succeeded", result.detail
+        [received] = server.handler.received
+    assert received.rcpt_tos == ["zoë@exämple.test"]
+    parsed = received.parsed()
+    assert parsed["To"] == "Zoë <zoë@exämple.test>"
+    assert parsed["Subject"] == "Hé"
+    assert parsed.get_content().strip() == "ça va"
