@@ -222,6 +222,19 @@ def test_twilio_signature_matches_hand_computed() -> None:
     )
 
 
+def test_twilio_signature_published_example() -> None:
+    # The worked example from Twilio's webhook security documentation.
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+12349013030",
+        "Digits": "1234",
+        "From": "+12349013030",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert twilio_signature(url, params.items(), "12345") == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+
+
 def test_feedback_delivered(channel: Sms) -> None:
     headers, body = _callback({**BASE, "MessageStatus": "delivered", "SmsStatus": "delivered"})
     [feedback] = channel.parse_feedback(headers, body)
