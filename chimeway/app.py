@@ -20,6 +20,7 @@ from chimeway.dispatch.queue import QueueDispatcher
 from chimeway.dispatch.sync import SyncDispatcher
 from chimeway.errors import ConfigurationError, InvalidInputError
 from chimeway.explain import Explanation, Trace, explain, trace
+from chimeway.feedback import FeedbackOutcome
 from chimeway.inbox import Inbox
 from chimeway.notifier import Notifier
 from chimeway.planning import PlanningCheck, TriggerResult, plan, write_plan
@@ -233,6 +234,34 @@ class Chimeway:
             queues: only these queues (default: all declared).
         """
         return self.queue.work(until_empty=until_empty, queues=queues)
+
+    def ingest_feedback(
+        self, channel: str, headers: Mapping[str, str], body: bytes, url: str | None = None
+    ) -> list[FeedbackOutcome]:
+        """Apply a provider's status webhook (delivered, bounced, failed) to its delivery.
+
+        The channel verifies the request's signature first; a request that is
+        not authentic raises ``SignatureError`` and changes nothing. Reports are
+        deduplicated by the provider's event id. Each applied report records a
+        ``delivery.<status>`` signal when workflows are available.
+
+        Args:
+            channel: the configured channel name the provider reports on.
+            headers: the request headers.
+            body: the raw request body, exactly as received.
+            url: the full URL the provider called (some providers sign it).
+        """
+        from chimeway.feedback import ingest
+
+        track = getattr(self, "track", None)
+
+        def on_signal(conn: Connection, name: str, payload: Mapping[str, Any]) -> None:
+            if track is not None:
+                track(conn, name, actor=payload["actor"], tenant=payload["tenant"],
+                      payload=dict(payload), notification_id=payload["notification_id"])
+
+        return ingest(engine=self.engine, clock=self.clock, channels=self.channels, channel_name=channel,
+                      headers=headers, body=body, url=url, on_signal=on_signal)
 
     def close(self) -> None:
         """Close channels' connection pools and, if Chimeway created it, the engine."""

@@ -43,6 +43,7 @@ __all__ = [
     "Event",
     "Job",
     "Notification",
+    "ProviderEvent",
     "PolicyLock",
     "Preference",
     "RecipientSettings",
@@ -59,6 +60,7 @@ __all__ = [
     "jobs_table",
     "metadata",
     "notifications_table",
+    "provider_events_table",
     "policy_locks_table",
     "preferences_table",
     "recipient_settings_table",
@@ -143,7 +145,7 @@ class Delivery(Base):
     message: Mapped[dict[str, Any]] = mapped_column(JSONType)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    provider_message_id: Mapped[str | None] = mapped_column(sa.String(500))
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(500), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -179,6 +181,22 @@ class DeliveryDecision(Base):
     event: Mapped[str] = mapped_column(sa.String(50))
     checkpoint: Mapped[str | None] = mapped_column(sa.String(50))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class ProviderEvent(Base):
+    """Provider status reports already ingested (deduplicated by the provider's event id)."""
+
+    __tablename__ = "chimeway_provider_events"
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "provider_event_id", name="uq_chimeway_provider_events_event"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    provider_event_id: Mapped[str] = mapped_column(sa.String(300))
+    delivery_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
+    status: Mapped[str] = mapped_column(sa.String(30))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 # --- the job queue -----------------------------------------------------------
@@ -413,3 +431,4 @@ cap_usage_table = _table(CapUsage)
 dedupe_marks_table = _table(DedupeMark)
 digests_table = _table(DigestBatch)
 digest_items_table = _table(DigestItem)
+provider_events_table = _table(ProviderEvent)
