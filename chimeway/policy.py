@@ -250,7 +250,7 @@ class Policy:
             for d in live:
                 if d.status == "pending" and digest.applies_to(d.channel):
                     collect(conn, digest=digest, plan=plan, delivery=d, now=now, write=write,
-                            decorate=self._decorate)
+                            decorate=self.decorate_fields)
         settings = load_settings(conn, tenant, ids)
         if not cls.critical:
             for d in live:
@@ -261,7 +261,7 @@ class Policy:
             self._caps(conn, cls, tenant, [d for d in live if d.status == "pending"], now, write)
         for d in live:
             if d.status in ("pending", "deferred") and not d.fields.get("unsubscribe_url"):
-                d.fields = self._decorate(d.fields, d.recipient, tenant, cls, d.channel)
+                d.fields = self.decorate_fields(d.fields, d.recipient, tenant, cls, d.channel)
 
     @staticmethod
     def _stop(delivery: PlannedDelivery, verdict: Verdict) -> None:
@@ -401,7 +401,7 @@ class Policy:
         configured = self.channels.get(channel)
         return channel == "email" or getattr(configured, "name", None) == "email"
 
-    def _decorate(self, fields: dict[str, Any], recipient: Recipient, tenant: str, cls: type[Notifier],
+    def decorate_fields(self, fields: dict[str, Any], recipient: Recipient, tenant: str, cls: type[Notifier],
                   channel: str) -> dict[str, Any]:
         if (not self.unsubscribe_base_url or not self.secret or cls.critical
                 or not self._is_email(channel)):
@@ -450,7 +450,7 @@ class Policy:
             return Verdict(status="suppressed", reason="opted_out", rule="preferences",
                            summary=f"suppressed: {resolution.why}", detail=resolution.as_detail())
         if digest_of(cls) is not None:
-            carrier = check_carrier(conn, message.delivery_id, now, self._decorate)
+            carrier = check_carrier(conn, message.delivery_id, now, self.decorate_fields)
             if carrier is not None:
                 return carrier
         if cls.critical:
