@@ -7,6 +7,10 @@ with ECDSA (P-256, SHA-256) over ``timestamp + body``; the signature is
 base64 DER in ``X-Twilio-Email-Event-Webhook-Signature`` and the timestamp in
 ``X-Twilio-Email-Event-Webhook-Timestamp``.
 
+Resend signs with Svix, which is the Standard Webhooks scheme under
+``svix-*`` header names; it is verified with the Webhook channel's
+:func:`~chimeway.channels.webhook.verify_webhook`.
+
 A request that fails verification raises
 :class:`~chimeway.errors.SignatureError` before anything is parsed.
 """
@@ -28,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from chimeway.channels.email_message import METADATA_KEY
+from chimeway.channels.webhook import verify_webhook
 from chimeway.errors import ConfigurationError, InvalidInputError, SignatureError
 from chimeway.values import Feedback, FeedbackStatus
 
@@ -36,9 +41,11 @@ __all__ = [
     "SENDGRID_TIMESTAMP_HEADER",
     "load_sendgrid_key",
     "parse_postmark_feedback",
+    "parse_resend_feedback",
     "parse_sendgrid_feedback",
     "sendgrid_message_id",
     "verify_postmark",
+    "verify_resend",
     "verify_sendgrid",
 ]
 
@@ -331,3 +338,83 @@ def parse_sendgrid_feedback(body: bytes) -> list[Feedback]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------
+# Resend
+
+
+def verify_resend(
+    headers: Mapping[str, str], body: bytes, secret: str, *, tolerance: float = 300
+) -> dict[str, Any]:
+    """Verify a Resend (Svix-signed) webhook and return its JSON body.
+
+    Args:
+        headers: the request headers.
+        body: the raw request body.
+        secret: the endpoint's signing secret (``whsec_...``).
+        tolerance: seconds the signed timestamp may be off (replay window).
+    """
+    renamed = {
+        f"webhook-{part}": value
+        for part in ("id", "timestamp", "signature")
+        if (value := header(headers, f"svix-{part}")) is not None
+    }
+    return verify_webhook(body, renamed, secret, tolerance=tolerance)
+
+
+_RESEND_STATUS: dict[str, FeedbackStatus] = {
+    "email.delivered": "delivered",
+    "email.bounced": "bounced",
+    "email.complained": "complained",
+    "email.opened": "opened",
+    "email.clicked": "clicked",
+    "email.failed": "failed",
+}
+
+
+def _resend_tag(tags: Any) -> Any:
+    if isinstance(tags, dict):
+        return tags.get(METADATA_KEY)
+    if isinstance(tags, list):
+        for tag in tags:
+            if isinstance(tag, dict) and tag.get("name") == METADATA_KEY:
+                return tag.get("value")
+    return None
+
+
+def parse_resend_feedback(event: Mapping[str, Any], event_id: str) -> list[Feedback]:
+    """Turn one verified Resend event into feedback.
+
+    A bounce whose ``bounce.type`` is not ``Permanent`` means this message
+    failed, not that the address is bad.
+
+    Args:
+        event: the verified JSON body.
+        event_id: the ``svix-id`` of the request (unique per event).
+    """
+    kind = str(event.get("type", ""))
+    status = _RESEND_STATUS.get(kind)
+    data = event.get("data")
+    if status is None or not isinstance(data, dict):
+        return []
+    raw_bounce = data.get("bounce")
+    bounce: dict[str, Any] = raw_bounce if isinstance(raw_bounce, dict) else {}
+    detail = None
+    vendor = None
+    if kind == "email.bounced":
+        vendor = str(bounce.get("type") or "") or None
+        if vendor != "Permanent":
+            status = "failed"
+        detail = " ".join(str(bounce.get("message") or bounce.get("subType") or "").split())[:300]
+    return [
+        Feedback(
+            provider_event_id=event_id,
+            status=status,
+            provider_message_id=str(data["email_id"]) if data.get("email_id") else None,
+            delivery_id=_delivery_id(_resend_tag(data.get("tags"))),
+            detail=detail or None,
+            vendor_code=vendor,
+            occurred_at=_iso(event.get("created_at")),
+        )
+    ]

@@ -24,10 +24,13 @@ import httpx
 
 from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
 from chimeway.channels.email_feedback import (
+    header,
     load_sendgrid_key,
     parse_postmark_feedback,
+    parse_resend_feedback,
     parse_sendgrid_feedback,
     verify_postmark,
+    verify_resend,
     verify_sendgrid,
 )
 from chimeway.channels.email_message import METADATA_KEY, EmailProvider, OutgoingEmail
@@ -314,6 +317,9 @@ class Resend(_HTTPEmailProvider):
     Args:
         api_key: the API key (sent as a Bearer token).
         base_url: the API root (a local server in tests).
+        webhook_secret: the webhook's signing secret (``whsec_...``);
+            enables :meth:`parse_feedback`.
+        webhook_tolerance: seconds a webhook's signed timestamp may be off.
         timeout: seconds for each request.
         client: an ``httpx.Client`` to use instead of a new pooled one.
         from_: sender when used directly as a channel.
@@ -340,6 +346,8 @@ class Resend(_HTTPEmailProvider):
         api_key: str,
         base_url: str = "https://api.resend.com",
         *,
+        webhook_secret: str | None = None,
+        webhook_tolerance: float = 300,
         timeout: float = 10.0,
         client: httpx.Client | None = None,
         from_: str | None = None,
@@ -351,6 +359,8 @@ class Resend(_HTTPEmailProvider):
         HTTPChannel.__init__(self, base_url=base_url, timeout=timeout, client=client)
         self._identity(from_, reply_to, message_id_domain)
         self._key = api_key
+        self._webhook_secret = webhook_secret
+        self.webhook_tolerance = webhook_tolerance
 
     def __repr__(self) -> str:
         return f"Resend(base_url={self.base_url!r})"
@@ -392,6 +402,21 @@ class Resend(_HTTPEmailProvider):
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         return classify_http(response, vendor_code=vendor, detail=detail)
+
+    def parse_feedback(
+        self, headers: Mapping[str, str], body: bytes, *, url: str | None = None
+    ) -> list[Feedback]:
+        """Verify the webhook's Svix signature, then parse the event.
+
+        Args:
+            headers: the request headers (any case).
+            body: the raw request body.
+            url: the full URL Resend called (unused).
+        """
+        if self._webhook_secret is None:
+            raise ConfigurationError("Resend feedback needs webhook_secret=...")
+        event = verify_resend(headers, body, self._webhook_secret, tolerance=self.webhook_tolerance)
+        return parse_resend_feedback(event, header(headers, "svix-id") or "")
 
 
 def _display_name(header: str) -> str | None:

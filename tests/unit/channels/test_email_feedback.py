@@ -296,3 +296,75 @@ def test_sendgrid_message_id_suffixes() -> None:
     assert sendgrid_message_id("abc.filter0001.16648.5515E0B88.0") == "abc"
     assert sendgrid_message_id("abc.recvd-123-xyz-1-0") == "abc"
     assert sendgrid_message_id("plain-id") == "plain-id"
+
+
+# -- Resend (Svix) --------------------------------------------------------------
+
+RESEND_SECRET = "whsec_" + base64.b64encode(b"resend-test-signing-key-32bytes!").decode()
+
+
+def svix_signed(body: bytes, msg_id: str = "msg_2Lh9KRb6pzN4QmS") -> dict[str, str]:
+    from chimeway.channels.webhook import sign_webhook
+
+    signed = sign_webhook(body, RESEND_SECRET, msg_id=msg_id)
+    return {name.replace("webhook-", "svix-"): value for name, value in signed.items()}
+
+
+def resend_event(kind: str, **data: object) -> bytes:
+    return json.dumps(
+        {
+            "type": kind,
+            "created_at": "2024-11-22T23:41:12.126Z",
+            "data": {
+                "email_id": "56761188-7520-42d8-8898-ff6fc54ce618",
+                "from": "Shop <no-reply@shop.example>",
+                "to": ["ada@example.test"],
+                "subject": "Order 7",
+                "tags": {"chimeway_delivery_id": str(DELIVERY)},
+                **data,
+            },
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "status"),
+    [
+        ("email.delivered", {}, "delivered"),
+        (
+            "email.bounced",
+            {"bounce": {"type": "Permanent", "subType": "General", "message": "unknown user"}},
+            "bounced",
+        ),
+        (
+            "email.bounced",
+            {"bounce": {"type": "Transient", "subType": "MailboxFull", "message": "full"}},
+            "failed",
+        ),
+        ("email.complained", {}, "complained"),
+    ],
+)
+def test_resend_signed_events(kind: str, extra: dict[str, object], status: str) -> None:
+    from chimeway.channels.email import Resend
+
+    body = resend_event(kind, **extra)
+    [feedback] = Resend("k", webhook_secret=RESEND_SECRET).parse_feedback(svix_signed(body), body)
+    assert feedback.status == status
+    assert feedback.provider_event_id == "msg_2Lh9KRb6pzN4QmS"
+    assert feedback.provider_message_id == "56761188-7520-42d8-8898-ff6fc54ce618"
+    assert feedback.delivery_id == DELIVERY
+
+
+def test_resend_skips_non_outcomes_and_rejects_bad_signatures() -> None:
+    from chimeway.channels.email import Resend
+
+    provider = Resend("k", webhook_secret=RESEND_SECRET)
+    sent = resend_event("email.sent")
+    assert provider.parse_feedback(svix_signed(sent), sent) == []
+    body = resend_event("email.delivered")
+    with pytest.raises(SignatureError):
+        provider.parse_feedback(svix_signed(body), body.replace(b"delivered", b"bounced"))
+    with pytest.raises(SignatureError):
+        provider.parse_feedback({}, body)
+    with pytest.raises(ConfigurationError):
+        Resend("k").parse_feedback(svix_signed(body), body)
