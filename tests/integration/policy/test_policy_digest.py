@@ -1,0 +1,139 @@
+"""Digests: one delivery per recipient × key × window, flushed at window end or when full."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from policy_support import delivery, fire, summaries
+
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.digest import Digest
+from chimeway.testing import FakeClock, RecordingChannel
+
+
+class Activity(Notifier):
+    key = "policy_test_activity"
+    channels = ["in_app", "email"]
+    templates = {
+        "in_app": {"title": "{{ who }} commented"},
+        "email": {"subject": "{{ who }} commented", "body": "{{ who }}"},
+    }
+    digest = Digest(
+        window=timedelta(hours=1),
+        key=lambda params: params.get("project"),
+        templates={"email": {
+            "subject": "{{ count }} new comments",
+            "body": "{% for e in events %}{{ e.who }};{% endfor %}",
+        }},
+    )
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:1", email="u1@example.com")]
+
+
+class SmallBatch(Activity):
+    key = "policy_test_small_batch"
+    digest = Digest(window=timedelta(hours=1), max_items=3)
+    # Without digest templates, the notifier's own template gets `events` and `count`.
+    templates = {
+        "in_app": {"title": "{{ who }}"},
+        "email": {"subject": "{{ count | default(1) }} from {{ who }}", "body": "{{ who }}"},
+    }
+
+
+def test_events_in_one_window_become_one_email(app: Chimeway, clock: FakeClock, email: RecordingChannel) -> None:
+    opened = clock.now()
+    first = fire(app, Activity, {"project": "x", "who": "ann"})
+    clock.advance(minutes=10)
+    second = fire(app, Activity, {"project": "x", "who": "bob"})
+    clock.advance(minutes=10)
+    third = fire(app, Activity, {"project": "x", "who": "cat"})
+    carrier = delivery(app, first, "email")
+    assert (carrier.status, carrier.reason) == ("deferred", "digest")
+    assert carrier.not_before == opened + timedelta(hours=1)
+    for result in (second, third):
+        row = delivery(app, result, "email")
+        assert (row.status, row.reason) == ("suppressed", "digested")
+        assert delivery(app, result, "in_app").status == "succeeded"  # the inbox gets every event
+    assert email.sent == []
+
+    # bob's comment was read in the inbox: it is left out of the email.
+    app.inbox("user:1").mark_read(second.notification_ids[0])
+    clock.advance(minutes=39)
+    assert app.flush_digests() == 0
+    clock.advance(minutes=1)
+    assert app.flush_digests() == 1
+    [sent] = email.sent
+    assert sent.delivery_id == carrier.id
+    assert (sent.fields["subject"], sent.fields["body"]) == ("2 new comments", "ann;cat;")
+    timeline = summaries(app, carrier.id)
+    assert [(e, c) for e, c, _ in timeline] == [("deferred", "planning"), ("digest_flushed", "digest_flush")]
+    assert timeline[1][2] == "digest of 2 events rendered at window end (1 already read left out)"
+    assert app.explain(carrier.id).status == "succeeded"
+
+
+def test_keys_make_separate_batches(app: Chimeway, clock: FakeClock, email: RecordingChannel) -> None:
+    fire(app, Activity, {"project": "x", "who": "ann"})
+    fire(app, Activity, {"project": "y", "who": "bob"})
+    fire(app, Activity, {"project": "x", "who": "cat"})
+    clock.advance(hours=1)
+    assert app.flush_digests() == 2
+    assert sorted(m.fields["subject"] for m in email.sent) == ["1 new comments", "2 new comments"]
+
+
+def test_an_event_after_the_window_starts_a_new_batch(
+    app: Chimeway, clock: FakeClock, email: RecordingChannel
+) -> None:
+    first = fire(app, Activity, {"project": "x", "who": "ann"})
+    clock.advance(minutes=30)
+    fire(app, Activity, {"project": "x", "who": "bob"})
+    clock.advance(minutes=35)  # past the first window; no sweep has run
+    late = fire(app, Activity, {"project": "x", "who": "cat"})
+    late_row = delivery(app, late, "email")
+    assert (late_row.status, late_row.reason) == ("deferred", "digest")
+    assert late_row.not_before == clock.now() + timedelta(hours=1)
+    # Planning the late event closed the old batch; recover() sends it.
+    assert app.recover() == 1
+    assert [(m.delivery_id, m.fields["body"]) for m in email.sent] == [(delivery(app, first, "email").id, "ann;bob;")]
+
+    # The second batch comes due with no sweep: the pre-send checkpoint
+    # renders it and it goes out on the next pass.
+    clock.advance(hours=1)
+    app.recover()
+    row = delivery(app, late, "email")
+    assert (row.status, row.reason) == ("deferred", "digest_ready")
+    clock.advance(seconds=1)
+    app.recover()
+    assert [m.fields["body"] for m in email.sent] == ["ann;bob;", "cat;"]
+    assert [(e, c) for e, c, _ in summaries(app, late_row.id)] == [
+        ("deferred", "planning"), ("digest_flushed", "before_send"), ("deferred", "before_send")]
+
+
+def test_a_full_batch_is_sent_at_once(app: Chimeway, clock: FakeClock, email: RecordingChannel) -> None:
+    first = fire(app, SmallBatch, {"who": "ann"})
+    fire(app, SmallBatch, {"who": "bob"})
+    clock.advance(minutes=5)
+    third = fire(app, SmallBatch, {"who": "cat"})
+    [sent] = email.sent
+    assert sent.delivery_id == delivery(app, third, "email").id
+    assert sent.fields["subject"] == "3 from cat"
+    held = delivery(app, first, "email")
+    assert (held.status, held.reason) == ("suppressed", "digested")
+    assert summaries(app, held.id)[-1][:2] == ("suppressed", "planning")
+    fourth = fire(app, SmallBatch, {"who": "dan"})
+    assert delivery(app, fourth, "email").reason == "digest"
+
+
+def test_every_event_read_suppresses_the_digest(app: Chimeway, clock: FakeClock, email: RecordingChannel) -> None:
+    first = fire(app, Activity, {"project": "x", "who": "ann"})
+    second = fire(app, Activity, {"project": "x", "who": "bob"})
+    inbox = app.inbox("user:1")
+    inbox.mark_read(first.notification_ids[0])
+    inbox.mark_read(second.notification_ids[0])
+    clock.advance(hours=1)
+    assert app.flush_digests() == 0
+    row = delivery(app, first, "email")
+    assert (row.status, row.reason) == ("suppressed", "digest_all_read")
+    assert email.sent == []
