@@ -27,6 +27,7 @@ from chimeway.channels.email_message import (
     build_email,
     email_problem,
     parse_sender,
+    unsendable,
 )
 from chimeway.channels.email_providers import Postmark, Resend, SendGrid
 from chimeway.channels.email_smtp import SMTP
@@ -115,7 +116,10 @@ class Email(Channel):
             message_id_domain=self.message_id_domain,
         )
 
-    def _throttled(self) -> DeliveryResult | tuple[float]:
+    def _throttled(self, message: Message) -> DeliveryResult | tuple[float]:
+        problem = unsendable(message)
+        if problem is not None:
+            return problem
         if self._bucket is None:
             return (0.0,)
         reservation = self._bucket.reserve(1.0)
@@ -129,7 +133,7 @@ class Email(Channel):
         Args:
             message: the rendered message.
         """
-        throttle = self._throttled()
+        throttle = self._throttled(message)
         if isinstance(throttle, DeliveryResult):
             return throttle
         if throttle[0] > 0:
@@ -146,7 +150,7 @@ class Email(Channel):
         Args:
             message: the rendered message.
         """
-        throttle = self._throttled()
+        throttle = self._throttled(message)
         if isinstance(throttle, DeliveryResult):
             return throttle
         if throttle[0] > 0:

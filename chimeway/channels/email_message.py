@@ -16,6 +16,7 @@ import asyncio
 import binascii
 import email.header
 import email.utils
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,13 +37,11 @@ __all__ = [
     "email_problem",
     "html_to_text",
     "parse_sender",
+    "unsendable",
 ]
 
 DELIVERY_ID_HEADER = "X-Chimeway-Delivery-Id"
 METADATA_KEY = "chimeway_delivery_id"
-
-# Building with 7bit forces quoted-printable/base64 bodies, so any server
-# accepts the message without the 8BITMIME extension.
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +179,7 @@ def _one_line(value: Any) -> str:
     return " ".join(str(value).split())
 
 
+@functools.lru_cache(maxsize=64)
 def parse_sender(from_: str) -> tuple[str, str]:
     """The ``From`` header value and the bare address for ``from_``."""
     name, address = email.utils.parseaddr(from_)
@@ -211,6 +211,21 @@ def email_problem(fields: Mapping[str, Any], recipient: Recipient) -> str | None
     return None
 
 
+def unsendable(message: Message) -> DeliveryResult | None:
+    """A permanent result when ``message`` can never be emailed, else ``None``.
+
+    Planning normally cancels such deliveries; this guards sends that
+    skipped planning-time validation.
+
+    Args:
+        message: the rendered message.
+    """
+    problem = email_problem(message.fields, message.recipient)
+    if problem is None:
+        return None
+    return DeliveryResult.permanent(problem, error_class="invalid_message")
+
+
 def build_email(
     message: Message,
     *,
@@ -237,7 +252,7 @@ def build_email(
     headers: dict[str, str] = {DELIVERY_ID_HEADER: str(message.delivery_id)}
     unsubscribe = fields.get("unsubscribe_url")
     if unsubscribe:
-        url = _one_line(unsubscribe)
+        url = _one_line(unsubscribe).replace("<", "").replace(">", "")
         headers["List-Unsubscribe"] = f"<{url}>"
         if not url.lower().startswith("mailto:"):
             # RFC 8058 one-click applies to HTTPS links only.
@@ -340,6 +355,9 @@ class EmailProvider(Channel):
         return await asyncio.to_thread(self.send_email, outgoing)
 
     def _build(self, message: Message) -> OutgoingEmail | DeliveryResult:
+        problem = unsendable(message)
+        if problem is not None:
+            return problem
         if self.from_ is None:
             return DeliveryResult.permanent(
                 f"{type(self).__name__} used as a channel needs from_=...",

@@ -60,3 +60,27 @@ def test_build_email_defaults() -> None:
 def test_html_to_text() -> None:
     html = "<html><head><title>x</title></head><body><h1>Hello&nbsp;Ada</h1><ul><li>one</li><li>two</li></ul><script>var a;</script></body></html>"
     assert html_to_text(html) == "Hello Ada\n\none\n\ntwo"
+
+
+def test_send_refuses_what_validate_would_have_cancelled() -> None:
+    # Port 9 on localhost is never contacted: the message is refused first.
+    channel = Email(SMTP("127.0.0.1", 9, starttls=False, timeout=1), from_="a@b.example")
+    bad = make_message(
+        {"subject": "s", "text": "t"},
+        recipient=Recipient(id="u", email="x@y.z\r\nRCPT TO:<evil@example.test>"),
+    )
+    result = channel.send(bad)
+    assert (result.outcome, result.error_class) == ("permanent", "invalid_message")
+    assert SMTP("127.0.0.1", 9, from_="a@b.example").send(bad).outcome == "permanent"
+
+
+def test_unsubscribe_url_cannot_break_out_of_its_brackets() -> None:
+    built = build_email(
+        make_message(
+            {"subject": "s", "text": "t", "unsubscribe_url": "<https://x.example/u>\r\nBcc: e@x"}
+        ),
+        from_="a@b.example",
+    )
+    assert built.headers["List-Unsubscribe"] == "<https://x.example/u> Bcc: e@x>".replace(
+        "> Bcc", " Bcc"
+    )
