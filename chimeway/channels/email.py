@@ -116,15 +116,16 @@ class Email(Channel):
             message_id_domain=self.message_id_domain,
         )
 
-    def _throttled(self, message: Message) -> DeliveryResult | tuple[float]:
+    def _gate(self, message: Message) -> DeliveryResult | float:
+        """A result that ends the send before any provider call, or seconds to wait first."""
         problem = unsendable(message)
         if problem is not None:
             return problem
         if self._bucket is None:
-            return (0.0,)
+            return 0.0
         reservation = self._bucket.reserve(1.0)
         if reservation.granted:
-            return (reservation.wait,)
+            return reservation.wait
         return rate_limited_result(self._bucket, reservation.wait)
 
     def send(self, message: Message) -> DeliveryResult:
@@ -133,11 +134,11 @@ class Email(Channel):
         Args:
             message: the rendered message.
         """
-        throttle = self._throttled(message)
-        if isinstance(throttle, DeliveryResult):
-            return throttle
-        if throttle[0] > 0:
-            time.sleep(throttle[0])
+        gate = self._gate(message)
+        if isinstance(gate, DeliveryResult):
+            return gate
+        if gate > 0:
+            time.sleep(gate)
         outgoing = self.build(message)
         return run_route(
             (name, _bind(provider, outgoing))
@@ -150,11 +151,11 @@ class Email(Channel):
         Args:
             message: the rendered message.
         """
-        throttle = self._throttled(message)
-        if isinstance(throttle, DeliveryResult):
-            return throttle
-        if throttle[0] > 0:
-            await asyncio.sleep(throttle[0])
+        gate = self._gate(message)
+        if isinstance(gate, DeliveryResult):
+            return gate
+        if gate > 0:
+            await asyncio.sleep(gate)
         outgoing = self.build(message)
         return await run_route_async(
             (name, _bind_async(provider, outgoing))

@@ -14,7 +14,7 @@ The same :class:`Route` decides for :class:`Failover` and for
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from chimeway.channels.base import Channel
@@ -130,13 +130,15 @@ class Route:
 
 def run_route(
     steps: Iterable[tuple[str, Callable[[], DeliveryResult]]],
+    route: Route | None = None,
 ) -> FailoverResult:
     """Call each step in order until one gives a final answer.
 
     Args:
         steps: ``(provider name, zero-argument send)`` pairs.
+        route: a route that already noted skipped providers, if any.
     """
-    route = Route()
+    route = route or Route()
     for name, send in steps:
         try:
             stop = route.record(name, send())
@@ -149,13 +151,15 @@ def run_route(
 
 async def run_route_async(
     steps: Iterable[tuple[str, Callable[[], Awaitable[DeliveryResult]]]],
+    route: Route | None = None,
 ) -> FailoverResult:
     """Async twin of :func:`run_route`, driven by the same :class:`Route`.
 
     Args:
         steps: ``(provider name, zero-argument coroutine function)`` pairs.
+        route: a route that already noted skipped providers, if any.
     """
-    route = Route()
+    route = route or Route()
     for name, send in steps:
         try:
             stop = route.record(name, await send())
@@ -207,10 +211,9 @@ class Failover(Channel):
         Args:
             message: the rendered message.
         """
-        skipped = Route()
-        usable = self._usable(message, skipped)
-        result = run_route((name, _bind(channel.send, message)) for name, channel in usable)
-        return _with_skips(result, skipped)
+        route = Route()
+        usable = self._usable(message, route)
+        return run_route(((name, _bind(channel.send, message)) for name, channel in usable), route)
 
     async def send_async(self, message: Message) -> DeliveryResult:
         """Async variant of :meth:`send`, awaiting each channel's ``send_async``.
@@ -218,12 +221,11 @@ class Failover(Channel):
         Args:
             message: the rendered message.
         """
-        skipped = Route()
-        usable = self._usable(message, skipped)
-        result = await run_route_async(
-            (name, _bind_async(channel.send_async, message)) for name, channel in usable
+        route = Route()
+        usable = self._usable(message, route)
+        return await run_route_async(
+            ((name, _bind_async(channel.send_async, message)) for name, channel in usable), route
         )
-        return _with_skips(result, skipped)
 
     def validate(self, fields: Mapping[str, Any], recipient: Recipient) -> str | None:
         """A message is unsendable only when every channel refuses it.
@@ -299,11 +301,3 @@ def _bind_async(
     send: Callable[[Message], Awaitable[DeliveryResult]], message: Message
 ) -> Callable[[], Awaitable[DeliveryResult]]:
     return lambda: send(message)
-
-
-def _with_skips(result: FailoverResult, skipped: Route) -> FailoverResult:
-    if not skipped._skipped:
-        return result
-    prefix = "; ".join(skipped._skipped)
-    detail = f"{prefix}; {result.detail}" if result.tried else prefix
-    return replace(result, detail=detail)
