@@ -33,7 +33,6 @@ from chimeway.models import (
     attempts_table,
     decisions_table,
     deliveries_table,
-    events_table,
     notifications_table,
 )
 from chimeway.values import DeliveryResult, Message, Recipient
@@ -166,29 +165,35 @@ class Executor:
 
     def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[_Claimed]:
         now = self.clock.now()
-        d, n, e = deliveries_table, notifications_table, events_table
+        d, n = deliveries_table, notifications_table
+        claim = (
+            sa.update(d)
+            .where(
+                d.c.id.in_(ids),
+                d.c.status.in_(claim_from),
+                sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
+            )
+            .values(status="dispatched", attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now)
+        )
+        wanted = (d.c.id, d.c.notification_id, d.c.event_id, d.c.tenant, d.c.channel,
+                  d.c.message, d.c.attempts, d.c.created_at)
         with writer(self.engine).begin() as conn:
-            claimed_ids = conn.execute(
-                sa.update(d)
-                .where(
-                    d.c.id.in_(ids),
-                    d.c.status.in_(claim_from),
-                    sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
-                )
-                .values(status="dispatched", attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now)
-                .returning(d.c.id)
-            ).scalars().all()
-            if not claimed_ids:
+            if conn.dialect.name == "postgresql":
+                # One round trip: PostgreSQL returns columns of the joined row too.
+                rows = conn.execute(
+                    claim.where(n.c.id == d.c.notification_id)
+                    .returning(*wanted, n.c.recipient, n.c.notifier_key)
+                ).all()
+            else:
+                # SQLite's RETURNING cannot name a joined table.
+                claimed_ids = conn.execute(claim.returning(d.c.id)).scalars().all()
+                rows = conn.execute(
+                    sa.select(*wanted, n.c.recipient, n.c.notifier_key)
+                    .join(n, n.c.id == d.c.notification_id)
+                    .where(d.c.id.in_(claimed_ids))
+                ).all() if claimed_ids else []
+            if not rows:
                 return []
-            rows = conn.execute(
-                sa.select(
-                    d.c.id, d.c.notification_id, d.c.event_id, d.c.tenant, d.c.channel,
-                    d.c.message, d.c.attempts, d.c.created_at, n.c.recipient, e.c.notifier_key,
-                )
-                .join(n, n.c.id == d.c.notification_id)
-                .join(e, e.c.id == d.c.event_id)
-                .where(d.c.id.in_(claimed_ids))
-            ).all()
             by_id = {row.id: row for row in rows}
             out = []
             for delivery_id in ids:

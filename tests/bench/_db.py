@@ -1,0 +1,25 @@
+"""Throwaway databases for benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+SERVER = os.environ.get("CHIMEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+@contextmanager
+def fresh_postgres(prefix: str = "chimeway_bench") -> Iterator[str]:
+    """Create a database, yield its SQLAlchemy URL, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(SERVER + "/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{SERVER.split('://', 1)[1]}/{name}"
+    finally:
+        with psycopg.connect(SERVER + "/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
