@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -305,3 +306,16 @@ def test_configuration_errors() -> None:
         Email(from_=FROM)
     with pytest.raises(ConfigurationError, match="webhook_public_key"):
         SendGrid("k", webhook_public_key="bm90IGEga2V5")
+
+
+def test_a_provider_that_never_answers_times_out_as_temporary() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        result = Email(Postmark("t", base_url=url, timeout=0.2), from_=FROM).send(make_message())
+    finally:
+        listener.close()
+    assert result.outcome == "temporary"
+    assert result.error_class == "ReadTimeout"

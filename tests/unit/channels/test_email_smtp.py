@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -304,3 +305,16 @@ def test_non_ascii_address_needs_smtputf8() -> None:
     assert parsed["To"] == "Zoë <zoë@exämple.test>"
     assert parsed["Subject"] == "Hé"
     assert parsed.get_content().strip() == "ça va"
+
+
+def test_a_server_that_never_answers_times_out_as_temporary() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the TCP connection, never sends a greeting
+    try:
+        provider = SMTP("127.0.0.1", listener.getsockname()[1], starttls=False, timeout=0.2)
+        result = Email(provider, from_=FROM).send(make_message())
+    finally:
+        listener.close()
+    assert result.outcome == "temporary"
+    assert result.error_class in {"TimeoutError", "SMTPServerDisconnected"}
