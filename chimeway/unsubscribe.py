@@ -124,6 +124,10 @@ def verify_token(secret: str | bytes | None, token: str, *, now: datetime) -> Un
         body, mac = _unb64(body_text), _unb64(mac_text)
     except (binascii.Error, ValueError):
         raise SignatureError("unsubscribe token is malformed") from None
+    if _b64(body) != body_text or _b64(mac) != mac_text:
+        # Base64 ignores the unused low bits of a final character: only the
+        # canonical spelling is accepted, so one token has one string.
+        raise SignatureError("unsubscribe token is malformed")
     expected = hmac.new(key, body, hashlib.sha256).digest()
     if not hmac.compare_digest(mac, expected):
         raise SignatureError("unsubscribe token signature does not match")
