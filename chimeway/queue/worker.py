@@ -11,7 +11,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,30 @@ from chimeway.queue.runner import Claimed
 if TYPE_CHECKING:
     from chimeway.queue.manager import JobQueue
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "add_plugin"]
 
 log = logging.getLogger("chimeway.queue")
+
+_plugins: weakref.WeakKeyDictionary[JobQueue, list[tuple[Callable[[], object], float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def add_plugin(jobs: JobQueue, fn: Callable[[], object], interval: float) -> None:
+    """Have every worker of ``jobs`` call ``fn()`` about every ``interval`` seconds.
+
+    Plugins run on the worker's loop thread between claims, so they should be
+    quick (enqueue work rather than do it). An exception is logged and the
+    worker carries on.
+
+    Args:
+        jobs: the queue whose workers run the plugin.
+        fn: called with no arguments.
+        interval: seconds between calls (> 0).
+    """
+    if not interval > 0:
+        raise ValueError(f"plugin interval must be > 0, got {interval!r}")
+    _plugins.setdefault(jobs, []).append((fn, float(interval)))
 
 
 class Worker:
@@ -70,6 +92,8 @@ class Worker:
         self._running = dict.fromkeys(self.limits, 0)
         self._more = dict.fromkeys(self.limits, True)
         self._acks: list[int] = []
+        self._plugins = list(_plugins.get(jobs, ()))
+        self._plugin_due = [0.0] * len(self._plugins)
         self._pools = {
             q: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"chimeway-{q}")
             for q, n in self.limits.items()
@@ -179,6 +203,7 @@ class Worker:
                 if now >= next_prune:
                     self.jobs.prune()
                     next_prune = now + self.prune_interval
+                self._run_plugins(now)
                 failures = 0
             except sa.exc.DBAPIError as exc:
                 # The database went away (restart, failover, terminated
@@ -192,11 +217,21 @@ class Worker:
                 self._poll_all()
                 continue
             now = time.monotonic()
-            timeout = max(0.0, min(next_poll, next_beat) - now)
+            timeout = max(0.0, min(next_poll, next_beat, *self._plugin_due) - now)
             self._wake.wait(timeout)
             if time.monotonic() >= next_poll:
                 self._poll_all()
                 next_poll = time.monotonic() + self.poll_interval
+
+    def _run_plugins(self, now: float) -> None:
+        for i, (fn, every) in enumerate(self._plugins):
+            if now < self._plugin_due[i]:
+                continue
+            self._plugin_due[i] = now + every
+            try:
+                fn()
+            except Exception:
+                log.exception("worker %s: plugin %r failed", self.id, fn)
 
     def _busy(self) -> int:
         with self._lock:

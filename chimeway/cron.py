@@ -1,0 +1,447 @@
+"""Cron: schedules whose ticks fire exactly once, on however many workers.
+
+Every worker may run the scheduler; there is no leader. A tick is identified by
+``(schedule name, tick time)`` and is claimed by inserting that row into
+``chimeway_cron_ticks`` with ``ON CONFLICT DO NOTHING ... RETURNING``. Only the
+transaction whose insert went through enqueues the tick's job, in the same
+transaction, so a tick fires once whether one node or ten look at it, and a
+crash between the two writes leaves neither.
+
+Times:
+
+- Expressions are read by croniter: five fields, or six with seconds last
+  (``"*/10 * * * * 30"``), or an alias (``@hourly``, ``@daily``, ``@midnight``,
+  ``@weekly``, ``@monthly``, ``@yearly``, ``@annually``).
+- Fields are wall-clock times in the schedule's time zone. A wall-clock time
+  skipped by a daylight-saving jump does not exist and does not fire; one that
+  occurs twice when clocks go back fires once, at its first occurrence.
+- The scheduler fires ticks due at ``now``, which comes from the app's clock
+  (a ``FakeClock`` in tests) unless given explicitly.
+
+Missed ticks (no worker was running): by default only the most recent missed
+tick fires; ``catch_up=timedelta(...)`` fires every missed tick inside that
+window, oldest first, capped at :data:`CATCH_UP_LIMIT`. A schedule that has
+never ticked starts fresh: only a tick due within the last
+:data:`FIRST_RUN_GRACE` fires.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from croniter import croniter
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from chimeway.clock import Clock, utc
+from chimeway.db import writer
+from chimeway.errors import ConfigurationError, InvalidInputError, InvalidScheduleError
+from chimeway.models import cron_ticks_table
+from chimeway.queue.args import check_args
+from chimeway.queue.manager import JobQueue
+
+__all__ = [
+    "CATCH_UP_LIMIT",
+    "FIRST_RUN_GRACE",
+    "CronExpression",
+    "CronSchedule",
+    "FiredTick",
+    "Scheduler",
+]
+
+log = logging.getLogger("chimeway.cron")
+
+ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+FIRST_RUN_GRACE = timedelta(minutes=1)
+CATCH_UP_LIMIT = 1000
+# Tick rows older than this are pruned; each schedule's latest tick is kept,
+# since it is what "missed since" is measured from.
+TICK_RETENTION = timedelta(days=7)
+PRUNE_EVERY = timedelta(hours=1)
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class CronExpression:
+    """A validated cron expression in a named time zone.
+
+    Args:
+        expression: the cron expression.
+        timezone: an IANA time zone name (``"UTC"``, ``"Europe/Berlin"``).
+
+    Raises:
+        InvalidScheduleError: the expression or the time zone cannot be used.
+    """
+
+    expression: str
+    timezone: str = "UTC"
+    zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expr = self.expression
+        if not isinstance(expr, str) or not expr.strip():
+            raise InvalidScheduleError(f"cron expression must be a non-empty string, got {expr!r}")
+        expr = " ".join(expr.split())
+        object.__setattr__(self, "expression", expr)
+        if expr.startswith("@"):
+            if expr.lower() not in ALIASES:
+                raise InvalidScheduleError(
+                    f"cron expression {expr!r}: unknown alias; use one of {sorted(ALIASES)}"
+                )
+        elif len(expr.split()) not in (5, 6):
+            raise InvalidScheduleError(
+                f"cron expression {expr!r} has {len(expr.split())} fields; "
+                "use 5 (minute hour day month weekday) or 6 (seconds last)"
+            )
+        try:
+            valid = croniter.is_valid(expr)
+        except Exception:
+            valid = False
+        if not valid:
+            raise InvalidScheduleError(f"cron expression {expr!r} is not valid")
+        object.__setattr__(self, "zone", _zone(self.timezone))
+        try:
+            croniter(expr, datetime(2000, 1, 1)).get_next(datetime)
+        except Exception as exc:
+            raise InvalidScheduleError(f"cron expression {expr!r} never matches a date") from exc
+
+    def _local(self, at: datetime) -> datetime:
+        return utc(at).astimezone(self.zone).replace(tzinfo=None)
+
+    def _utc(self, wall: datetime) -> datetime | None:
+        # fold=0 picks the first of a repeated wall-clock time; a time inside
+        # a spring-forward gap does not survive the round trip and is skipped.
+        aware = wall.replace(tzinfo=self.zone)
+        instant = aware.astimezone(UTC)
+        if instant.astimezone(self.zone).replace(tzinfo=None) != wall:
+            return None
+        return instant
+
+    def _walk(self, start: datetime, *, backwards: bool = False) -> Iterator[datetime]:
+        it = croniter(self.expression, start, is_prev=backwards)
+        step = it.get_prev if backwards else it.get_next
+        while True:
+            wall = step(datetime)
+            instant = self._utc(wall)
+            if instant is not None:
+                yield instant
+
+    def ticks_between(self, after: datetime, until: datetime) -> Iterator[datetime]:
+        """Ticks ``t`` with ``after < t <= until``, in order, as aware UTC datetimes.
+
+        Args:
+            after: exclusive lower bound.
+            until: inclusive upper bound.
+        """
+        after, until = utc(after), utc(until)
+        # Wall time → UTC is monotonic, so no tick before after's wall time
+        # can land after ``after``; repeated-hour ticks are filtered below.
+        for tick in self._walk(self._local(after)):
+            if tick > until:
+                return
+            if tick > after:
+                yield tick
+
+    def latest(self, at: datetime) -> datetime:
+        """The latest tick at or before ``at`` (aware UTC).
+
+        Args:
+            at: the moment to look back from.
+        """
+        at = utc(at)
+        wall = self._local(at).replace(microsecond=0)
+        best = next(self._walk(wall + timedelta(seconds=1), backwards=True))
+        # During a repeated hour the wall clock runs behind ticks already
+        # fired at the first pass, so look a little forward too.
+        for tick in self._walk(wall):
+            if tick > at:
+                break
+            best = max(best, tick)
+        return best
+
+    def next_after(self, at: datetime) -> datetime:
+        """The first tick strictly after ``at`` (aware UTC).
+
+        Args:
+            at: the moment to look forward from.
+        """
+        at = utc(at)
+        return next(t for t in self._walk(self._local(at)) if t > at)
+
+    def due(self, now: datetime, since: datetime | None, catch_up: timedelta | None) -> list[datetime]:
+        """The ticks to fire at ``now``, oldest first.
+
+        Args:
+            now: the scheduler's time.
+            since: the schedule's latest recorded tick, or ``None`` if it never ticked.
+            catch_up: the window missed ticks are fired in; ``None`` fires
+                only the most recent one.
+        """
+        now = utc(now)
+        if since is None:
+            latest = self.latest(now)
+            return [latest] if latest > now - FIRST_RUN_GRACE else []
+        since = utc(since)
+        if catch_up is None:
+            latest = self.latest(now)
+            return [latest] if latest > since else []
+        ticks: list[datetime] = []
+        skipped = 0
+        for tick in self.ticks_between(max(since, now - catch_up), now):
+            ticks.append(tick)
+            if len(ticks) > CATCH_UP_LIMIT:
+                ticks.pop(0)
+                skipped += 1
+        if skipped:
+            log.warning("cron %r: %d missed tick(s) beyond the catch-up limit of %d were skipped",
+                        self.expression, skipped, CATCH_UP_LIMIT)
+        return ticks
+
+
+def _zone(name: Any) -> ZoneInfo:
+    if not isinstance(name, str) or not name:
+        raise InvalidScheduleError(f"timezone must be an IANA time zone name, got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidScheduleError(
+            f"timezone {name!r} is not a known IANA time zone (e.g. 'UTC', 'Europe/Berlin')"
+        ) from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronSchedule:
+    """One registered schedule: on each tick, one job is enqueued.
+
+    Args:
+        name: unique schedule name; the tick rows' key.
+        cron: the expression and its time zone.
+        worker: the job's worker name.
+        args: the job's JSON args.
+        queue: the job's queue (``None``: the worker's own).
+        kind: ``"job"``, ``"notifier"``, ``"record_trigger"`` or ``"builtin"``.
+        target: what the schedule runs, for listings.
+        catch_up: window for missed ticks (``None``: only the latest).
+        tick_arg: when set, the tick's ISO time is added to the args under this name.
+        unique_key: a unique key for the job, so a slow run is not doubled.
+    """
+
+    name: str
+    cron: CronExpression
+    worker: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    kind: str = "job"
+    target: str = ""
+    catch_up: timedelta | None = None
+    tick_arg: str | None = None
+    unique_key: str | None = None
+
+    def job_args(self, tick: datetime) -> dict[str, Any]:
+        """The job args for one tick."""
+        args = dict(self.args)
+        if self.tick_arg is not None:
+            args[self.tick_arg] = tick.isoformat()
+        return args
+
+
+@dataclass(frozen=True, kw_only=True)
+class FiredTick:
+    """A tick this scheduler run claimed and fired.
+
+    Args:
+        name: the schedule.
+        at: the tick time (aware UTC).
+        job_id: the job enqueued for it (``None`` when a unique job was already active).
+    """
+
+    name: str
+    at: datetime
+    job_id: int | None
+
+
+class Scheduler:
+    """The schedules of one app and the function workers call to fire them.
+
+    Args:
+        jobs: the app's job queue; ticks enqueue onto it.
+        clock: where ``now`` comes from.
+    """
+
+    def __init__(self, jobs: JobQueue, clock: Clock) -> None:
+        self.jobs = jobs
+        self.clock = clock
+        self._writer = writer(jobs.engine)
+        self._schedules: dict[str, CronSchedule] = {}
+        self._last_prune: datetime | None = None
+        self._plugged = False
+
+    @property
+    def schedules(self) -> Mapping[str, CronSchedule]:
+        """Registered schedules by name."""
+        return dict(self._schedules)
+
+    def add(self, schedule: CronSchedule) -> CronSchedule:
+        """Register a schedule; re-registering an identical one is a no-op.
+
+        Args:
+            schedule: the schedule.
+
+        Raises:
+            ConfigurationError: another schedule already has that name.
+        """
+        name = schedule.name
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+            raise InvalidInputError(f"cron name must be 1-{MAX_NAME} characters, got {name!r}")
+        check_args(schedule.args)
+        if schedule.catch_up is not None and (
+            not isinstance(schedule.catch_up, timedelta) or schedule.catch_up <= timedelta(0)
+        ):
+            raise InvalidScheduleError(f"catch_up must be a positive timedelta or None, got {schedule.catch_up!r}")
+        existing = self._schedules.get(name)
+        if existing is not None and existing != schedule:
+            raise ConfigurationError(
+                f"a cron schedule named {name!r} is already registered "
+                f"({existing.cron.expression!r} → {existing.target}); pass another name="
+            )
+        self._schedules[name] = schedule
+        self._plug()
+        return schedule
+
+    def _plug(self) -> None:
+        if self._plugged:
+            return
+        from chimeway.queue.worker import add_plugin
+
+        # The plugin holds the scheduler weakly so a dropped app is collected.
+        ref = weakref.ref(self)
+
+        def tick() -> None:
+            scheduler = ref()
+            if scheduler is not None:
+                scheduler.run()
+
+        add_plugin(self.jobs, tick, interval=1.0)
+        self._plugged = True
+
+    # --- firing ----------------------------------------------------------------------
+
+    def run(self, now: datetime | None = None) -> list[FiredTick]:
+        """Fire every tick due at ``now`` that no other worker has fired.
+
+        Args:
+            now: the time to schedule at (default: the clock's).
+
+        Returns:
+            The ticks this call fired, oldest first per schedule.
+        """
+        if not self._schedules:
+            return []
+        now = utc(now) if now is not None else self.clock.now()
+        schedules = list(self._schedules.values())
+        last = self.last_ticks()
+        fired: list[FiredTick] = []
+        for schedule in schedules:
+            ticks = schedule.cron.due(now, last.get(schedule.name), schedule.catch_up)
+            if ticks:
+                fired.extend(self._fire(schedule, ticks, now))
+        self._maybe_prune(now)
+        return fired
+
+    def _fire(self, schedule: CronSchedule, ticks: list[datetime], now: datetime) -> list[FiredTick]:
+        fired: list[FiredTick] = []
+        with self._writer.begin() as conn:
+            claimed = _claim_ticks(conn, schedule.name, ticks, now)
+            for tick in sorted(claimed):
+                job_id = self.jobs.enqueue(
+                    conn, schedule.worker, schedule.job_args(tick), queue=schedule.queue,
+                    scheduled_at=tick, unique_key=schedule.unique_key,
+                )
+                fired.append(FiredTick(name=schedule.name, at=tick, job_id=job_id))
+        for done in fired:
+            log.debug("cron %s fired tick %s (job %s)", done.name, done.at.isoformat(), done.job_id)
+        return fired
+
+    def last_ticks(self) -> dict[str, datetime]:
+        """The latest recorded tick of each registered schedule."""
+        names = list(self._schedules)
+        if not names:
+            return {}
+        t = cron_ticks_table
+        query = sa.select(t.c.name, sa.func.max(t.c.tick_at)).where(t.c.name.in_(names)).group_by(t.c.name)
+        with self.jobs.engine.connect() as conn:
+            return {name: utc(at) for name, at in conn.execute(query) if at is not None}
+
+    def _maybe_prune(self, now: datetime) -> None:
+        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        self.prune(now - TICK_RETENTION)
+
+    def prune(self, before: datetime) -> int:
+        """Delete tick rows older than ``before``, keeping each schedule's latest.
+
+        Args:
+            before: the cutoff.
+
+        Returns:
+            How many rows were deleted.
+        """
+        t = cron_ticks_table
+        newer = t.alias("newer")
+        has_newer = sa.exists().where(newer.c.name == t.c.name, newer.c.tick_at > t.c.tick_at)
+        with self._writer.begin() as conn:
+            return int(conn.execute(sa.delete(t).where(t.c.tick_at < utc(before), has_newer)).rowcount)
+
+    # --- listing -----------------------------------------------------------------------
+
+    def listing(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every schedule with its last tick and next run, for ``chimeway cron``.
+
+        Args:
+            now: the time to compute next runs from (default: the clock's).
+        """
+        now = utc(now) if now is not None else self.clock.now()
+        last = self.last_ticks()
+        return [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "schedule": s.cron.expression,
+                "timezone": s.cron.timezone,
+                "target": s.target,
+                "last_tick": last.get(s.name),
+                "next_run": s.cron.next_after(now),
+            }
+            for s in sorted(self._schedules.values(), key=lambda s: s.name)
+        ]
+
+
+def _claim_ticks(conn: Connection, name: str, ticks: list[datetime], now: datetime) -> set[datetime]:
+    """Insert tick rows; return the ticks this transaction inserted.
+
+    ``RETURNING`` names the rows that went in (``rowcount`` is not reliable
+    for ``ON CONFLICT DO NOTHING`` on every driver). On PostgreSQL a racing
+    insert of the same tick waits for the other transaction and then skips.
+    """
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    rows = [{"name": name, "tick_at": tick, "inserted_at": now} for tick in ticks]
+    stmt = (
+        module.insert(cron_ticks_table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["name", "tick_at"])
+        .returning(cron_ticks_table.c.tick_at)
+    )
+    return {utc(at) for at in conn.execute(stmt).scalars()}
+
+
+def job_target(fn: Callable[..., Any]) -> str:
+    """How a job function is named in listings."""
+    return f"{fn.__module__}.{fn.__qualname__}"
