@@ -1,0 +1,52 @@
+"""Workflows: multi-step journeys with waits, escalation and stop-on-signal.
+
+::
+
+    from chimeway.workflow import deliver, wait
+
+    class Mention(Notifier):
+        key = "mention"
+        workflow = [
+            deliver("in_app"),
+            wait(minutes=30, unless="notification.read"),
+            deliver("email"),
+        ]
+
+One run per notification follows the steps; ``app.explain_run(run_id)``
+shows every transition and its reason. See guides/workflows.md.
+"""
+
+from __future__ import annotations
+
+from chimeway.workflow.engine import PROGRESS_WORKER, WORKFLOW_QUEUE
+from chimeway.workflow.explain import RunExplanation, RunTransition
+from chimeway.workflow.service import Workflows
+from chimeway.workflow.signals import SIGNAL_QUEUE, SIGNAL_WORKER
+from chimeway.workflow.steps import (
+    Deliver,
+    Step,
+    Stop,
+    Wait,
+    deliver,
+    stop,
+    validate_workflow,
+    wait,
+)
+
+__all__ = [
+    "PROGRESS_WORKER",
+    "SIGNAL_QUEUE",
+    "SIGNAL_WORKER",
+    "WORKFLOW_QUEUE",
+    "Deliver",
+    "RunExplanation",
+    "RunTransition",
+    "Step",
+    "Stop",
+    "Wait",
+    "Workflows",
+    "deliver",
+    "stop",
+    "validate_workflow",
+    "wait",
+]

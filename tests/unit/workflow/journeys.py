@@ -1,0 +1,58 @@
+"""Notifiers with workflows shared by the workflow tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chimeway import Notifier, Recipient
+from chimeway.workflow import deliver, stop, wait
+
+
+def manager_of(params: Mapping[str, Any], recipient: Recipient) -> Recipient:
+    return Recipient(id=str(params.get("manager", "user:boss")), phone="+15550100")
+
+
+class Mention(Notifier):
+    key = "wf_mention"
+    templates = {
+        "in_app": {"title": "{{ author }} mentioned you", "body": "{{ text }}"},
+        "email": {"subject": "{{ author }} mentioned you", "body": "{{ text }}"},
+        "sms": {"body": "{{ recipient.id }}: {{ author }} is waiting"},
+    }
+    workflow = [
+        deliver("in_app"),
+        wait(minutes=30, unless="notification.read"),
+        deliver("email"),
+        wait(hours=4, unless="notification.read"),
+        deliver("sms", to=manager_of),
+    ]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id=uid, email=f"{uid}@example.test") for uid in params.get("users", ["user:1"])]
+
+
+class Fallback(Notifier):
+    key = "wf_fallback"
+    templates = {"push": {"body": "hi"}, "email": {"body": "hi by mail"}, "in_app": {"body": "hi"}}
+    workflow = [
+        deliver("push", on_failure="email"),
+        deliver("in_app"),
+    ]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id=params.get("user", "user:1"))]
+
+
+class Paid(Notifier):
+    key = "wf_paid"
+    templates = {"email": {"body": "pay please"}, "in_app": {"body": "thanks"}}
+    workflow = [
+        wait(until="order.paid", timeout=__import__("datetime").timedelta(days=1)),
+        deliver("in_app"),
+        stop(),
+        deliver("email"),
+    ]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id=params.get("user", "user:1"))]
