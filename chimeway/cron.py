@@ -39,11 +39,14 @@ import sqlalchemy as sa
 from croniter import croniter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock, utc
 from chimeway.db import writer
 from chimeway.errors import ConfigurationError, InvalidInputError, InvalidScheduleError
 from chimeway.models import cron_ticks_table
+from chimeway.notifier import Notifier
+from chimeway.planning import TriggerResult
 from chimeway.queue.args import check_args
 from chimeway.queue.manager import JobQueue
 
@@ -53,6 +56,7 @@ __all__ = [
     "CronExpression",
     "CronSchedule",
     "FiredTick",
+    "ScheduledNotifiers",
     "Scheduler",
 ]
 
@@ -445,3 +449,76 @@ def _claim_ticks(conn: Connection, name: str, ticks: list[datetime], now: dateti
 def job_target(fn: Callable[..., Any]) -> str:
     """How a job function is named in listings."""
     return f"{fn.__module__}.{fn.__qualname__}"
+
+
+# --- scheduled notifiers -------------------------------------------------------------
+
+NOTIFIER_WORKER = "chimeway.scheduled_notifier"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ScheduledNotifier:
+    notifier: type[Notifier]
+    tenant: str | None
+
+
+class ScheduledNotifiers:
+    """Notifiers triggered on a cron schedule, once per tick.
+
+    Each tick enqueues a job that triggers the notifier with
+    ``params_for_schedule(tick)`` and the idempotency key
+    ``schedule:<schedule name>:<tick ISO time>``, so a retried job never
+    notifies twice.
+
+    Args:
+        scheduler: the app's scheduler.
+        trigger: the app's ``trigger`` verb.
+    """
+
+    def __init__(self, scheduler: Scheduler, trigger: Callable[..., TriggerResult]) -> None:
+        self.scheduler = scheduler
+        self._trigger = trigger
+        self._writer = writer(scheduler.jobs.engine)
+        self._entries: dict[str, _ScheduledNotifier] = {}
+
+    def add(
+        self,
+        notifier: type[Notifier],
+        *,
+        cron: str | None,
+        timezone: str,
+        name: str | None,
+        tenant: str | None,
+        catch_up: timedelta | None,
+    ) -> CronSchedule:
+        """Schedule ``notifier``; see :meth:`chimeway.Chimeway.schedule`."""
+        if not (isinstance(notifier, type) and issubclass(notifier, Notifier)) or notifier.__dict__.get("abstract"):
+            raise InvalidInputError(f"notifier must be a Notifier subclass, got {notifier!r}")
+        expression = cron if cron is not None else notifier.schedule
+        if expression is None:
+            raise InvalidScheduleError(
+                f"notifier {notifier.__qualname__} has no `schedule`; set schedule = \"0 8 * * *\" "
+                "or pass cron="
+            )
+        if tenant is not None and not isinstance(tenant, str):
+            raise InvalidInputError(f"tenant must be a string or None, got {type(tenant).__name__}")
+        name = name or f"notifier:{notifier.key}"
+        if NOTIFIER_WORKER not in self.scheduler.jobs.handles:
+            self.scheduler.jobs.register(self._run, name=NOTIFIER_WORKER, max_attempts=5)
+        schedule = self.scheduler.add(CronSchedule(
+            name=name, cron=CronExpression(expression, timezone), worker=NOTIFIER_WORKER,
+            args={"schedule": name}, kind="notifier", target=notifier.key, catch_up=catch_up,
+            tick_arg="tick",
+        ))
+        self._entries[name] = _ScheduledNotifier(notifier=notifier, tenant=tenant)
+        return schedule
+
+    def _run(self, schedule: str, tick: str) -> None:
+        entry = self._entries.get(schedule)
+        if entry is None:
+            raise ConfigurationError(f"no scheduled notifier named {schedule!r} is registered on this node")
+        at = datetime.fromisoformat(tick)
+        params = entry.notifier().params_for_schedule(at)
+        with Session(self._writer) as session, session.begin():
+            self._trigger(session, entry.notifier, params, idempotency_key=f"schedule:{schedule}:{tick}",
+                          tenant=entry.tenant)
