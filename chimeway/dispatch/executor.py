@@ -37,7 +37,15 @@ from chimeway.models import (
 )
 from chimeway.values import DeliveryResult, Message, Recipient
 
-__all__ = ["DeliveryOutcome", "Executor", "SendDecision", "apply_decision", "backoff_seconds"]
+__all__ = [
+    "Claimed",
+    "DeliveryOutcome",
+    "Executor",
+    "SendDecision",
+    "Sent",
+    "apply_decision",
+    "backoff_seconds",
+]
 
 log = logging.getLogger("chimeway.deliveries")
 
@@ -92,10 +100,23 @@ def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) ->
 
 
 @dataclass(kw_only=True)
-class _Claimed:
+class Claimed:
+    """A delivery claimed for one attempt (status ``dispatched``)."""
+
     message: Message
     channel: Channel | None
     attempts: int
+
+
+@dataclass(kw_only=True)
+class Sent:
+    """One attempt made, waiting to be recorded."""
+
+    claimed: Claimed
+    result: DeliveryResult
+    started: datetime
+    duration_ms: float
+    max_attempts: int
 
 
 class Executor:
@@ -148,22 +169,53 @@ class Executor:
         ids = list(dict.fromkeys(delivery_ids))
         if not ids:
             return []
-        claimed = self._claim(ids, claim_from)
+        claimed = self.claim(ids, claim_from)
         if not claimed:
             return []
-        results: list[tuple[_Claimed, DeliveryResult, datetime, float]] = []
-        for item in claimed:
-            started = self.clock.now()
-            t0 = time.perf_counter()
-            result = self._send(item)
-            results.append((item, result, started, (time.perf_counter() - t0) * 1000.0))
-        outcomes = self._record(results, max_attempts or self.max_attempts)
+        limit = max_attempts or self.max_attempts
+        return self.record([self.send(item, max_attempts=limit) for item in claimed])
+
+    def claim(self, ids: Sequence[uuid.UUID],
+              claim_from: Sequence[str] = ("pending", "failed", "deferred")) -> list[Claimed]:
+        """Claim due deliveries for one attempt each (one transaction for all).
+
+        Pre-send checkpoints run here; a delivery they stop is not returned.
+
+        Args:
+            ids: the deliveries.
+            claim_from: statuses that may be claimed.
+        """
+        return self._claim(list(ids), claim_from)
+
+    def send(self, item: Claimed, *, max_attempts: int | None = None) -> Sent:
+        """Make the attempt through the delivery's channel (no transaction held).
+
+        Args:
+            item: a claimed delivery.
+            max_attempts: the attempt limit to apply when recording.
+        """
+        started = self.clock.now()
+        t0 = time.perf_counter()
+        result = self._send(item)
+        return Sent(claimed=item, result=result, started=started,
+                    duration_ms=(time.perf_counter() - t0) * 1000.0,
+                    max_attempts=max_attempts or self.max_attempts)
+
+    def record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
+        """Record attempts and new statuses (one transaction for all); notify ``on_final``.
+
+        Args:
+            sent: attempts made by :meth:`send`.
+        """
+        if not sent:
+            return []
+        outcomes = self._record(sent)
         final = [o for o in outcomes if o.status in FINAL_STATUSES]
         if final and self.on_final is not None:
             self.on_final(final)
         return outcomes
 
-    def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[_Claimed]:
+    def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[Claimed]:
         now = self.clock.now()
         d, n = deliveries_table, notifications_table
         claim = (
@@ -217,7 +269,7 @@ class Executor:
                     apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
                                    from_status="dispatched", undo_attempt=True)
                     continue
-                out.append(_Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
+                out.append(Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
         return out
 
     def _checkpoint(self, conn: Connection, message: Message) -> SendDecision | None:
@@ -227,7 +279,7 @@ class Executor:
                 return decision
         return None
 
-    def _send(self, item: _Claimed) -> DeliveryResult:
+    def _send(self, item: Claimed) -> DeliveryResult:
         if item.channel is None:
             return DeliveryResult.permanent(
                 f"no channel named {item.message.channel!r} is configured in this process",
@@ -245,64 +297,82 @@ class Executor:
             )
         return result
 
-    def _record(
-        self, results: list[tuple[_Claimed, DeliveryResult, datetime, float]], max_attempts: int
-    ) -> list[DeliveryOutcome]:
+    def _record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
         now = self.clock.now()
         d, n = deliveries_table, notifications_table
-        outcomes: list[DeliveryOutcome] = []
         attempts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        planned: list[tuple[Sent, str, datetime | None]] = []
+        for item in sent:
+            message, result = item.claimed.message, item.result
+            attempts.append({
+                "id": new_id(), "delivery_id": message.delivery_id, "number": item.claimed.attempts,
+                "outcome": result.outcome, "error_class": result.error_class,
+                "vendor_code": result.vendor_code, "detail": result.detail,
+                "provider_message_id": result.provider_message_id, "retry_after": result.retry_after,
+                "duration_ms": item.duration_ms, "started_at": item.started,
+            })
+            retry_at = None
+            completed_at: datetime | None = now
+            if result.outcome == "succeeded":
+                status, reason = "succeeded", None
+            elif result.outcome == "temporary" and item.claimed.attempts < item.max_attempts:
+                status, reason, completed_at = "failed", f"temporary: {result.detail}", None
+                delay = max(backoff_seconds(item.claimed.attempts), result.retry_after or 0.0)
+                retry_at = now + timedelta(seconds=delay)
+            elif result.outcome == "temporary":
+                status, reason = "cancelled", f"retries_exhausted: {result.detail}"
+            else:
+                status, reason = "cancelled", f"{result.outcome}: {result.detail}"
+            updates.append({
+                "b_id": message.delivery_id, "b_status": status, "b_reason": reason,
+                "b_completed_at": completed_at, "b_not_before": retry_at,
+                "b_provider_message_id": result.provider_message_id,
+            })
+            planned.append((item, status, retry_at))
+        # One statement for every row (executemany): the values differ per row,
+        # the shape does not. Only rows still ``dispatched`` are ours to change.
+        statement = (
+            sa.update(d)
+            .where(d.c.id == sa.bindparam("b_id"), d.c.status == "dispatched")
+            .values(
+                status=sa.bindparam("b_status"),
+                reason=sa.bindparam("b_reason"),
+                completed_at=sa.bindparam("b_completed_at"),
+                not_before=sa.func.coalesce(sa.bindparam("b_not_before", type_=d.c.not_before.type), d.c.not_before),
+                provider_message_id=sa.func.coalesce(
+                    sa.bindparam("b_provider_message_id", type_=d.c.provider_message_id.type),
+                    d.c.provider_message_id),
+                updated_at=now,
+            )
+        )
+        ids = [u["b_id"] for u in updates]
         with writer(self.engine).begin() as conn:
-            for item, result, started, duration_ms in results:
-                message = item.message
-                attempts.append({
-                    "id": new_id(),
-                    "delivery_id": message.delivery_id,
-                    "number": item.attempts,
-                    "outcome": result.outcome,
-                    "error_class": result.error_class,
-                    "vendor_code": result.vendor_code,
-                    "detail": result.detail,
-                    "provider_message_id": result.provider_message_id,
-                    "retry_after": result.retry_after,
-                    "duration_ms": duration_ms,
-                    "started_at": started,
-                })
-                values: dict[str, Any] = {"updated_at": now}
-                retry_at = None
-                if result.outcome == "succeeded":
-                    status = "succeeded"
-                    values.update(status=status, reason=None, completed_at=now,
-                                  provider_message_id=result.provider_message_id)
-                elif result.outcome == "temporary" and item.attempts < max_attempts:
-                    status = "failed"
-                    delay = max(backoff_seconds(item.attempts), result.retry_after or 0.0)
-                    retry_at = now + timedelta(seconds=delay)
-                    values.update(status=status, reason=f"temporary: {result.detail}", not_before=retry_at)
-                elif result.outcome == "temporary":
-                    status = "cancelled"
-                    values.update(status=status, completed_at=now,
-                                  reason=f"retries_exhausted: {result.detail}")
-                else:
-                    status = "cancelled"
-                    values.update(status=status, completed_at=now, reason=f"{result.outcome}: {result.detail}")
-                changed = conn.execute(
-                    sa.update(d).where(d.c.id == message.delivery_id, d.c.status == "dispatched").values(**values)
-                ).rowcount
-                if not changed:
-                    # Someone cancelled or re-drove it meanwhile; the attempt is still recorded.
-                    status = conn.execute(sa.select(d.c.status).where(d.c.id == message.delivery_id)).scalar_one()
-                elif status == "succeeded" and item.channel is not None and item.channel.inbox:
-                    conn.execute(
-                        sa.update(n)
-                        .where(n.c.id == message.notification_id, n.c.inbox_at.is_(None))
-                        .values(inbox_at=now, inbox_content=dict(message.fields))
-                    )
-                outcomes.append(DeliveryOutcome(
-                    delivery_id=message.delivery_id, status=status, result=result,
-                    attempt=item.attempts, retry_at=retry_at,
-                ))
+            conn.execute(statement, updates)
+            actual = dict(conn.execute(sa.select(d.c.id, d.c.status).where(d.c.id.in_(ids))).all())
             conn.execute(sa.insert(attempts_table), attempts)
+            inbox = [
+                {"b_id": item.claimed.message.notification_id, "b_content": dict(item.claimed.message.fields)}
+                for item, status, _ in planned
+                if status == "succeeded" and actual.get(item.claimed.message.delivery_id) == "succeeded"
+                and item.claimed.channel is not None and item.claimed.channel.inbox
+            ]
+            if inbox:
+                conn.execute(
+                    sa.update(n)
+                    .where(n.c.id == sa.bindparam("b_id"), n.c.inbox_at.is_(None))
+                    .values(inbox_at=now, inbox_content=sa.bindparam("b_content", type_=n.c.inbox_content.type)),
+                    inbox,
+                )
+        outcomes: list[DeliveryOutcome] = []
+        for item, status, retry_at in planned:
+            message = item.claimed.message
+            # Someone may have cancelled or re-driven it meanwhile; the attempt is still recorded.
+            final_status = actual.get(message.delivery_id, status)
+            outcomes.append(DeliveryOutcome(
+                delivery_id=message.delivery_id, status=final_status, result=item.result,
+                attempt=item.claimed.attempts, retry_at=retry_at if final_status == "failed" else None,
+            ))
         return outcomes
 
     def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[Due]:

@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.dispatch.base import Due
-from chimeway.dispatch.executor import Executor
+from chimeway.dispatch.batching import Combiner
+from chimeway.dispatch.executor import Claimed, DeliveryOutcome, Executor, Sent
 from chimeway.models import deliveries_table
 from chimeway.queue import JobInfo, JobQueue, NewJob, Retry, Snooze
 
@@ -48,6 +49,10 @@ class QueueDispatcher:
         self.executor = executor
         self.queue = queue
         self.max_attempts = max_attempts
+        # Delivery jobs running at once in this process share their claim and
+        # record transactions (group commit); each still sends on its own thread.
+        self._claims: Combiner[uuid.UUID, Claimed | None] = Combiner(self._claim_batch)
+        self._records: Combiner[Sent, DeliveryOutcome] = Combiner(executor.record)
         queue.register(self._deliver, name=DELIVERY_WORKER, queue=DELIVERY_QUEUE, max_attempts=max_attempts)
 
     def planned(self, target: Session | Connection, conn: Connection, deliveries: Sequence[Due]) -> None:
@@ -65,16 +70,21 @@ class QueueDispatcher:
         return NewJob(worker=DELIVERY_WORKER, args={"delivery_id": str(due.id)}, queue=DELIVERY_QUEUE,
                       scheduled_at=due.not_before, max_attempts=self.max_attempts)
 
+    def _claim_batch(self, ids: list[uuid.UUID]) -> list[Claimed | None]:
+        claimed = {c.message.delivery_id: c for c in self.executor.claim(ids)}
+        # Two jobs for one delivery in the same batch: only the first gets it.
+        return [claimed.pop(i, None) for i in ids]
+
     def _deliver(self, delivery_id: str, job: JobInfo) -> None:
         did = uuid.UUID(delivery_id)
-        outcomes = self.executor.execute([did], max_attempts=job.max_attempts)
-        now = self.executor.clock.now()
-        if outcomes:
-            outcome = outcomes[0]
+        claimed = self._claims.call(did)
+        if claimed is not None:
+            outcome = self._records.call(self.executor.send(claimed, max_attempts=job.max_attempts))
             if outcome.status == "failed":
-                wait = _seconds_until(outcome.retry_at, now)
+                wait = _seconds_until(outcome.retry_at, self.executor.clock.now())
                 raise Retry(f"temporary: {outcome.result.detail}", after=wait)
             return
+        now = self.executor.clock.now()
         # Nothing claimed: final already, claimed by another worker, or not due yet.
         with self.executor.engine.connect() as conn:
             row = conn.execute(
