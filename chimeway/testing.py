@@ -4,6 +4,8 @@
   with ``advance()`` instead of sleeping.
 - :class:`RecordingChannel`: a channel that keeps every message it was given
   (``.sent``) and can be told to fail.
+- :func:`channel_contract`: checks a custom channel honours the ``Channel``
+  contract (results, error classification, no secrets in details).
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from typing import Any
 
 from chimeway.channels.base import Channel
 from chimeway.clock import utc
+from chimeway.testing_contract import ContractReport, ContractViolation, channel_contract
 from chimeway.values import DeliveryResult, Message, Recipient
 
-__all__ = ["FakeClock", "RecordingChannel"]
+__all__ = [
+    "ContractReport",
+    "ContractViolation",
+    "FakeClock",
+    "RecordingChannel",
+    "channel_contract",
+]
 
 
 class FakeClock:

@@ -151,6 +151,10 @@ class HTTPChannel(Channel):
         if self._client is not None and self._owns_client:
             self._client.close()
         self._client = None
+        if self._async_client is not None:
+            # An AsyncClient can only be closed from a running loop; drop it so
+            # its sockets are released with it.
+            self._async_client = None
 
 
 def utcnow() -> datetime:
