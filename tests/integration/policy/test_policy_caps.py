@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from chimeway import Chimeway
 from chimeway.channels.in_app import InApp
+from chimeway.db import create_engine
 from chimeway.models import deliveries_table
 from chimeway.policy import Cap
 from chimeway.testing import FakeClock, RecordingChannel
@@ -86,17 +87,20 @@ def test_deferred_delivery_is_counted_when_sent(app: Chimeway, clock: FakeClock,
     assert summaries(app, row.id)[-1][:2] == ("suppressed", "before_send")
 
 
-def test_twenty_racing_transactions_cap_five(pg_engine: sa.Engine) -> None:
+def test_twenty_racing_transactions_cap_five(any_url: str) -> None:
+    # PostgreSQL queues the racers on the recipient × channel lock row;
+    # SQLite serializes the writing transactions.
+    engine = create_engine(any_url, pool_size=25, max_overflow=5)
     clock = FakeClock()
     email = RecordingChannel()
-    app = Chimeway(engine=pg_engine, clock=clock, channels={"email": email, "in_app": InApp()}, notify=False)
+    app = Chimeway(engine=engine, clock=clock, channels={"email": email, "in_app": InApp()}, notify=False)
     app.configure_policy(caps=[Cap(limit=5, window=timedelta(hours=1), channel="email")])
     barrier = threading.Barrier(20)
     errors: list[BaseException] = []
 
     def one(i: int) -> None:
         try:
-            with Session(pg_engine) as session, session.begin():
+            with Session(engine) as session, session.begin():
                 session.connection()  # open the transaction before the race starts
                 barrier.wait(timeout=30)
                 app.trigger(session, Comment, {"post": f"p{i}", "text": "t"}, idempotency_key=f"race-{i}")
@@ -110,9 +114,10 @@ def test_twenty_racing_transactions_cap_five(pg_engine: sa.Engine) -> None:
         t.join(timeout=120)
     assert errors == []
     d = deliveries_table
-    with pg_engine.connect() as conn:
+    with engine.connect() as conn:
         rows = conn.execute(sa.select(d.c.status, d.c.reason).where(d.c.channel == "email")).all()
     assert sorted(r.status for r in rows) == ["succeeded"] * 5 + ["suppressed"] * 15
     assert {r.reason for r in rows if r.status == "suppressed"} == {"cap_reached"}
     assert len(email.sent) == 5
     app.close()
+    engine.dispose()
