@@ -369,7 +369,7 @@ def _deliver(batch: Batch, run: RunState, op: DeliverOp) -> tuple[dict[str, dict
         batch.links.append({"delivery_id": planned.id, "run_id": run.id, "step": op.index})
         statuses[str(planned.id)] = {"status": planned.status, "reason": planned.reason,
                                      "recipient": recipient.id}
-    detail["deliveries"] = list(statuses)
+    detail["planned"] = list(statuses)
     detail["recipients"] = sorted({v["recipient"] for v in statuses.values()})
     return statuses, detail
 

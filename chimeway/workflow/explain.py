@@ -132,7 +132,9 @@ def explain_run(conn: Connection, run_id: uuid.UUID | str | None = None, *,
         raise NotFoundError(f"no workflow run for {run_id or notification_id}")
     program: Program | None = program_for(run.notifier_key, run.notifier_version)
     if program is None or program.fingerprint != run.fingerprint:
-        spec = conn.execute(sa.select(d.c.steps).where(d.c.fingerprint == run.fingerprint)).scalar()
+        spec = conn.execute(sa.select(d.c.steps).where(
+            d.c.notifier_key == run.notifier_key, d.c.version == run.notifier_version,
+            d.c.fingerprint == run.fingerprint)).scalar()
         program = None if spec is None else program_from_spec(spec)
     steps = tuple(program.describe(i) for i in range(len(program.ops))) if program else ()
     deliveries: dict[int, list[uuid.UUID]] = {}

@@ -178,7 +178,7 @@ class Workflows:
         inserted = insert_ignoring_conflict(conn, d, {
             "fingerprint": program.fingerprint, "notifier_key": cls.key, "version": cls.version,
             "steps": program.spec, "created_at": self.clock.now(),
-        }, ("fingerprint",))
+        }, ("notifier_key", "version"))
         if inserted:
             return  # not cached: the caller's transaction may still roll back
         stored = conn.execute(sa.select(d.c.fingerprint).where(d.c.notifier_key == cls.key,
@@ -394,7 +394,9 @@ class Workflows:
             return mine
         if run.fingerprint not in self._programs:
             d = workflow_definitions_table
-            spec = conn.execute(sa.select(d.c.steps).where(d.c.fingerprint == run.fingerprint)).scalar()
+            spec = conn.execute(sa.select(d.c.steps).where(
+                d.c.notifier_key == run.notifier_key, d.c.version == run.notifier_version,
+                d.c.fingerprint == run.fingerprint)).scalar()
             self._programs[run.fingerprint] = None if spec is None else program_from_spec(spec)
         return self._programs[run.fingerprint]
 

@@ -16,9 +16,9 @@ def manager_of(params: Mapping[str, Any], recipient: Recipient) -> Recipient:
 class Mention(Notifier):
     key = "wf_mention"
     templates = {
-        "in_app": {"title": "{{ author }} mentioned you", "body": "{{ text }}"},
-        "email": {"subject": "{{ author }} mentioned you", "body": "{{ text }}"},
-        "sms": {"body": "{{ recipient.id }}: {{ author }} is waiting"},
+        "in_app": {"title": "{{ who }} mentioned you", "body": "{{ text }}"},
+        "email": {"subject": "{{ who }} mentioned you", "body": "{{ text }}"},
+        "sms": {"body": "{{ recipient.id }}: {{ who }} is waiting"},
     }
     workflow = [
         deliver("in_app"),
