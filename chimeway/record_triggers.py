@@ -106,7 +106,7 @@ class RecordTrigger:
     def key_for(self, row: Any, row_id: Any) -> str:
         """The row's idempotency key."""
         if self.idempotency_key is None:
-            return f"{self.name}:{row_id}"
+            return f"{self.name}:{_row_key(row_id)}"
         key = self.idempotency_key(row)
         if not isinstance(key, str):
             raise InvalidInputError(
