@@ -392,7 +392,7 @@ def _resolve(ref: str) -> Recipients | None:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError):
+    except Exception:  # importing user code may fail in any way; the run records it
         return None
     return target if callable(target) else None
 

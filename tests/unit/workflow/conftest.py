@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from journeys import Harness
+
 from chimeway import Chimeway
 from chimeway.testing import FakeClock, RecordingChannel
-
-
-@dataclass
-class Harness:
-    app: Chimeway
-    clock: FakeClock
-    email: RecordingChannel
-    sms: RecordingChannel
-    push: RecordingChannel
 
 
 @pytest.fixture

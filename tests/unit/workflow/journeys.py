@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from chimeway import Notifier, Recipient
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.testing import FakeClock, RecordingChannel
 from chimeway.workflow import deliver, stop, wait
+
+
+@dataclass
+class Harness:
+    app: Chimeway
+    clock: FakeClock
+    email: RecordingChannel
+    sms: RecordingChannel
+    push: RecordingChannel
 
 
 def manager_of(params: Mapping[str, Any], recipient: Recipient) -> Recipient:
@@ -48,11 +60,22 @@ class Paid(Notifier):
     key = "wf_paid"
     templates = {"email": {"body": "pay please"}, "in_app": {"body": "thanks"}}
     workflow = [
-        wait(until="order.paid", timeout=__import__("datetime").timedelta(days=1)),
+        wait(until="order.paid", timeout=timedelta(days=1)),
         deliver("in_app"),
         stop(),
         deliver("email"),
     ]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id=params.get("user", "user:1"))]
+
+
+class Race(Notifier):
+    """One wait that a read stops; when it elapses, one email and the run completes."""
+
+    key = "wf_race"
+    templates = {"in_app": {"body": "ping"}, "email": {"body": "ping by mail"}}
+    workflow = [deliver("in_app"), wait(minutes=30, unless="notification.read"), deliver("email")]
 
     def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
         return [Recipient(id=params.get("user", "user:1"))]

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import Harness
-from journeys import Fallback, Mention, Paid
+from journeys import Fallback, Harness, Mention, Paid
 from sqlalchemy.orm import Session
 
 from chimeway import DeliveryResult, Notifier, Recipient
@@ -160,7 +159,7 @@ def test_a_failed_delivery_takes_the_failure_branch_then_continues(make_app: Cal
         "started", "delivery_failed", "delivery_succeeded", "delivery_succeeded"]
     branched = run.transitions[1]
     assert branched.context["branch"] == "on_failure" and "on_failure" in branched.why
-    assert [s for s in branched.context["deliveries"].values()][0]["status"] == "cancelled"
+    assert next(iter(branched.context["deliveries"].values()))["status"] == "cancelled"
     assert run.state == "completed" and len(h.email.sent) == 1
     assert h.app.inbox("user:1").unread_count() == 1
 
@@ -229,9 +228,9 @@ def test_a_channel_the_app_does_not_configure_fails_at_trigger_and_writes_nothin
     from chimeway import Chimeway
 
     app = Chimeway(engine=sqlite_engine, channels={"email": RecordingChannel()})
-    with Session(app.engine) as session, session.begin():
-        with pytest.raises(InvalidWorkflowError, match="'sms'"):
-            app.trigger(session, Mention, {"who": "a", "text": "t"}, idempotency_key="no-sms")
+    with Session(app.engine) as session, session.begin(), \
+            pytest.raises(InvalidWorkflowError, match="'sms'"):
+        app.trigger(session, Mention, {"who": "a", "text": "t"}, idempotency_key="no-sms")
     with app.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar() == 0
 
@@ -244,9 +243,9 @@ def test_another_definition_of_a_started_version_is_refused_at_trigger(make_app:
     with h.app.engine.begin() as conn:
         conn.execute(sa.update(d).values(fingerprint="0" * 64))
     fresh = make_app()
-    with Session(fresh.app.engine) as session, session.begin():
-        with pytest.raises(InvalidWorkflowError, match="bump `version`"):
-            fresh.app.trigger(session, Mention, {"who": "a", "text": "t"}, idempotency_key="def-2")
+    with Session(fresh.app.engine) as session, session.begin(), \
+            pytest.raises(InvalidWorkflowError, match="bump `version`"):
+        fresh.app.trigger(session, Mention, {"who": "a", "text": "t"}, idempotency_key="def-2")
 
 
 def test_a_run_follows_the_steps_it_started_with(make_app: Callable[..., Harness]) -> None:
