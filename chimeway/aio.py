@@ -51,6 +51,7 @@ __all__ = [
     "SUPPORTED_ASYNC_DRIVERS",
     "AsyncInbox",
     "AsyncSyncDispatcher",
+    "AsyncTarget",
     "create_async_engine",
     "explain",
     "inbox",

@@ -277,8 +277,13 @@ class Chimeway:
         self.close()
 
     # -- async --
-    # Thin delegations to ``chimeway.aio``; sessions there are ``AsyncSession``
-    # or ``AsyncConnection`` (typed precisely in ``chimeway.aio``).
+    # Thin delegations to ``chimeway.aio``. Class-level names for the annotations
+    # below; only type checkers import them, as chimeway.aio needs greenlet.
+    from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+    if _TYPE_CHECKING:
+        from chimeway.aio import AsyncInbox as _AsyncInbox
+        from chimeway.aio import AsyncTarget as _AsyncTarget
 
     @classmethod
     def from_async_engine(cls, engine: Any, **options: Any) -> Chimeway:
@@ -299,7 +304,7 @@ class Chimeway:
 
     async def trigger_async(
         self,
-        session: Any,
+        session: _AsyncTarget,
         notifier: type[Notifier],
         params: Mapping[str, Any] | None = None,
         *,
@@ -333,7 +338,9 @@ class Chimeway:
             actor=actor, correlation_id=correlation_id, cancellation_key=cancellation_key, **options,
         )
 
-    def inbox_async(self, recipient: str, tenant: str | None = None, *, session: Any = None) -> Any:
+    def inbox_async(
+        self, recipient: str, tenant: str | None = None, *, session: _AsyncTarget | None = None
+    ) -> _AsyncInbox:
         """:meth:`inbox` with awaitable methods (a ``chimeway.aio.AsyncInbox``).
 
         Args:
