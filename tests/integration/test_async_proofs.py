@@ -244,3 +244,19 @@ async def test_queue_dispatcher_with_an_async_worker(engine: AsyncEngine) -> Non
             await worker
         assert statuses == {"succeeded"}
         assert len(hook.sent) == 1
+
+
+async def test_track_async_follows_the_callers_transaction(app: Chimeway, engine: AsyncEngine) -> None:
+    if not hasattr(app, "track_async"):
+        pytest.skip("this Chimeway has no track()")
+    from chimeway.models import metadata
+
+    signals = metadata.tables["chimeway_signals"]
+    async with AsyncSession(engine) as session:
+        await app.track_async(session, "order.paid", actor="user:1", tenant="acme")
+        await session.rollback()
+    assert _count(app, signals) == 0
+    async with engine.begin() as conn:
+        signal_id = await app.track_async(conn, "order.paid", actor="user:1", tenant="acme")
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(signals.c.name).where(signals.c.id == signal_id)).scalar_one() == "order.paid"
