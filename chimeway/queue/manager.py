@@ -8,7 +8,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,13 +20,12 @@ from chimeway.db import connection_of, is_postgres, writer
 from chimeway.errors import (
     ConfigurationError,
     InvalidInputError,
-    NotFoundError,
     UnknownQueueError,
 )
-from chimeway.models import Job
 from chimeway.queue import sql
 from chimeway.queue.args import UniqueSpec, check_args, unique_key
 from chimeway.queue.backoff import default_backoff
+from chimeway.queue.ops import JOB_STATES, Operations, QueueCounts
 from chimeway.queue.outcomes import JobEvent, JobInfo
 from chimeway.queue.registry import Delay, JobHandle, NewJob
 from chimeway.queue.runner import Claimed, Result, run_job
@@ -37,35 +35,12 @@ __all__ = ["BUILTIN_QUEUES", "JOB_STATES", "JobQueue", "QueueCounts"]
 log = logging.getLogger("chimeway.queue")
 
 BUILTIN_QUEUES = ("chimeway_delivery", "chimeway_signals", "chimeway_workflows", "default")
-JOB_STATES = (
-    "available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled",
-)
-DEFAULT_PRUNE_AGES = {
-    "completed": timedelta(days=1),
-    "cancelled": timedelta(days=7),
-    "discarded": timedelta(days=7),
-}
 DRAIN_BATCH = 10
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True, kw_only=True)
-class QueueCounts:
-    """Jobs in one queue, by state.
-
-    Args:
-        queue: the queue name.
-        states: a count for every job state (zero included).
-        oldest_available_age: seconds the oldest due job has waited, or ``None``.
-    """
-
-    queue: str
-    states: Mapping[str, int]
-    oldest_available_age: float | None
-
-
-class JobQueue:
+class JobQueue(Operations):
     """A durable job queue in Chimeway's tables (Oban's model).
 
     Args:
@@ -250,7 +225,7 @@ class JobQueue:
         if not rows:
             return []
         conn = connection_of(session)
-        ids = [int(i) for i in conn.execute(sql.insert_jobs(conn), rows).scalars()]
+        ids = sql.bulk_insert(conn, rows)
         self._announce(conn, {r["queue"] for r in rows})
         return ids
 
@@ -317,9 +292,13 @@ class JobQueue:
 
     # --- claiming and recording outcomes -------------------------------------------
 
-    def _claim(self, queue: str, limit: int, by: str) -> list[Claimed]:
+    def _claim(self, queue: str, limit: int, by: str, acks: list[int] | None = None) -> list[Claimed]:
+        now = self.clock.now()
         with self._writer.begin() as conn:
-            rows = conn.execute(sql.CLAIM, {"claim_queue": queue, "limit": limit, "now": self.clock.now(),
+            # Finished jobs ride along with the next claim: one commit, not two.
+            if acks:
+                conn.execute(sql.COMPLETE_MANY, {"ids": acks, "by": by, "now": now})
+            rows = conn.execute(sql.CLAIM, {"claim_queue": queue, "limit": limit, "now": now,
                                             "by": by}).all()
         claimed = [
             Claimed(
@@ -335,6 +314,8 @@ class JobQueue:
 
     def _execute(self, job: Claimed) -> Result:
         info = job.info
+        if not self._listeners:
+            return run_job(job, self._handles, self.clock.now, self.backoff)
         self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
                             attempt=info.attempt))
         result = run_job(job, self._handles, self.clock.now, self.backoff)
@@ -403,156 +384,6 @@ class JobQueue:
     def _unregister_worker(self, worker_id: str) -> None:
         with self._writer.begin() as conn:
             conn.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
-
-    def rescue(self, stale_after: timedelta | None = None) -> int:
-        """Return jobs left ``executing`` by dead workers to ``available``.
-
-        A worker is dead when its heartbeat is older than ``stale_after``.
-        Rescued jobs keep the attempt they spent; one already at
-        ``max_attempts`` is discarded instead.
-
-        Args:
-            stale_after: defaults to the queue's ``stale_after``.
-
-        Returns:
-            Number of jobs rescued or discarded.
-        """
-        now = self.clock.now()
-        params = {"cutoff": now - (stale_after or self.stale_after), "now": now}
-        with self._writer.begin() as conn:
-            moved = conn.execute(sql.RESCUE_AVAILABLE, params).rowcount
-            moved += conn.execute(sql.RESCUE_DISCARD, params).rowcount
-            conn.execute(sql.DELETE_STALE_WORKERS, params)
-        if moved:
-            log.warning("rescued %d job(s) from dead workers", moved)
-        return int(moved)
-
-    def prune(
-        self,
-        *,
-        completed: timedelta | None = DEFAULT_PRUNE_AGES["completed"],
-        cancelled: timedelta | None = DEFAULT_PRUNE_AGES["cancelled"],
-        discarded: timedelta | None = DEFAULT_PRUNE_AGES["discarded"],
-        limit: int = 10_000,
-    ) -> int:
-        """Delete finished jobs older than a per-state age.
-
-        Args:
-            completed: age after which completed jobs go (``None`` keeps them).
-            cancelled: likewise for cancelled jobs.
-            discarded: likewise for discarded jobs.
-            limit: at most this many rows per state per call, to keep
-                transactions short.
-
-        Returns:
-            Number of jobs deleted.
-        """
-        now = self.clock.now()
-        deleted = 0
-        for state, age in (("completed", completed), ("cancelled", cancelled),
-                           ("discarded", discarded)):
-            if age is None:
-                continue
-            with self._writer.begin() as conn:
-                deleted += conn.execute(sql.prune(state), {"cutoff": now - age,
-                                                           "limit": limit}).rowcount
-        return int(deleted)
-
-    # --- operating -----------------------------------------------------------------------
-
-    def counts(self) -> dict[str, QueueCounts]:
-        """Jobs per queue and state, and how long the oldest due job has waited.
-
-        Every declared queue is present, with zeros when empty.
-        """
-        now = self.clock.now()
-        table: dict[str, dict[str, int]] = {q: dict.fromkeys(JOB_STATES, 0) for q in self._queues}
-        with self.engine.connect() as conn:
-            for queue, state, n in conn.execute(sql.COUNTS):
-                table.setdefault(queue, dict.fromkeys(JOB_STATES, 0))[state] = int(n)
-            oldest = {r[0]: r[1] for r in conn.execute(sql.OLDEST_DUE, {"now": now})}
-        return {
-            queue: QueueCounts(
-                queue=queue, states=states,
-                oldest_available_age=(
-                    (now - utc(oldest[queue])).total_seconds() if queue in oldest else None
-                ),
-            )
-            for queue, states in sorted(table.items())
-        }
-
-    def get(self, job_id: int) -> Job:
-        """Load one job row (detached).
-
-        Args:
-            job_id: the job's id.
-
-        Raises:
-            NotFoundError: no job has that id.
-        """
-        with Session(self.engine, expire_on_commit=False) as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise NotFoundError(f"no job with id {job_id!r}")
-            session.expunge(job)
-            return job
-
-    def retry(self, job_id: int) -> bool:
-        """Make a finished, retryable or scheduled job due now.
-
-        A job that already used all its attempts gets one more.
-
-        Args:
-            job_id: the job's id.
-
-        Returns:
-            ``True`` if the job was re-armed, ``False`` if it is available or executing.
-
-        Raises:
-            NotFoundError: no job has that id.
-        """
-        try:
-            with self._writer.begin() as conn:
-                changed = conn.execute(sql.RETRY_ONE, {"job_id": job_id,
-                                                       "now": self.clock.now()}).rowcount
-        except sa.exc.IntegrityError as exc:
-            raise InvalidInputError(
-                f"job {job_id} cannot be retried: a job with its unique key is already active"
-            ) from exc
-        if not changed:
-            self.get(job_id)
-        return bool(changed)
-
-    def retry_discarded(self) -> int:
-        """Re-arm every discarded job (those whose unique key is active again stay).
-
-        Returns:
-            Number of jobs made available.
-        """
-        with self._writer.begin() as conn:
-            return int(conn.execute(sql.RETRY_DISCARDED, {"now": self.clock.now()}).rowcount)
-
-    def cancel(self, job_id: int) -> bool:
-        """Cancel a job that has not finished.
-
-        An executing job is marked ``cancelled`` at once; its running call is
-        not interrupted, and whatever it returns is ignored.
-
-        Args:
-            job_id: the job's id.
-
-        Returns:
-            ``True`` if the job was cancelled, ``False`` if it had already finished.
-
-        Raises:
-            NotFoundError: no job has that id.
-        """
-        with self._writer.begin() as conn:
-            changed = conn.execute(sql.CANCEL_ONE, {"job_id": job_id,
-                                                    "now": self.clock.now()}).rowcount
-        if not changed:
-            self.get(job_id)
-        return bool(changed)
 
     # --- running -----------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ __all__ = ["Worker", "add_plugin"]
 
 log = logging.getLogger("chimeway.queue")
 
+# Completions are acknowledged together: at most this many per UPDATE, and
+# none waits longer than ACK_DELAY seconds for company.
+ACK_BATCH = 100
+ACK_DELAY = 0.005
+
 _plugins: weakref.WeakKeyDictionary[JobQueue, list[tuple[Callable[[], object], float]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -92,6 +97,8 @@ class Worker:
         self._running = dict.fromkeys(self.limits, 0)
         self._more = dict.fromkeys(self.limits, True)
         self._acks: list[int] = []
+        self._first_ack = 0.0
+        self._refill_at = {q: n - max(1, n // 4) for q, n in self.limits.items()}
         self._plugins = list(_plugins.get(jobs, ()))
         self._plugin_due = [0.0] * len(self._plugins)
         self._pools = {
@@ -115,31 +122,62 @@ class Worker:
 
     def _run(self, job: Claimed) -> None:
         queue = job.info.queue
+        acked = False
         try:
             result = self.jobs._execute(job)
             if result.state == "completed":
-                with self._lock:
-                    self._acks.append(job.info.id)
+                acked = True
             else:
                 self.jobs._record_retrying(job, result, self.id)
         except BaseException:
             log.exception("worker thread failed on job %s", job.info.id)
         finally:
             with self._lock:
+                if acked:
+                    if not self._acks:
+                        self._first_ack = time.monotonic()
+                    self._acks.append(job.info.id)
                 self._running[queue] -= 1
                 self.ran += 1
-            self._wake.set()
+                # Wake the loop only when there is something for it to do:
+                # start the ack timer, ship a full ack batch, or refill slots.
+                wake = (
+                    len(self._acks) in (1, ACK_BATCH)
+                    or not acked
+                    or (self._more[queue] and self._running[queue] == self._refill_at[queue])
+                    or self._running[queue] == 0
+                )
+            if wake:
+                self._wake.set()
 
-    def _flush_acks(self) -> None:
+    def _ack_deadline(self) -> float:
         with self._lock:
+            return self._first_ack + ACK_DELAY if self._acks else float("inf")
+
+    def _take_acks(self, *, force: bool = False) -> list[int]:
+        with self._lock:
+            if not self._acks:
+                return []
+            due = len(self._acks) >= ACK_BATCH or time.monotonic() >= self._first_ack + ACK_DELAY
+            if not (due or force):
+                return []
             ids, self._acks = self._acks, []
+            return ids
+
+    def _return_acks(self, ids: list[int]) -> None:
+        with self._lock:
+            if not self._acks:
+                self._first_ack = time.monotonic()
+            self._acks[:0] = ids
+
+    def _flush_acks(self, *, force: bool = False) -> None:
+        ids = self._take_acks(force=force)
         if not ids:
             return
         try:
             self.jobs._complete_many(ids, self.id)
         except BaseException:
-            with self._lock:
-                self._acks[:0] = ids
+            self._return_acks(ids)
             raise
 
     def _claim_into_free_slots(self) -> None:
@@ -147,10 +185,18 @@ class Worker:
             if not self._more[queue]:
                 continue
             with self._lock:
-                free = limit - self._running[queue]
-            if free <= 0:
+                running = self._running[queue]
+            free = limit - running
+            # Refill in batches: one claim per handful of finished jobs
+            # rather than one per job keeps the claim off the hot path.
+            if free <= 0 or running > self._refill_at[queue]:
                 continue
-            claimed = self.jobs._claim(queue, free, self.id)
+            acks = self._take_acks(force=True)
+            try:
+                claimed = self.jobs._claim(queue, free, self.id, acks)
+            except BaseException:
+                self._return_acks(acks)
+                raise
             # A short batch means the queue is drained: wait for a NOTIFY or
             # the next poll instead of asking again after every completion.
             self._more[queue] = len(claimed) == free
@@ -191,8 +237,8 @@ class Worker:
         while not self.stop.is_set():
             self._wake.clear()
             try:
-                self._flush_acks()
                 self._claim_into_free_slots()
+                self._flush_acks()
                 now = time.monotonic()
                 if now >= next_beat:
                     self.jobs._heartbeat(self.id)
@@ -242,8 +288,8 @@ class Worker:
         while self._busy() and time.monotonic() < deadline:
             self._wake.wait(0.05)
             self._wake.clear()
-            self._quietly(self._flush_acks)
-        self._quietly(self._flush_acks)
+            self._quietly(lambda: self._flush_acks(force=True))
+        self._quietly(lambda: self._flush_acks(force=True))
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         released = self._quietly(lambda: self.jobs._release(self.id))

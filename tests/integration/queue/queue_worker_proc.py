@@ -4,7 +4,9 @@ Run as ``python queue_worker_proc.py URL [options]``. It registers:
 
 - ``record(n, sleep=0)``: inserts ``(n, job id, attempt, pid)`` into
   ``queue_side_effects`` (its own transaction) after sleeping ``sleep`` seconds;
-- ``noop()``: does nothing.
+- ``noop(**args)``: does nothing;
+- ``stamp(sent)``: records ``time.time() - sent`` in ``queue_latency`` (the
+  enqueue-to-start latency, both clocks being this host's).
 
 and works the ``default`` queue until SIGTERM.
 """
@@ -27,6 +29,8 @@ SIDE_EFFECTS_DDL = (
     "(n INTEGER NOT NULL, job_id BIGINT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
 )
 
+LATENCY_DDL = "CREATE TABLE IF NOT EXISTS queue_latency (seconds DOUBLE PRECISION NOT NULL)"
+
 
 def build(url: str, *, concurrency: int, notify: bool, backoff: float | None,
           stale_after: float) -> tuple[JobQueue, sa.Engine]:
@@ -48,11 +52,19 @@ def build(url: str, *, concurrency: int, notify: bool, backoff: float | None,
         with side.begin() as conn:
             conn.execute(insert, {"n": n, "job_id": job.id, "attempt": job.attempt, "pid": pid})
 
-    def noop() -> None:
+    def noop(**_: Any) -> None:
         pass
+
+    stamp_insert = sa.text("INSERT INTO queue_latency (seconds) VALUES (:s)")
+
+    def stamp(sent: float) -> None:
+        latency = time.time() - sent
+        with side.begin() as conn:
+            conn.execute(stamp_insert, {"s": latency})
 
     q.register(record, name="record")
     q.register(noop, name="noop")
+    q.register(stamp, name="stamp")
     return q, engine
 
 
