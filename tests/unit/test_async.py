@@ -161,6 +161,32 @@ async def test_a_slow_channel_after_commit_does_not_block_the_event_loop(
     assert isinstance(app.dispatcher, AsyncSyncDispatcher)
 
 
+async def test_cancelling_a_request_during_delivery_keeps_the_commit_and_the_delivery(
+    app: Chimeway, engine: AsyncEngine, slow: RecordingChannel
+) -> None:
+    committing = asyncio.Event()
+
+    async def request() -> None:
+        async with AsyncSession(engine) as session:
+            await app.trigger_async(session, UnitPing, {"user": 1, "n": 1}, idempotency_key="cancel")
+            committing.set()
+            await session.commit()
+
+    task = asyncio.create_task(request())
+    await committing.wait()
+    await asyncio.sleep(0.2)  # inside the slow send
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if slow.sent:
+            break
+        await asyncio.sleep(0.05)
+    assert len(slow.sent) == 1
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar_one() == 1
+
+
 def test_the_async_dispatcher_still_delivers_in_the_committing_thread_for_sync_callers(
     sqlite_url: str, slow: RecordingChannel
 ) -> None:
