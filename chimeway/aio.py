@@ -154,10 +154,11 @@ def _check_app(app: Chimeway) -> None:
             "Chimeway's engine must be a sync engine (it delivers and explains outside the "
             "event loop); build the app with Chimeway.from_async_engine(async_engine)"
         )
-    if type(app.dispatcher) is SyncDispatcher:
-        # One swap per app; the subclass behaves exactly as the sync one
-        # outside SQLAlchemy's async bridge.
-        app.dispatcher = AsyncSyncDispatcher(app.dispatcher.executor)
+    dispatcher = app.dispatcher
+    if type(dispatcher) is SyncDispatcher:
+        # In place, so every holder of this dispatcher (and all its state)
+        # gets the behaviour; outside SQLAlchemy's async bridge it is unchanged.
+        dispatcher.__class__ = AsyncSyncDispatcher
 
 
 # -- the sync dispatcher under an async commit ------------------------------
