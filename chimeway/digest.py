@@ -173,8 +173,9 @@ def collect(
         stmt = module.insert(d).values(**values).on_conflict_do_nothing(
             index_elements=["tenant", "notifier_key", "recipient_id", "channel", "digest_key"],
             index_where=d.c.status == "open",
-        )
-        if conn.execute(stmt).rowcount:
+        ).returning(d.c.id)
+        # RETURNING, not rowcount: psycopg reports -1 for this statement.
+        if conn.execute(stmt).first() is not None:
             _add_item(conn, digest_id, plan, delivery, params, now)
             _set(delivery, _opened(key, flush_at, digest_id))
             return

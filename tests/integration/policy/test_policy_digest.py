@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from policy_support import delivery, fire, summaries
+from sqlalchemy.orm import Session
 
 from chimeway import Chimeway, Notifier, Recipient
+from chimeway.channels.in_app import InApp
 from chimeway.digest import Digest
+from chimeway.models import deliveries_table
 from chimeway.testing import FakeClock, RecordingChannel
 
 
@@ -137,3 +142,36 @@ def test_every_event_read_suppresses_the_digest(app: Chimeway, clock: FakeClock,
     row = delivery(app, first, "email")
     assert (row.status, row.reason) == ("suppressed", "digest_all_read")
     assert email.sent == []
+
+
+def test_racing_events_share_one_batch(pg_engine: sa.Engine) -> None:
+    email = RecordingChannel()
+    clock = FakeClock()
+    app = Chimeway(engine=pg_engine, clock=clock, channels={"email": email, "in_app": InApp()}, notify=False)
+    barrier = threading.Barrier(10)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            with Session(pg_engine) as session, session.begin():
+                session.connection()
+                barrier.wait(timeout=30)
+                app.trigger(session, Activity, {"project": "x", "who": f"w{i}"}, idempotency_key=f"d-{i}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    d = deliveries_table
+    with pg_engine.connect() as conn:
+        reasons = conn.execute(sa.select(d.c.reason).where(d.c.channel == "email")).scalars().all()
+    assert sorted(reasons) == ["digest"] + ["digested"] * 9
+    clock.advance(hours=1)
+    assert app.flush_digests() == 1
+    [sent] = email.sent
+    assert sent.fields["subject"] == "10 new comments"
+    app.close()
