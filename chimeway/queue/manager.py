@@ -73,6 +73,8 @@ class JobQueue(Operations):
         self.backoff = backoff
         self.stale_after = stale_after
         self._writer = writer(engine)
+        self._pg = is_postgres(engine)
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._queues: set[str] = set(BUILTIN_QUEUES)
         self._handles: dict[str, JobHandle] = {}
         self._listeners: list[Callable[[JobEvent], None]] = []
@@ -294,12 +296,16 @@ class JobQueue(Operations):
 
     def _claim(self, queue: str, limit: int, by: str, acks: list[int] | None = None) -> list[Claimed]:
         now = self.clock.now()
-        with self._writer.begin() as conn:
-            # Finished jobs ride along with the next claim: one commit, not two.
-            if acks:
-                conn.execute(sql.COMPLETE_MANY, {"ids": acks, "by": by, "now": now})
-            rows = conn.execute(sql.CLAIM, {"claim_queue": queue, "limit": limit, "now": now,
-                                            "by": by}).all()
+        params = {"claim_queue": queue, "limit": limit, "now": now, "by": by}
+        if self._pg:
+            with self._autocommit.connect() as conn:
+                rows = conn.execute(sql.CLAIM_PG, {**params, "acks": acks or []}).all()
+        else:
+            with self._writer.begin() as conn:
+                # Finished jobs ride along with the next claim: one commit, not two.
+                if acks:
+                    conn.execute(sql.COMPLETE_MANY, {"ids": acks, "by": by, "now": now})
+                rows = conn.execute(sql.CLAIM, params).all()
         claimed = [
             Claimed(
                 JobInfo(id=r.id, worker=r.worker, queue=r.queue, args=r.args, attempt=r.attempt,
@@ -358,7 +364,8 @@ class JobQueue(Operations):
                 delay = min(delay * 2, 2.0)
 
     def _complete_many(self, ids: list[int], by: str) -> None:
-        with self._writer.begin() as conn:
+        engine = self._autocommit if self._pg else self._writer
+        with engine.begin() as conn:
             conn.execute(sql.COMPLETE_MANY, {"ids": ids, "by": by, "now": self.clock.now()})
 
     def _release(self, by: str) -> int:

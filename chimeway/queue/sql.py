@@ -18,6 +18,7 @@ from chimeway.models import ACTIVE_JOB_STATES, Job, WorkerRow
 
 __all__ = [
     "CLAIM",
+    "CLAIM_PG",
     "COUNTS",
     "DUE_STATES",
     "NOTIFY_CHANNEL",
@@ -128,6 +129,26 @@ CLAIM = (
         attempted_by=sa.bindparam("by"),
     )
     .returning(*claim_columns)
+)
+
+# PostgreSQL runs acknowledgement and claim as ONE autocommit statement: the
+# data-modifying CTE always runs to completion, so a worker's loop costs one
+# round trip and one commit per cycle.
+CLAIM_PG = sa.text(
+    "WITH acked AS ("
+    " UPDATE chimeway_jobs SET state = 'completed', completed_at = :now"
+    " WHERE id = ANY(CAST(:acks AS bigint[])) AND state = 'executing' AND attempted_by = :by"
+    " RETURNING id),"
+    " picked AS ("
+    " SELECT id FROM chimeway_jobs"
+    " WHERE queue = :claim_queue AND state IN ('available','scheduled','retryable')"
+    " AND scheduled_at <= :now"
+    " ORDER BY priority, scheduled_at, id LIMIT :limit FOR UPDATE SKIP LOCKED)"
+    " UPDATE chimeway_jobs AS j SET state = 'executing', attempt = j.attempt + 1,"
+    " attempted_at = :now, attempted_by = :by"
+    " FROM picked WHERE j.id = picked.id"
+    " RETURNING j.id, j.worker, j.queue, j.args, j.meta, j.errors, j.attempt, j.max_attempts,"
+    " j.priority, j.inserted_at, j.scheduled_at"
 )
 
 _mine = sa.and_(c.state == "executing", c.attempted_by == sa.bindparam("by"))

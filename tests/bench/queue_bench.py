@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "queue"))
 
+from queue_worker_proc import LATENCY_DDL  # noqa: E402
+
 from chimeway.db import create_engine  # noqa: E402
 from chimeway.models import metadata  # noqa: E402
 from chimeway.queue import JobQueue, NewJob  # noqa: E402
-from queue_worker_proc import LATENCY_DDL  # noqa: E402
 
 WORKER = ROOT / "tests" / "integration" / "queue" / "queue_worker_proc.py"
 
@@ -106,17 +107,27 @@ def bench_enqueue(engine: sa.Engine, q: JobQueue, total: int) -> float:
     return total / (time.perf_counter() - started)
 
 
-def bench_throughput(url: str, engine: sa.Engine, q: JobQueue, total: int, procs: int) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_throughput(url: str, engine: sa.Engine, q: JobQueue, total: int,
+                     procs: int) -> tuple[float, float, float]:
+    """Jobs/s from first claim to last completion, peak RSS (MB), worker CPU us per job."""
     reset(engine)
-    bench_enqueue(engine, q, total)
     workers = [start_worker(url, "--concurrency", "20", "--poll", "1") for _ in range(procs)]
+    wait_listening(engine, procs)
+    cpu_before = sum(cpu_seconds(w.pid) for w in workers)
+    bench_enqueue(engine, q, total)
     wait_until(engine, "SELECT count(*) FROM chimeway_jobs WHERE state = 'completed'", total)
+    cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
     rss = max(peak_rss_mb(w.pid) for w in workers)
     for w in workers:
         stop(w)
     span = scalar(engine, "SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) "
                           "FROM chimeway_jobs")
-    return total / span, rss
+    return total / span, rss, cpu / total * 1e6
 
 
 def bench_latency(url: str, engine: sa.Engine, q: JobQueue, count: int, rate: float,
@@ -157,19 +168,22 @@ def main() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(LATENCY_DDL))
         q = JobQueue(engine)
-        print(f"cpus={os.cpu_count()} postgres={scalar(engine, 'SHOW server_version_num'):.0f}")
+        print(f"cpus={os.cpu_count()} postgres={scalar(engine, 'SHOW server_version_num'):.0f} "
+              f"load average={os.getloadavg()[0]:.1f}")
         rate = bench_enqueue(engine, q, ns.enqueue_jobs)
         print(f"bulk enqueue: {rate:,.0f} jobs/s ({ns.enqueue_jobs:,} jobs, chunks of 5,000)")
-        one, rss = bench_throughput(url, engine, q, ns.jobs, 1)
-        print(f"no-op jobs, 1 worker process x20: {one:,.0f} jobs/s ({ns.jobs:,} jobs)")
+        one, rss, us = bench_throughput(url, engine, q, ns.jobs, 1)
+        print(f"no-op jobs, 1 worker process x20: {one:,.0f} jobs/s ({ns.jobs:,} jobs; "
+              f"worker CPU {us:.0f} us/job)")
         print(f"worker peak RSS: {rss:.1f} MB")
-        two, rss2 = bench_throughput(url, engine, q, ns.jobs, 2)
-        print(f"no-op jobs, 2 worker processes x20: {two:,.0f} jobs/s (peak RSS {rss2:.1f} MB)")
+        two, rss2, us2 = bench_throughput(url, engine, q, ns.jobs, 2)
+        print(f"no-op jobs, 2 worker processes x20: {two:,.0f} jobs/s (worker CPU {us2:.0f} "
+              f"us/job, peak RSS {rss2:.1f} MB)")
         p50, p99 = bench_latency(url, engine, q, ns.latency_jobs, ns.rate, "--poll", "30")
         print(f"enqueue->start via NOTIFY ({ns.rate:.0f}/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        p50, p99 = bench_latency(url, engine, q, ns.latency_jobs // 3, ns.rate, "--no-notify",
+        p50, p99 = bench_latency(url, engine, q, ns.latency_jobs // 10, 5.0, "--no-notify",
                                  "--poll", "1.0")
-        print(f"enqueue->start via polling 1.0 s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"enqueue->start via polling 1.0 s (5/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         engine.dispose()
 
 
