@@ -158,7 +158,6 @@ async def test_a_slow_channel_after_commit_does_not_block_the_event_loop(
     await ticker
     assert len(slow.sent) == 1
     assert ticks_during_commit > 0
-    assert isinstance(app.dispatcher, AsyncSyncDispatcher)
 
 
 async def test_cancelling_a_request_during_delivery_keeps_the_commit_and_the_delivery(
