@@ -263,7 +263,7 @@ class Worker:
                 self._poll_all()
                 continue
             now = time.monotonic()
-            timeout = max(0.0, min(next_poll, next_beat, *self._plugin_due) - now)
+            timeout = max(0.0, min(next_poll, next_beat, self._ack_deadline(), *self._plugin_due) - now)
             self._wake.wait(timeout)
             if time.monotonic() >= next_poll:
                 self._poll_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -110,3 +111,24 @@ def test_run_worker_on_sqlite_runs_everything_then_stops(
     assert counts["completed"] == 40
     with sqlite_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM chimeway_workers")).scalar() == 0
+
+
+def test_a_lone_completion_is_acknowledged_without_waiting_for_the_poll(
+    q: JobQueue, sqlite_engine: sa.Engine
+) -> None:
+    q.register(lambda: None, name="task")
+    with sqlite_engine.begin() as conn:
+        job_id = q.enqueue(conn, "task", {})
+    assert job_id is not None
+    stop = threading.Event()
+    thread = threading.Thread(target=q.run_worker, kwargs={
+        "queues": {"default": 2}, "poll_interval": 30.0, "stop_event": stop})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10  # a third of the poll interval
+        while q.get(job_id).state != "completed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert q.get(job_id).state == "completed"
+    finally:
+        stop.set()
+        thread.join(30)
