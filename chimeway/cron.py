@@ -58,6 +58,7 @@ __all__ = [
     "FiredTick",
     "ScheduledNotifiers",
     "Scheduler",
+    "workflow_sweep_schedule",
 ]
 
 log = logging.getLogger("chimeway.cron")
@@ -319,6 +320,19 @@ class Scheduler:
         self._plug()
         return schedule
 
+    def remove(self, name: str) -> None:
+        """Stop firing schedule ``name`` (its recorded ticks stay).
+
+        Args:
+            name: the schedule, e.g. ``"chimeway.workflow.sweep"``.
+
+        Raises:
+            InvalidInputError: no schedule has that name.
+        """
+        if name not in self._schedules:
+            raise InvalidInputError(f"no cron schedule named {name!r}; registered: {sorted(self._schedules)}")
+        del self._schedules[name]
+
     def _plug(self) -> None:
         if self._plugged:
             return
@@ -522,3 +536,14 @@ class ScheduledNotifiers:
         with Session(self._writer) as session, session.begin():
             self._trigger(session, entry.notifier, params, idempotency_key=f"schedule:{schedule}:{tick}",
                           tenant=entry.tenant)
+
+
+def workflow_sweep_schedule() -> CronSchedule:
+    """The built-in schedule running the workflow ``ProgressionWorker`` sweep every minute."""
+    from chimeway.workflow.engine import PROGRESS_WORKER, WORKFLOW_QUEUE
+
+    return CronSchedule(
+        name="chimeway.workflow.sweep", cron=CronExpression("* * * * *"), worker=PROGRESS_WORKER,
+        queue=WORKFLOW_QUEUE, kind="builtin", target="workflow progress sweep",
+        unique_key="chimeway.workflow.sweep",
+    )

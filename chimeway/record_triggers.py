@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,6 +93,7 @@ class RecordTrigger:
     on_error: Callable[[Any, BaseException], object] | None
     cron: CronExpression
     batch_size: int
+    concurrency: int
     max_attempts: int
     queue: str
 
@@ -144,6 +147,12 @@ class RecordTrigger:
         if len(self.pk) == 1:
             return self.pk[0] > last[0]
         return sa.tuple_(*self.pk) > sa.tuple_(*last)
+
+    def upto(self, end: tuple[Any, ...]) -> Any:
+        """The keyset predicate: primary key at most ``end``."""
+        if len(self.pk) == 1:
+            return self.pk[0] <= end[0]
+        return sa.tuple_(*self.pk) <= sa.tuple_(*end)
 
     def pk_values(self, row_id: Any) -> tuple[Any, ...]:
         """Column values for a JSON row id (UUID strings back to UUIDs)."""
@@ -245,22 +254,59 @@ class RecordTriggers:
         condition = trigger.condition(now)
         skip = self._given_to_row_jobs(trigger)
         totals = {"matched": 0, "triggered": 0, "already": 0, "failed": 0, "skipped": 0}
-        last: tuple[Any, ...] | None = None
-        while True:
-            counts, last = self._scan_batch(trigger, condition, last, skip)
+
+        def add(counts: Mapping[str, int]) -> None:
             for field_, n in counts.items():
                 totals[field_] += n
-            if last is None:
-                return ScanResult(trigger=name, **totals)
+
+        last: tuple[Any, ...] | None = None
+        if trigger.concurrency == 1:
+            while True:
+                counts, last = self._scan_batch(trigger, condition, last, skip)
+                add(counts)
+                if last is None:
+                    return ScanResult(trigger=name, **totals)
+        # Batches in flight at once, each in its own transaction: the main
+        # thread only pages primary-key bounds, the pool does the triggering.
+        in_flight: deque[Future[tuple[dict[str, int], tuple[Any, ...] | None]]] = deque()
+        with ThreadPoolExecutor(trigger.concurrency, thread_name_prefix=f"chimeway-scan-{name}") as pool:
+            try:
+                while (upto := self._batch_end(trigger, condition, last)) is not None:
+                    in_flight.append(pool.submit(self._scan_batch, trigger, condition, last, skip, upto))
+                    last = upto
+                    if len(in_flight) >= 2 * trigger.concurrency:
+                        add(in_flight.popleft().result()[0])
+                while in_flight:
+                    add(in_flight.popleft().result()[0])
+            finally:
+                for future in in_flight:
+                    future.cancel()
+        return ScanResult(trigger=name, **totals)
+
+    def _batch_end(self, trigger: RecordTrigger, condition: Any,
+                   last: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        keys = (
+            sa.select(*trigger.pk).where(condition, trigger.after(last)).order_by(*trigger.pk)
+            .limit(trigger.batch_size).subquery()
+        )
+        query = sa.select(*keys.c).order_by(*(sa.desc(c) for c in keys.c)).limit(1)
+        with self.jobs.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else tuple(row)
 
     def _scan_batch(
-        self, trigger: RecordTrigger, condition: Any, last: tuple[Any, ...] | None, skip: set[str]
+        self,
+        trigger: RecordTrigger,
+        condition: Any,
+        last: tuple[Any, ...] | None,
+        skip: set[str],
+        upto: tuple[Any, ...] | None = None,
     ) -> tuple[dict[str, int], tuple[Any, ...] | None]:
         failed: dict[str, tuple[Any, BaseException]] = {}
         while True:
             try:
                 with Session(self._writer, expire_on_commit=False) as session, session.begin():
-                    rows = self._fetch(session, trigger, condition, last)
+                    rows = self._fetch(session, trigger, condition, last, upto)
                     if not rows:
                         return {}, None
                     counts = self._trigger_rows(session, trigger, rows, skip, failed)
@@ -273,8 +319,9 @@ class RecordTriggers:
                 failed[_row_key(failure.row_id)] = (failure.row_id, failure.exc)
 
     def _fetch(self, session: Session, trigger: RecordTrigger, condition: Any,
-               last: tuple[Any, ...] | None) -> list[Any]:
-        query = trigger.select(condition).where(trigger.after(last)).limit(trigger.batch_size)
+               last: tuple[Any, ...] | None, upto: tuple[Any, ...] | None = None) -> list[Any]:
+        query = trigger.select(condition).where(trigger.after(last))
+        query = query.limit(trigger.batch_size) if upto is None else query.where(trigger.upto(upto))
         if trigger.orm:
             return list(session.scalars(query).all())
         return list(session.execute(query).all())
@@ -454,6 +501,7 @@ def build(
     cron: str,
     timezone: str,
     batch_size: int,
+    concurrency: int,
     max_attempts: int,
     queue: str,
     jobs: JobQueue,
@@ -490,6 +538,8 @@ def build(
         raise InvalidInputError(f"{label}: on_error must be a function (row_id, exc), got {type(on_error).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
         raise InvalidInputError(f"{label}: batch_size must be an int from 1 to 10000, got {batch_size!r}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 32:
+        raise InvalidInputError(f"{label}: concurrency must be an int from 1 to 32, got {concurrency!r}")
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise InvalidInputError(f"{label}: max_attempts must be an int >= 1, got {max_attempts!r}")
     if queue not in jobs.queues:
@@ -497,7 +547,8 @@ def build(
     return RecordTrigger(
         name=name, model=model, table=table, pk=pk, pk_attrs=pk_attrs, orm=orm, where=where, notifier=notifier,
         params=params, idempotency_key=idempotency_key, tenant=tenant, on_error=on_error,
-        cron=CronExpression(cron, timezone), batch_size=batch_size, max_attempts=max_attempts,
+        cron=CronExpression(cron, timezone), batch_size=batch_size, concurrency=concurrency,
+        max_attempts=max_attempts,
         queue=queue,
     )
 

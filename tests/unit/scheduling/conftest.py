@@ -9,7 +9,10 @@ import pytest
 from sched_support import AppBase
 
 from chimeway import Chimeway
+from chimeway.cron import workflow_sweep_schedule
 from chimeway.testing import FakeClock, RecordingChannel
+
+SWEEP = workflow_sweep_schedule().name
 
 
 @pytest.fixture
@@ -26,4 +29,6 @@ def rec() -> RecordingChannel:
 def app(sqlite_url: str, clock: FakeClock, rec: RecordingChannel) -> Iterator[Chimeway]:
     with Chimeway(sqlite_url, clock=clock, channels={"rec": rec}) as chimeway:
         AppBase.metadata.create_all(chimeway.engine)
+        # Tests count ticks exactly; the built-in workflow sweep has its own test.
+        chimeway.scheduler.remove(SWEEP)
         yield chimeway

@@ -57,6 +57,26 @@ def test_every_matching_row_is_notified_once(reminders: Chimeway, clock: FakeClo
     assert len(rec.sent) == 51
 
 
+def test_batches_in_parallel_notify_each_row_once(app: Chimeway, clock: FakeClock, rec: RecordingChannel) -> None:
+    broken = {"p13"}
+
+    def params(a: Appointment) -> dict[str, Any]:
+        if a.patient in broken:
+            raise RuntimeError("later")
+        return reminder_params(a)
+
+    app.record_trigger("parallel", model=Appointment, where=due_within(24), notifier=Reminder, params=params,
+                       batch_size=4, concurrency=3)
+    add_appointments(app, 45, clock.now() + timedelta(minutes=10), every=timedelta(minutes=20))
+    result = app.scan_record_trigger("parallel")
+    assert (result.matched, result.triggered, result.failed) == (45, 44, 1)
+    broken.clear()
+    clock.advance(minutes=5)
+    app.work()
+    assert event_keys(app) == sorted(f"parallel:{i}" for i in range(1, 46))
+    assert len(rec.sent) == 45
+
+
 def test_cancelled_rows_and_rows_that_stop_matching_get_nothing(
     reminders: Chimeway, clock: FakeClock, rec: RecordingChannel
 ) -> None:
@@ -228,6 +248,7 @@ GOOD: dict[str, Any] = {"model": Appointment, "where": due_within(24), "notifier
         ({"tenant": 3}, InvalidInputError, "tenant must be"),
         ({"on_error": "log"}, InvalidInputError, "on_error must be a function"),
         ({"batch_size": 0}, InvalidInputError, "batch_size"),
+        ({"concurrency": 0}, InvalidInputError, "concurrency"),
         ({"max_attempts": 0}, InvalidInputError, "max_attempts"),
         ({"queue": "nope"}, InvalidInputError, "queue 'nope' is not declared"),
         ({"cron": "every minute"}, InvalidScheduleError, "cron expression"),

@@ -69,6 +69,7 @@ def test_between_ticks_nothing_fires(app: Chimeway, clock: FakeClock) -> None:
 def test_two_apps_on_one_database_fire_each_tick_once(sqlite_url: str, clock: FakeClock) -> None:
     with Chimeway(sqlite_url, clock=clock) as a, Chimeway(sqlite_url, clock=clock) as b:
         for node in (a, b):
+            node.scheduler.remove("chimeway.workflow.sweep")
             node.cron("* * * * *", "test.tick")
         fired = []
         for minute in range(10):
@@ -214,3 +215,17 @@ def test_a_running_worker_fires_cron_jobs(app: Chimeway, clock: FakeClock) -> No
         stop.set()
         thread.join(15)
     assert [t for t in ticks(app, "test.worker_ping")] == [at(2026, 1, 5, 9, 0), at(2026, 1, 5, 9, 1)]
+
+
+def test_the_workflow_sweep_is_a_built_in_schedule(sqlite_url: str, clock: FakeClock) -> None:
+    with Chimeway(sqlite_url, clock=clock) as app:
+        [row] = app.cron_schedules()
+        assert (row["name"], row["kind"], row["schedule"]) == ("chimeway.workflow.sweep", "builtin", "* * * * *")
+        [tick] = app.run_scheduler()
+        assert app.work() == 1
+        [job] = jobs_of(app, "chimeway.workflow.ProgressionWorker")
+        assert (job.id, job.queue, job.state, job.args) == (tick.job_id, "chimeway_workflows", "completed", {})
+        app.scheduler.remove("chimeway.workflow.sweep")
+        assert app.cron_schedules() == []
+        with pytest.raises(InvalidInputError, match="no cron schedule named 'x'"):
+            app.scheduler.remove("x")
