@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from chimeway import Chimeway, Notifier, Recipient, TriggerResult
+from chimeway.digest import Digest
 from chimeway.models import deliveries_table, metadata
 
 
@@ -32,6 +34,26 @@ class PasswordReset(Notifier):
     channels = ["email"]
     critical = True
     templates = {"email": {"subject": "Reset your password", "body": "code {{ code }}"}}
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:1", email="u1@example.com")]
+
+
+class Activity(Notifier):
+    key = "policy_test_activity"
+    channels = ["in_app", "email"]
+    templates = {
+        "in_app": {"title": "{{ who }} commented"},
+        "email": {"subject": "{{ who }} commented", "body": "{{ who }}"},
+    }
+    digest = Digest(
+        window=timedelta(hours=1),
+        key=lambda params: params.get("project"),
+        templates={"email": {
+            "subject": "{{ count }} new comments",
+            "body": "{% for e in events %}{{ e.who }};{% endfor %}",
+        }},
+    )
 
     def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
         return [Recipient(id="user:1", email="u1@example.com")]

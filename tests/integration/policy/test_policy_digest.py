@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
 import sqlalchemy as sa
-from policy_support import delivery, fire, summaries
+from policy_support import Activity, delivery, fire, summaries
 from sqlalchemy.orm import Session
 
-from chimeway import Chimeway, Notifier, Recipient
+from chimeway import Chimeway
 from chimeway.channels.in_app import InApp
 from chimeway.digest import Digest
 from chimeway.models import deliveries_table
 from chimeway.testing import FakeClock, RecordingChannel
-
-
-class Activity(Notifier):
-    key = "policy_test_activity"
-    channels = ["in_app", "email"]
-    templates = {
-        "in_app": {"title": "{{ who }} commented"},
-        "email": {"subject": "{{ who }} commented", "body": "{{ who }}"},
-    }
-    digest = Digest(
-        window=timedelta(hours=1),
-        key=lambda params: params.get("project"),
-        templates={"email": {
-            "subject": "{{ count }} new comments",
-            "body": "{% for e in events %}{{ e.who }};{% endfor %}",
-        }},
-    )
-
-    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
-        return [Recipient(id="user:1", email="u1@example.com")]
 
 
 class SmallBatch(Activity):
