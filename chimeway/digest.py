@@ -44,7 +44,7 @@ from chimeway.planning import Plan, PlannedDelivery, render_message
 from chimeway.templates import render_fields
 from chimeway.values import Recipient
 
-__all__ = ["Decorate", "Digest", "check_carrier", "collect", "flush_due"]
+__all__ = ["Decorate", "Digest", "check_carrier", "collect", "digest_of", "flush_due"]
 
 # Adds channel-specific fields (the unsubscribe link) to a freshly rendered digest.
 Decorate = Callable[[dict[str, Any], Recipient, str, type[Notifier], str], dict[str, Any]]

@@ -85,6 +85,11 @@ class Cap:
             raise ConfigurationError(f"Cap window must be a positive timedelta, got {self.window!r}")
 
     def applies_to(self, channel: str) -> bool:
+        """Whether this cap counts deliveries on ``channel``.
+
+        Args:
+            channel: the channel name.
+        """
         return self.channel is None or self.channel == channel
 
 
@@ -128,6 +133,7 @@ class Verdict:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def as_detail(self) -> dict[str, Any]:
+        """The decision row's detail: rule, reason, summary, ``until`` and the inputs."""
         out: dict[str, Any] = {"rule": self.rule, "reason": self.reason, "summary": self.summary,
                                **dict(self.detail)}
         if self.until is not None:
@@ -135,6 +141,7 @@ class Verdict:
         return out
 
     def as_send_decision(self) -> SendDecision:
+        """The same verdict for the executor's pre-send checkpoint."""
         return SendDecision(status=self.status, reason=self.reason, until=self.until, rule=self.rule,
                             detail={"summary": self.summary, **dict(self.detail)})
 
@@ -154,6 +161,11 @@ def dedupe_of(notifier: type[Notifier]) -> Dedupe | None:
 
 
 def caps_of(notifier: type[Notifier]) -> list[Cap]:
+    """The notifier's own ``caps``, checked.
+
+    Args:
+        notifier: the notifier class.
+    """
     caps = list(notifier.caps or ())
     for cap in caps:
         if not isinstance(cap, Cap):

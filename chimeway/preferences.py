@@ -42,6 +42,7 @@ __all__ = [
     "load_preferences",
     "load_settings",
     "resolve",
+    "scope_of",
     "write_preference",
 ]
 

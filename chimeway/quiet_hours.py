@@ -45,10 +45,12 @@ class QuietHours:
 
     @property
     def start_text(self) -> str:
+        """The start as ``HH:MM``."""
         return self.start.strftime("%H:%M")
 
     @property
     def end_text(self) -> str:
+        """The end as ``HH:MM``."""
         return self.end.strftime("%H:%M")
 
     def __str__(self) -> str:
