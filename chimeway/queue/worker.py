@@ -33,6 +33,7 @@ log = logging.getLogger("chimeway.queue")
 # none waits longer than ACK_DELAY seconds for company.
 ACK_BATCH = 100
 ACK_DELAY = 0.005
+STOP_CHECK = 0.25
 
 _plugins: weakref.WeakKeyDictionary[JobQueue, list[tuple[Callable[[], object], float]]] = (
     weakref.WeakKeyDictionary()
@@ -264,6 +265,8 @@ class Worker:
                 continue
             now = time.monotonic()
             timeout = max(0.0, min(next_poll, next_beat, self._ack_deadline(), *self._plugin_due) - now)
+            # A caller's stop_event cannot wake us, so never sleep long past it.
+            timeout = min(timeout, STOP_CHECK)
             self._wake.wait(timeout)
             if time.monotonic() >= next_poll:
                 self._poll_all()

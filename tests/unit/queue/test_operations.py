@@ -122,7 +122,8 @@ def test_a_lone_completion_is_acknowledged_without_waiting_for_the_poll(
     assert job_id is not None
     stop = threading.Event()
     thread = threading.Thread(target=q.run_worker, kwargs={
-        "queues": {"default": 2}, "poll_interval": 30.0, "stop_event": stop})
+        "queues": {"default": 2}, "poll_interval": 30.0, "heartbeat_interval": 30.0,
+        "stop_event": stop})
     thread.start()
     try:
         deadline = time.monotonic() + 10  # a third of the poll interval
