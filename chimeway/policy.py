@@ -239,6 +239,11 @@ class Policy:
             write: record usage, dedupe marks and digests (``False`` for previews).
         """
         cls = type(plan.notifier)
+        if write and cls.workflow is not None:
+            # The workflow planner replaces these deliveries with its first
+            # step's; usage, marks or batches recorded for them would outlive
+            # them. Its deliveries meet the rules at the pre-send checkpoint.
+            return
         now: datetime = plan.event["created_at"]
         tenant = str(plan.event["tenant"])
         params = dict(plan.event["params"])
