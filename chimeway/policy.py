@@ -50,7 +50,13 @@ from chimeway.digest import Digest, check_carrier, collect, digest_of
 from chimeway.dispatch.executor import SendDecision
 from chimeway.errors import ConfigurationError, InvalidNotifierError
 from chimeway.ids import new_id
-from chimeway.models import cap_usage_table, dedupe_marks_table, policy_locks_table
+from chimeway.models import (
+    cap_usage_table,
+    dedupe_marks_table,
+    digest_items_table,
+    digests_table,
+    policy_locks_table,
+)
 from chimeway.notifier import Notifier, get_notifier
 from chimeway.planning import Plan, PlannedDelivery, tenant_key
 from chimeway.preferences import Settings, load_preferences, load_settings, resolve
@@ -58,7 +64,7 @@ from chimeway.quiet_hours import quiet_until, zone
 from chimeway.unsubscribe import DEFAULT_TOKEN_TTL, build_url, sign_token
 from chimeway.values import Message, Recipient
 
-__all__ = ["Cap", "Dedupe", "Digest", "Policy", "PreviewItem", "Verdict", "caps_of", "dedupe_of", "preview"]
+__all__ = ["Cap", "Dedupe", "Digest", "Policy", "PreviewItem", "Verdict", "caps_of", "dedupe_of", "preview", "prune"]
 
 log = logging.getLogger("chimeway.policy")
 
@@ -529,3 +535,34 @@ def preview(policy: Policy, conn: Connection, plan: Plan) -> list[PreviewItem]:
                                reason=d.reason, why=why, not_before=d.not_before,
                                decisions=tuple(d.decisions)))
     return out
+
+
+def prune(conn: Connection, now: datetime, *, keep: timedelta) -> dict[str, int]:
+    """Delete policy bookkeeping no rule can look at any more.
+
+    Cap usage older than ``keep``, expired dedupe marks, and digests flushed
+    more than ``keep`` ago (with their items). ``keep`` must be at least the
+    longest cap window, or caps would count too little.
+
+    Args:
+        conn: a write transaction.
+        now: the clock's time.
+        keep: how much history to keep.
+
+    Returns:
+        rows deleted per table.
+    """
+    if not isinstance(keep, timedelta) or keep <= timedelta(0):
+        raise ConfigurationError(f"keep must be a positive timedelta, got {keep!r}")
+    cutoff = now - keep
+    d, i = digests_table, digest_items_table
+    old_digests = sa.select(d.c.id).where(d.c.status == "flushed", d.c.flushed_at < cutoff).scalar_subquery()
+    return {
+        "chimeway_cap_usage": conn.execute(
+            sa.delete(cap_usage_table).where(cap_usage_table.c.at < cutoff)).rowcount,
+        "chimeway_dedupe_marks": conn.execute(
+            sa.delete(dedupe_marks_table).where(dedupe_marks_table.c.expires_at < now)).rowcount,
+        "chimeway_digest_items": conn.execute(sa.delete(i).where(i.c.digest_id.in_(old_digests))).rowcount,
+        "chimeway_digests": conn.execute(
+            sa.delete(d).where(d.c.status == "flushed", d.c.flushed_at < cutoff)).rowcount,
+    }

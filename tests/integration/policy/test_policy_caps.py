@@ -121,3 +121,23 @@ def test_twenty_racing_transactions_cap_five(any_url: str) -> None:
     assert len(email.sent) == 5
     app.close()
     engine.dispose()
+
+
+def test_prune_keeps_what_the_windows_still_need(app: Chimeway, clock: FakeClock) -> None:
+    from chimeway.db import writer
+    from chimeway.models import cap_usage_table
+    from chimeway.policy import prune
+
+    app.configure_policy(caps=[Cap(limit=2, window=timedelta(hours=1), channel="email")])
+    fire(app, Comment, {"post": "p", "text": "t"})
+    clock.advance(minutes=50)
+    fire(app, Comment, {"post": "p", "text": "t"})
+    clock.advance(minutes=20)
+    with writer(app.engine).begin() as conn:
+        deleted = prune(conn, clock.now(), keep=timedelta(hours=1))
+    assert deleted["chimeway_cap_usage"] == 1
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(cap_usage_table)).scalar_one() == 1
+    # The remaining usage still counts: one more fits, the next does not.
+    assert delivery(app, fire(app, Comment, {"post": "p", "text": "t"}), "email").status == "succeeded"
+    assert delivery(app, fire(app, Comment, {"post": "p", "text": "t"}), "email").reason == "cap_reached"

@@ -153,3 +153,19 @@ def test_racing_events_share_one_batch(pg_engine: sa.Engine) -> None:
     [sent] = email.sent
     assert sent.fields["subject"] == "10 new comments"
     app.close()
+
+
+def test_prune_drops_flushed_batches_and_expired_marks(app: Chimeway, clock: FakeClock) -> None:
+    from chimeway.db import writer
+    from chimeway.policy import prune
+
+    fire(app, Activity, {"project": "x", "who": "ann"})
+    fire(app, Activity, {"project": "x", "who": "bob"})
+    clock.advance(hours=1)
+    app.flush_digests()
+    fire(app, Activity, {"project": "x", "who": "cat"})  # an open batch is kept
+    clock.advance(days=2)
+    with writer(app.engine).begin() as conn:
+        deleted = prune(conn, clock.now(), keep=timedelta(days=1))
+    assert (deleted["chimeway_digests"], deleted["chimeway_digest_items"]) == (1, 2)
+    assert app.flush_digests() == 1
