@@ -384,9 +384,16 @@ class JobQueue(Operations):
                                              "queues": dict(queues), "started_at": now,
                                              "heartbeat_at": now})
 
-    def _heartbeat(self, worker_id: str) -> None:
+    def _heartbeat(self, worker_id: str, queues: Mapping[str, int] | None = None) -> None:
+        now = self.clock.now()
         with self._writer.begin() as conn:
-            conn.execute(sql.HEARTBEAT, {"worker_id": worker_id, "now": self.clock.now()})
+            beat = conn.execute(sql.HEARTBEAT, {"worker_id": worker_id, "now": now})
+            if beat.rowcount == 0:
+                # Another node judged this worker dead (a long stall) and
+                # deleted its row; come back to life rather than stay "dead".
+                conn.execute(sql.INSERT_WORKER, {"id": worker_id, "node": self.node,
+                                                 "queues": dict(queues or {}), "started_at": now,
+                                                 "heartbeat_at": now})
 
     def _unregister_worker(self, worker_id: str) -> None:
         with self._writer.begin() as conn:

@@ -242,7 +242,7 @@ class Worker:
                 self._flush_acks()
                 now = time.monotonic()
                 if now >= next_beat:
-                    self.jobs._heartbeat(self.id)
+                    self.jobs._heartbeat(self.id, self.limits)
                     next_beat = now + self.heartbeat_interval
                 if now >= next_rescue:
                     self.jobs.rescue()

@@ -133,3 +133,16 @@ def test_a_lone_completion_is_acknowledged_without_waiting_for_the_poll(
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_a_stalled_worker_judged_dead_rejoins_on_its_next_heartbeat(
+    q: JobQueue, sqlite_engine: sa.Engine, clock: Any
+) -> None:
+    q._register_worker("slow", {"default": 1})
+    clock.advance(minutes=5)
+    q.rescue()
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM chimeway_workers")).scalar() == 0
+    q._heartbeat("slow", {"default": 1})
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id FROM chimeway_workers")).scalar() == "slow"
