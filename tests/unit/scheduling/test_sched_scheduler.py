@@ -130,17 +130,17 @@ def test_daylight_saving_in_a_named_zone(app: Chimeway, clock: FakeClock) -> Non
 
 
 def test_plain_function_target(app: Chimeway, clock: FakeClock) -> None:
-    calls: list[int] = []
+    calls: list[tuple[int, str]] = []
 
-    def cleanup(days: int) -> None:
-        calls.append(days)
+    def cleanup(days: int, tick: str) -> None:
+        calls.append((days, tick))
 
     schedule = app.cron("@daily", cleanup, args={"days": 30}, name="cleanup")
     assert schedule.worker == f"{cleanup.__module__}.{cleanup.__qualname__}"
     clock.set(at(2026, 1, 6, 0, 0))
     app.run_scheduler()
     app.work()
-    assert calls == [30]
+    assert calls == [(30, "2026-01-06T00:00:00+00:00")]
 
 
 def test_names_must_be_unique(app: Chimeway) -> None:
