@@ -403,7 +403,7 @@ class Policy:
                 return Verdict(
                     status="suppressed", reason="cap_reached", rule="caps",
                     summary=(f"suppressed: {label} cap of {cap.limit} per {_human(cap.window)} "
-                             f"on {channel} reached ({used} sent)"),
+                             f"on {channel} reached ({used} in the window)"),
                     detail={"cap_scope": scope, "limit": cap.limit, "window_seconds": cap.window.total_seconds(),
                             "used": used, "channel": channel},
                 )

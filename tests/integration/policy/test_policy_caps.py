@@ -31,7 +31,7 @@ def test_app_cap_suppresses_beyond_the_limit(app: Chimeway, clock: FakeClock, em
     assert row.reason == "cap_reached"
     [(event, checkpoint, summary)] = summaries(app, row.id)
     assert (event, checkpoint) == ("suppressed", "planning")
-    assert summary == "suppressed: app cap of 3 per 1h on email reached (3 sent)"
+    assert summary == "suppressed: app cap of 3 per 1h on email reached (3 in the window)"
 
     # The window slides: the first send leaves it one hour after it was made.
     clock.set(clock.now() - timedelta(minutes=5) + timedelta(hours=1))
@@ -60,7 +60,7 @@ def test_notifier_cap_counts_only_that_notifier(app: Chimeway, email: RecordingC
     row = delivery(app, second, "email")
     assert row.reason == "cap_reached"
     assert summaries(app, row.id)[0][2] == (
-        "suppressed: notifier policy_test_capped cap of 1 per 6h on email reached (1 sent)")
+        "suppressed: notifier policy_test_capped cap of 1 per 6h on email reached (1 in the window)")
 
 
 def test_critical_is_not_capped(app: Chimeway, email: RecordingChannel) -> None:
