@@ -306,6 +306,10 @@ class Scheduler:
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
             raise InvalidInputError(f"cron name must be 1-{MAX_NAME} characters, got {name!r}")
         check_args(schedule.args)
+        if schedule.queue is not None and schedule.queue not in self.jobs.queues:
+            raise InvalidInputError(
+                f"cron {name!r}: queue {schedule.queue!r} is not declared; declared: {sorted(self.jobs.queues)}"
+            )
         if schedule.catch_up is not None and (
             not isinstance(schedule.catch_up, timedelta) or schedule.catch_up <= timedelta(0)
         ):
@@ -359,6 +363,10 @@ class Scheduler:
 
         Returns:
             The ticks this call fired, oldest first per schedule.
+
+        Raises:
+            Exception: the first schedule that failed to fire, once every
+                other schedule has had its turn.
         """
         if not self._schedules:
             return []
@@ -366,11 +374,20 @@ class Scheduler:
         schedules = list(self._schedules.values())
         last = self.last_ticks()
         fired: list[FiredTick] = []
+        failure: Exception | None = None
         for schedule in schedules:
             ticks = schedule.cron.due(now, last.get(schedule.name), schedule.catch_up)
-            if ticks:
+            if not ticks:
+                continue
+            # One broken schedule must not hold up the others.
+            try:
                 fired.extend(self._fire(schedule, ticks, now))
+            except Exception as exc:
+                log.exception("cron %s: could not fire %d tick(s)", schedule.name, len(ticks))
+                failure = failure or exc
         self._maybe_prune(now)
+        if failure is not None:
+            raise failure
         return fired
 
     def _fire(self, schedule: CronSchedule, ticks: list[datetime], now: datetime) -> list[FiredTick]:

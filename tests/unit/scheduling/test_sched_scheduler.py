@@ -162,6 +162,7 @@ def test_names_must_be_unique(app: Chimeway) -> None:
         ({"name": "x" * 201}, InvalidInputError, "cron name"),
         ({"catch_up": 5}, InvalidScheduleError, "catch_up"),
         ({"target": 42}, InvalidInputError, "target"),
+        ({"queue": "nowhere"}, InvalidInputError, "queue 'nowhere' is not declared"),
     ],
 )
 def test_bad_input_at_registration(app: Chimeway, kwargs: dict[str, Any], error: type[Exception], words: str) -> None:
@@ -229,3 +230,20 @@ def test_the_workflow_sweep_is_a_built_in_schedule(sqlite_url: str, clock: FakeC
         assert app.cron_schedules() == []
         with pytest.raises(InvalidInputError, match="no cron schedule named 'x'"):
             app.scheduler.remove("x")
+
+
+def test_a_schedule_that_cannot_fire_does_not_hold_up_the_others(app: Chimeway, monkeypatch: pytest.MonkeyPatch) -> None:
+    app.cron("* * * * *", "test.first", name="a-first")
+    app.cron("* * * * *", "test.second", name="b-second")
+    real = app.queue.enqueue
+
+    def enqueue(session: Any, worker: str, *args: Any, **kwargs: Any) -> int | None:
+        if worker == "test.first":
+            raise RuntimeError("refused")
+        return real(session, worker, *args, **kwargs)
+
+    monkeypatch.setattr(app.queue, "enqueue", enqueue)
+    with pytest.raises(RuntimeError, match="refused"):
+        app.run_scheduler()
+    assert ticks(app, "a-first") == []  # its tick row rolled back with the failed enqueue
+    assert ticks(app, "b-second") == [at(2026, 1, 5, 9, 0)]
