@@ -34,6 +34,7 @@ log = logging.getLogger("chimeway.queue")
 ACK_BATCH = 100
 ACK_DELAY = 0.005
 STOP_CHECK = 0.25
+REFILL_DELAY = 0.002
 
 _plugins: weakref.WeakKeyDictionary[JobQueue, list[tuple[Callable[[], object], float]]] = (
     weakref.WeakKeyDictionary()
@@ -99,7 +100,8 @@ class Worker:
         self._more = dict.fromkeys(self.limits, True)
         self._acks: list[int] = []
         self._first_ack = 0.0
-        self._refill_at = {q: n - max(1, n // 4) for q, n in self.limits.items()}
+        self._refill_at = {q: n - max(1, n // 2) for q, n in self.limits.items()}
+        self._free_since: dict[str, float | None] = dict.fromkeys(self.limits)
         self._plugins = list(_plugins.get(jobs, ()))
         self._plugin_due = [0.0] * len(self._plugins)
         self._pools = {
@@ -139,17 +141,28 @@ class Worker:
                         self._first_ack = time.monotonic()
                     self._acks.append(job.info.id)
                 self._running[queue] -= 1
+                if self._free_since[queue] is None:
+                    self._free_since[queue] = time.monotonic()
                 self.ran += 1
                 # Wake the loop only when there is something for it to do:
                 # start the ack timer, ship a full ack batch, or refill slots.
                 wake = (
                     len(self._acks) in (1, ACK_BATCH)
                     or not acked
-                    or (self._more[queue] and self._running[queue] == self._refill_at[queue])
+                    or (self._more[queue] and self._running[queue] in (
+                        self.limits[queue] - 1, self._refill_at[queue]))
                     or self._running[queue] == 0
                 )
             if wake:
                 self._wake.set()
+
+    def _refill_deadline(self) -> float:
+        with self._lock:
+            return min(
+                (since + REFILL_DELAY for q, since in self._free_since.items()
+                 if since is not None and self._more[q]),
+                default=float("inf"),
+            )
 
     def _ack_deadline(self) -> float:
         with self._lock:
@@ -187,10 +200,14 @@ class Worker:
                 continue
             with self._lock:
                 running = self._running[queue]
+                since = self._free_since[queue]
             free = limit - running
-            # Refill in batches: one claim per handful of finished jobs
-            # rather than one per job keeps the claim off the hot path.
-            if free <= 0 or running > self._refill_at[queue]:
+            # Refill in batches: once half the slots are free, or REFILL_DELAY
+            # after the first one freed. Short jobs then share one claim
+            # instead of paying one each; long jobs leave a slot idle for
+            # no more than the delay.
+            if free <= 0 or (running > self._refill_at[queue] and since is not None
+                             and time.monotonic() < since + REFILL_DELAY):
                 continue
             acks = self._take_acks(force=True)
             try:
@@ -203,6 +220,9 @@ class Worker:
             self._more[queue] = len(claimed) == free
             with self._lock:
                 self._running[queue] += len(claimed)
+                self._free_since[queue] = (
+                    None if self._running[queue] >= limit else time.monotonic()
+                )
             for job in claimed:
                 self._pools[queue].submit(self._run, job)
 
@@ -264,7 +284,8 @@ class Worker:
                 self._poll_all()
                 continue
             now = time.monotonic()
-            timeout = max(0.0, min(next_poll, next_beat, self._ack_deadline(), *self._plugin_due) - now)
+            timeout = max(0.0, min(next_poll, next_beat, self._ack_deadline(), self._refill_deadline(),
+                                   *self._plugin_due) - now)
             # A caller's stop_event cannot wake us, so never sleep long past it.
             timeout = min(timeout, STOP_CHECK)
             self._wake.wait(timeout)

@@ -130,6 +130,18 @@ def bench_throughput(url: str, engine: sa.Engine, q: JobQueue, total: int,
     return total / span, rss, cpu / total * 1e6
 
 
+def bench_claim(engine: sa.Engine, q: JobQueue, claims: int = 200, batch: int = 20) -> float:
+    """Median seconds of one claim statement (batch of 20), the worker loop's unit of work."""
+    reset(engine)
+    bench_enqueue(engine, q, claims * batch)
+    times = []
+    for _ in range(claims):
+        started = time.perf_counter()
+        q._claim("default", batch, "bench")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def bench_latency(url: str, engine: sa.Engine, q: JobQueue, count: int, rate: float,
                   *worker_args: str) -> tuple[float, float]:
     reset(engine)
@@ -172,6 +184,9 @@ def main() -> None:
               f"load average={os.getloadavg()[0]:.1f}")
         rate = bench_enqueue(engine, q, ns.enqueue_jobs)
         print(f"bulk enqueue: {rate:,.0f} jobs/s ({ns.enqueue_jobs:,} jobs, chunks of 5,000)")
+        claim = bench_claim(engine, q)
+        print(f"claim round trip (20 jobs, one statement): p50 {claim * 1000:.2f} ms "
+              f"=> one worker loop tops out near {20 / claim:,.0f} no-op jobs/s at concurrency 20")
         one, rss, us = bench_throughput(url, engine, q, ns.jobs, 1)
         print(f"no-op jobs, 1 worker process x20: {one:,.0f} jobs/s ({ns.jobs:,} jobs; "
               f"worker CPU {us:.0f} us/job)")
