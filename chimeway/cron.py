@@ -250,7 +250,11 @@ class CronSchedule:
     unique_key: str | None = None
 
     def job_args(self, tick: datetime) -> dict[str, Any]:
-        """The job args for one tick."""
+        """The job args for one tick.
+
+        Args:
+            tick: the tick time.
+        """
         args = dict(self.args)
         if self.tick_arg is not None:
             args[self.tick_arg] = tick.isoformat()
@@ -478,7 +482,11 @@ def _claim_ticks(conn: Connection, name: str, ticks: list[datetime], now: dateti
 
 
 def job_target(fn: Callable[..., Any]) -> str:
-    """How a job function is named in listings."""
+    """How a job function is named in listings.
+
+    Args:
+        fn: the job function.
+    """
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
@@ -522,7 +530,16 @@ class ScheduledNotifiers:
         tenant: str | None,
         catch_up: timedelta | None,
     ) -> CronSchedule:
-        """Schedule ``notifier``; see :meth:`chimeway.Chimeway.schedule`."""
+        """Schedule ``notifier``; see :meth:`chimeway.Chimeway.schedule`.
+
+        Args:
+            notifier: the ``Notifier`` subclass.
+            cron: an expression overriding the class's ``schedule``.
+            timezone: IANA zone of the expression.
+            name: schedule name (default ``notifier:<key>``).
+            tenant: the tenant every run is triggered for.
+            catch_up: window for missed ticks (``None``: only the latest).
+        """
         if not (isinstance(notifier, type) and issubclass(notifier, Notifier)) or notifier.__dict__.get("abstract"):
             raise InvalidInputError(f"notifier must be a Notifier subclass, got {notifier!r}")
         expression = cron if cron is not None else notifier.schedule

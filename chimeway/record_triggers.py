@@ -98,16 +98,29 @@ class RecordTrigger:
     queue: str
 
     def condition(self, now: datetime) -> Any:
-        """The ``where`` expression at ``now``."""
+        """The ``where`` expression at ``now``.
+
+        Args:
+            now: the time a callable ``where`` is given.
+        """
         return _check_where(self.name, self.where(now) if callable(self.where) else self.where)
 
     def row_id(self, row: Any) -> Any:
-        """The row's primary key as a JSON value (a list when composite)."""
+        """The row's primary key as a JSON value (a list when composite).
+
+        Args:
+            row: a model instance or row.
+        """
         values = [_json_key(getattr(row, attr)) for attr in self.pk_attrs]
         return values[0] if len(values) == 1 else values
 
     def key_for(self, row: Any, row_id: Any) -> str:
-        """The row's idempotency key."""
+        """The row's idempotency key.
+
+        Args:
+            row: a model instance or row.
+            row_id: its :meth:`row_id`.
+        """
         if self.idempotency_key is None:
             return f"{self.name}:{_row_key(row_id)}"
         key = self.idempotency_key(row)
@@ -118,7 +131,11 @@ class RecordTrigger:
         return key
 
     def tenant_for(self, row: Any) -> str | None:
-        """The row's tenant."""
+        """The row's tenant.
+
+        Args:
+            row: a model instance or row.
+        """
         tenant = self.tenant(row) if callable(self.tenant) else self.tenant
         if tenant is not None and not isinstance(tenant, str):
             raise InvalidInputError(
@@ -127,7 +144,11 @@ class RecordTrigger:
         return tenant
 
     def params_for(self, row: Any) -> Mapping[str, Any]:
-        """The notifier params for the row."""
+        """The notifier params for the row.
+
+        Args:
+            row: a model instance or row.
+        """
         params = self.params(row) if callable(self.params) else self.params
         if not isinstance(params, Mapping):
             raise InvalidInputError(
@@ -136,12 +157,20 @@ class RecordTrigger:
         return params
 
     def select(self, condition: Any) -> sa.Select[Any]:
-        """Rows matching ``condition``, in primary-key order."""
+        """Rows matching ``condition``, in primary-key order.
+
+        Args:
+            condition: a SQL boolean expression.
+        """
         base = sa.select(self.model) if self.orm else sa.select(self.table)
         return base.where(condition).order_by(*self.pk)
 
     def after(self, last: tuple[Any, ...] | None) -> Any:
-        """The keyset predicate: primary key greater than ``last``."""
+        """The keyset predicate: primary key greater than ``last``.
+
+        Args:
+            last: the previous batch's last primary key, or ``None`` to start.
+        """
         if last is None:
             return sa.true()
         if len(self.pk) == 1:
@@ -149,13 +178,21 @@ class RecordTrigger:
         return sa.tuple_(*self.pk) > sa.tuple_(*last)
 
     def upto(self, end: tuple[Any, ...]) -> Any:
-        """The keyset predicate: primary key at most ``end``."""
+        """The keyset predicate: primary key at most ``end``.
+
+        Args:
+            end: a batch's last primary key.
+        """
         if len(self.pk) == 1:
             return self.pk[0] <= end[0]
         return sa.tuple_(*self.pk) <= sa.tuple_(*end)
 
     def pk_values(self, row_id: Any) -> tuple[Any, ...]:
-        """Column values for a JSON row id (UUID strings back to UUIDs)."""
+        """Column values for a JSON row id (UUID strings back to UUIDs).
+
+        Args:
+            row_id: a value from :meth:`row_id`.
+        """
         raw = row_id if len(self.pk) > 1 else [row_id]
         if not isinstance(raw, list) or len(raw) != len(self.pk):
             raise InvalidInputError(f"record trigger {self.name!r}: bad row id {row_id!r}")
@@ -195,6 +232,9 @@ class RecordTriggers:
 
     def get(self, name: str) -> RecordTrigger:
         """The trigger called ``name``.
+
+        Args:
+            name: the trigger's name.
 
         Raises:
             InvalidInputError: no trigger has that name.
