@@ -33,7 +33,21 @@ def check_args(args: Mapping[str, Any]) -> dict[str, Any]:
     return dict(args)
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _check(value: Any, path: str) -> None:
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind is dict:
+        # The common case, checked without ABC machinery; the path string is
+        # only built when something below turns out to be wrong.
+        for key, item in value.items():
+            if type(key) is not str or type(item) not in _PLAIN:
+                break
+        else:
+            return
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, float):
