@@ -81,7 +81,7 @@ class Chimeway:
 
         self.policy = Policy(clock=self.clock, channels=self.channels)
         self.planning_checks.append(self.policy.planning_check)
-        self.executor.before_send.append(self.policy.before_send)
+        self.executor.before_send.append(self.policy.before_send_batch)
         # The job queue exists with either dispatcher: user jobs, cron and
         # workflow timers run on it even when deliveries are sync.
         self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)

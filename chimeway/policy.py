@@ -34,6 +34,7 @@ and the rule's inputs) that ``app.explain()`` shows.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from chimeway.models import (
 )
 from chimeway.notifier import Notifier, get_notifier
 from chimeway.planning import Plan, PlannedDelivery, tenant_key
-from chimeway.preferences import Settings, load_preferences, load_settings, resolve
+from chimeway.preferences import PreferenceEntry, Settings, load_preferences, load_settings, resolve
 from chimeway.quiet_hours import quiet_until, zone
 from chimeway.unsubscribe import DEFAULT_TOKEN_TTL, build_url, sign_token
 from chimeway.values import Message, Recipient
@@ -197,6 +198,10 @@ def _upsert_lock(conn: Connection, tenant: str, recipient_id: str, channel: str,
         index_elements=["tenant", "recipient_id", "channel"], set_={"touched_at": stmt.excluded.touched_at}))
 
 
+class _Prefetched(threading.local):
+    value: tuple[dict[tuple[str, str], list[PreferenceEntry]], dict[tuple[str, str], Settings]] | None = None
+
+
 class Policy:
     """The rules, their configuration and the two checkpoints.
 
@@ -224,6 +229,8 @@ class Policy:
         self.unsubscribe_base_url: str | None = None
         self.unsubscribe_channels: set[str] | None = None
         self.token_ttl: timedelta = DEFAULT_TOKEN_TTL
+        # Per thread: what before_send_batch read for the claim being checked.
+        self._prefetched = _Prefetched()
 
     # -- planning ---------------------------------------------------------------
 
@@ -436,7 +443,7 @@ class Policy:
     # -- before send ------------------------------------------------------------
 
     def before_send(self, conn: Connection, message: Message) -> SendDecision | None:
-        """The pre-send checkpoint (registered in ``executor.before_send``).
+        """The pre-send checkpoint for one message (``before_send_batch`` calls it per message).
 
         Args:
             conn: the executor's claim transaction.
@@ -455,6 +462,51 @@ class Policy:
             return verdict.as_send_decision()
         return verdict
 
+    def before_send_batch(self, conn: Connection, messages: Sequence[Message]) -> dict[uuid.UUID, SendDecision]:
+        """The pre-send checkpoint for every message of one claim, in one pass.
+
+        Preferences and recipient settings are read once per tenant for the
+        whole batch, and messages are checked in (tenant, recipient, channel)
+        order so that concurrent claims take cap locks in the same order.
+
+        Args:
+            conn: the executor's claim transaction.
+            messages: the claimed messages.
+        """
+        by_tenant: dict[str, set[str]] = {}
+        for message in messages:
+            by_tenant.setdefault(tenant_key(message.tenant), set()).add(message.recipient.id)
+        preferences: dict[tuple[str, str], list[PreferenceEntry]] = {}
+        settings: dict[tuple[str, str], Settings] = {}
+        for tenant, ids in by_tenant.items():
+            for rid, entries in load_preferences(conn, tenant, ids).items():
+                preferences[(tenant, rid)] = entries
+            for rid, found in load_settings(conn, tenant, ids).items():
+                settings[(tenant, rid)] = found
+        self._prefetched.value = (preferences, settings)
+        try:
+            decisions: dict[uuid.UUID, SendDecision] = {}
+            ordered = sorted(messages, key=lambda m: (tenant_key(m.tenant), m.recipient.id, m.channel))
+            for message in ordered:
+                decision = self.before_send(conn, message)
+                if decision is not None:
+                    decisions[message.delivery_id] = decision
+            return decisions
+        finally:
+            self._prefetched.value = None
+
+    def _preferences_of(self, conn: Connection, tenant: str, recipient_id: str) -> list[PreferenceEntry]:
+        cached = self._prefetched.value
+        if cached is not None and (tenant, recipient_id) in cached[0]:
+            return cached[0][(tenant, recipient_id)]
+        return load_preferences(conn, tenant, [recipient_id])[recipient_id]
+
+    def _settings_of(self, conn: Connection, tenant: str, recipient_id: str) -> Settings | None:
+        cached = self._prefetched.value
+        if cached is not None:
+            return cached[1].get((tenant, recipient_id))
+        return load_settings(conn, tenant, [recipient_id]).get(recipient_id)
+
     def check_message(self, conn: Connection, cls: type[Notifier], message: Message,
                       now: datetime) -> Verdict | SendDecision | None:
         """The rules that can change between planning and sending, for one claimed message.
@@ -467,7 +519,7 @@ class Policy:
         """
         tenant = tenant_key(message.tenant)
         recipient = message.recipient
-        entries = load_preferences(conn, tenant, [recipient.id])[recipient.id]
+        entries = self._preferences_of(conn, tenant, recipient.id)
         resolution = resolve(entries, cls, message.channel)
         if not resolution.enabled:
             return Verdict(status="suppressed", reason="opted_out", rule="preferences",
@@ -478,7 +530,7 @@ class Policy:
                 return carrier
         if cls.critical:
             return None
-        settings = load_settings(conn, tenant, [recipient.id]).get(recipient.id)
+        settings = self._settings_of(conn, tenant, recipient.id)
         quiet = self._quiet(settings, recipient, message.channel, now)
         if quiet is not None:
             return quiet

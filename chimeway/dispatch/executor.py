@@ -91,7 +91,7 @@ class SendDecision:
     detail: Mapping[str, Any] | None = None
 
 
-BeforeSend = Callable[[Connection, Message], "SendDecision | None"]
+BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, "SendDecision"]]
 
 
 def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) -> float:
@@ -145,8 +145,8 @@ class Executor:
         self.clock = clock
         self.max_attempts = max_attempts
         self.on_final = on_final
-        # Pre-send checkpoints, run inside the claim transaction: preferences
-        # may have changed since planning.
+        # Pre-send checkpoints, run inside the claim transaction over every
+        # claimed message at once: preferences may have changed since planning.
         self.before_send: list[BeforeSend] = before_send if before_send is not None else []
 
     def execute(
@@ -247,12 +247,12 @@ class Executor:
             if not rows:
                 return []
             by_id = {row.id: row for row in rows}
-            out = []
+            claimed: list[tuple[Message, Any]] = []
             for delivery_id in ids:
                 row = by_id.get(delivery_id)
                 if row is None:
                     continue
-                message = Message(
+                claimed.append((Message(
                     delivery_id=row.id,
                     notification_id=row.notification_id,
                     event_id=row.event_id,
@@ -263,8 +263,11 @@ class Executor:
                     fields=row.message,
                     attempt=row.attempts,
                     created_at=row.created_at,
-                )
-                decision = self._checkpoint(conn, message)
+                ), row))
+            decisions = self._checkpoint(conn, [message for message, _ in claimed])
+            out = []
+            for message, row in claimed:
+                decision = decisions.get(message.delivery_id)
                 if decision is not None:
                     apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
                                    from_status="dispatched", undo_attempt=True)
@@ -272,12 +275,14 @@ class Executor:
                 out.append(Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
         return out
 
-    def _checkpoint(self, conn: Connection, message: Message) -> SendDecision | None:
+    def _checkpoint(self, conn: Connection, messages: list[Message]) -> dict[uuid.UUID, SendDecision]:
+        decisions: dict[uuid.UUID, SendDecision] = {}
         for check in self.before_send:
-            decision = check(conn, message)
-            if decision is not None:
-                return decision
-        return None
+            undecided = [m for m in messages if m.delivery_id not in decisions]
+            if not undecided:
+                break
+            decisions.update(check(conn, undecided))
+        return decisions
 
     def _send(self, item: Claimed) -> DeliveryResult:
         if item.channel is None:
