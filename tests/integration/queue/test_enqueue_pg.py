@@ -119,3 +119,36 @@ def test_concurrent_claims_never_share_a_job(pg_engine: sa.Engine) -> None:
     assert len(every) == 500
     assert len(set(every)) == 500
     assert sum(1 for ids in claimed if ids) > 1
+
+
+def test_bulk_insert_skips_unique_duplicates_within_and_across_batches(pg_engine: sa.Engine) -> None:
+    q = JobQueue(pg_engine)
+    h = q.register(lambda day: None, name="digest", unique=("day",))
+    with pg_engine.begin() as conn:
+        first = h.enqueue_many(conn, [{"day": "mon"}, {"day": "tue"}, {"day": "mon"}])
+    with pg_engine.begin() as conn:
+        second = h.enqueue_many(conn, [{"day": "tue"}, {"day": "wed"}])
+    assert len(first) == 2
+    assert len(second) == 1
+    assert sorted(q.get(i).args["day"] for i in first + second) == ["mon", "tue", "wed"]
+    assert count(pg_engine) == 3
+
+
+def test_bulk_insert_keeps_every_column(pg_engine: sa.Engine) -> None:
+    from datetime import UTC, datetime
+
+    q = JobQueue(pg_engine)
+    q.declare_queue("mailers")
+    due = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    with pg_engine.begin() as conn:
+        ids = q.insert_many(conn, [
+            {"worker": "a", "args": {"nested": {"x": [1, 2.5, None, "s"]}}, "queue": "mailers",
+             "priority": 3, "max_attempts": 4, "scheduled_at": due},
+            {"worker": "b", "args": {}},
+        ])
+    a, b = (q.get(i) for i in ids)
+    assert (a.worker, a.queue, a.state, a.priority, a.max_attempts, a.scheduled_at) == (
+        "a", "mailers", "scheduled", 3, 4, due)
+    assert a.args == {"nested": {"x": [1, 2.5, None, "s"]}}
+    assert (a.meta, a.errors, a.attempt, a.unique_key) == ({}, [], 0, None)
+    assert (b.worker, b.queue, b.state, b.max_attempts) == ("b", "default", "available", 20)
