@@ -33,11 +33,8 @@ from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlalchemy.orm import Session
-from sqlalchemy.util import await_only
-from sqlalchemy.util.concurrency import in_greenlet
 
 from chimeway.db import connection_of
-from chimeway.dispatch.sync import SyncDispatcher
 from chimeway.errors import ConfigurationError
 from chimeway.explain import Explanation, Trace
 from chimeway.inbox import Inbox, InboxItem, InboxPage
@@ -50,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SUPPORTED_ASYNC_DRIVERS",
     "AsyncInbox",
-    "AsyncSyncDispatcher",
     "AsyncTarget",
     "create_async_engine",
     "explain",
@@ -154,34 +150,6 @@ def _check_app(app: Chimeway) -> None:
             "Chimeway's engine must be a sync engine (it delivers and explains outside the "
             "event loop); build the app with Chimeway.from_async_engine(async_engine)"
         )
-    dispatcher = app.dispatcher
-    if type(dispatcher) is SyncDispatcher:
-        # In place, so every holder of this dispatcher (and all its state)
-        # gets the behaviour; outside SQLAlchemy's async bridge it is unchanged.
-        dispatcher.__class__ = AsyncSyncDispatcher
-
-
-# -- the sync dispatcher under an async commit ------------------------------
-
-
-class AsyncSyncDispatcher(SyncDispatcher):
-    """The ``sync`` dispatcher, safe to commit from an event loop.
-
-    An ``AsyncSession``'s commit runs the sync session's commit, and so the
-    after-commit delivery, inside SQLAlchemy's greenlet on the event-loop
-    thread. There the delivery is moved to a worker thread and awaited
-    through the greenlet, which gives the loop back until the thread is done.
-    Anywhere else it behaves as :class:`SyncDispatcher`.
-
-    Args:
-        executor: the shared executor.
-    """
-
-    def _deliver(self, ids: list[uuid.UUID]) -> None:
-        if not in_greenlet():
-            super()._deliver(ids)
-            return
-        await_only(asyncio.to_thread(super()._deliver, ids))
 
 
 # -- running sync code in the caller's transaction ----------------------------

@@ -82,6 +82,35 @@ def _connection_rolled_back(conn: Connection) -> None:
 
 
 def run_callbacks(callbacks: list[Callback]) -> None:
+    """Run post-commit work; under an ``AsyncSession`` commit, off the event loop.
+
+    An async commit runs the sync session's commit (and so these callbacks)
+    inside SQLAlchemy's greenlet on the event-loop thread. There the work is
+    moved to a worker thread and awaited through the greenlet, which gives
+    the loop back until it is done.
+    """
+    if _in_async_commit():
+        import asyncio
+
+        from sqlalchemy.util import await_only
+
+        await_only(asyncio.to_thread(_run_all, callbacks))
+        return
+    _run_all(callbacks)
+
+
+def _in_async_commit() -> bool:
+    try:
+        from sqlalchemy.util.concurrency import in_greenlet
+    except ImportError:  # pragma: no cover - SQLAlchemy without asyncio support
+        return False
+    try:
+        return bool(in_greenlet())
+    except Exception:  # greenlet not installed
+        return False
+
+
+def _run_all(callbacks: list[Callback]) -> None:
     for callback in callbacks:
         try:
             callback()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import alembic.context
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -39,6 +40,9 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
         bind: an engine (a transaction is opened) or a connection (used as is).
         revision: target revision, ``head`` by default.
     """
+    # Called from an application's own Alembic env.py, our environment would
+    # replace (and then clear) the caller's ``alembic.context``; put it back.
+    outer = getattr(alembic.context, "_proxy", None)
     try:
         if isinstance(bind, Engine):
             with bind.begin() as conn:
@@ -47,6 +51,9 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
             command.upgrade(alembic_config(bind), revision)
     except Exception as exc:
         raise DatabaseError(f"migrating Chimeway's tables failed: {exc}") from exc
+    finally:
+        if outer is not None:
+            outer._install_proxy()
 
 
 def current_revision(conn: Connection) -> str | None:

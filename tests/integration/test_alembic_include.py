@@ -174,11 +174,6 @@ def test_chimeway_tables_in_the_applications_autogenerate(pg_empty_url: str, tmp
     _works(pg_empty_url)
 
 
-@pytest.mark.xfail(
-    reason="chimeway.migrations.upgrade runs its own Alembic environment, which clears the "
-    "calling env.py's alembic.context proxy; upgrade() has to reinstall it afterwards",
-    strict=False,
-)
 def test_applications_env_calls_chimeway_upgrade(pg_empty_url: str, tmp_path: Path) -> None:
     cfg = _environment(tmp_path, pg_empty_url, "env_upgrade")
     command.revision(cfg, message="accounts", autogenerate=True)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from chimeway import Chimeway, DeliveryResult, Message, Notifier, Recipient
-from chimeway.aio import AsyncInbox, AsyncSyncDispatcher, create_async_engine, sync_url
+from chimeway.aio import AsyncInbox, create_async_engine, sync_url
 from chimeway.errors import ConfigurationError, InvalidInputError, NotFoundError
 from chimeway.models import events_table
 from chimeway.testing import RecordingChannel
@@ -184,16 +184,6 @@ async def test_cancelling_a_request_during_delivery_keeps_the_commit_and_the_del
     assert len(slow.sent) == 1
     with app.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar_one() == 1
-
-
-def test_the_async_dispatcher_still_delivers_in_the_committing_thread_for_sync_callers(
-    sqlite_url: str, slow: RecordingChannel
-) -> None:
-    with Chimeway(sqlite_url, channels={"slow": slow}) as app:
-        app.dispatcher = AsyncSyncDispatcher(app.executor)
-        with Session(app.engine) as session, session.begin():
-            app.trigger(session, UnitPing, {"user": 1, "n": 1}, idempotency_key="sync")
-        assert [m.channel for m in slow.sent] == ["slow"]
 
 
 # -- inbox, explain, trace without a session ------------------------------------
