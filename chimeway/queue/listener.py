@@ -65,7 +65,7 @@ class Listener(threading.Thread):
                     while not self._halt.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._on_notify(note.payload)
-            except psycopg.Error as exc:
+            except Exception as exc:  # any failure: reconnect, never let the thread die
                 self.connected.clear()
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
                 self._halt.wait(delay)

@@ -354,7 +354,7 @@ class JobQueue(Operations):
             try:
                 self._record(job, result, by)
                 return
-            except sa.exc.DBAPIError:
+            except sa.exc.SQLAlchemyError:
                 if time.monotonic() > deadline:
                     # Left executing: the rescuer re-runs it once this worker's
                     # heartbeat goes stale.

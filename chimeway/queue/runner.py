@@ -15,7 +15,7 @@ from typing import Any
 from chimeway.queue.outcomes import Cancel, JobInfo, Retry, Snooze
 from chimeway.queue.registry import JobHandle
 
-__all__ = ["Claimed", "Result", "run_job"]
+__all__ = ["Claimed", "Result", "crashed", "run_job"]
 
 TRACEBACK_FRAMES = 4
 TRACEBACK_CHARS = 2000
@@ -111,3 +111,8 @@ def _fail(
     delay = max(backoff(info.attempt), after or 0.0)
     return Result("retryable", {"scheduled_at": at + timedelta(seconds=delay), "errors": errors},
                   duration, error)
+
+
+def crashed(job: Claimed, at: datetime, exc: BaseException, backoff: Callable[[int], float]) -> Result:
+    """The outcome of a run that escaped as a ``BaseException`` (``SystemExit`` and kin)."""
+    return _fail(job, at, f"{type(exc).__name__}: {exc}", exc, backoff, 0.0)

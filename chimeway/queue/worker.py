@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from chimeway.queue.listener import Listener
-from chimeway.queue.runner import Claimed
+from chimeway.queue.runner import Claimed, crashed
 
 if TYPE_CHECKING:
     from chimeway.queue.manager import JobQueue
@@ -132,8 +132,12 @@ class Worker:
                 acked = True
             else:
                 self.jobs._record_retrying(job, result, self.id)
-        except BaseException:
+        except BaseException as exc:
+            # Recorded as a failed attempt: left executing, the job would wait
+            # for this worker to die before anything retried it.
             log.exception("worker thread failed on job %s", job.info.id)
+            self.jobs._record_retrying(
+                job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id)
         finally:
             with self._lock:
                 if acked:
@@ -272,7 +276,7 @@ class Worker:
                     next_prune = now + self.prune_interval
                 self._run_plugins(now)
                 failures = 0
-            except sa.exc.DBAPIError as exc:
+            except sa.exc.SQLAlchemyError as exc:
                 # The database went away (restart, failover, terminated
                 # backend): the pool replaces broken connections; back off
                 # and go round again.

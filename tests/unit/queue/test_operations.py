@@ -146,3 +146,31 @@ def test_a_stalled_worker_judged_dead_rejoins_on_its_next_heartbeat(
     q._heartbeat("slow", {"default": 1})
     with sqlite_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id FROM chimeway_workers")).scalar() == "slow"
+
+
+def test_a_job_raising_system_exit_in_a_worker_is_a_failed_attempt(
+    q: JobQueue, sqlite_engine: sa.Engine
+) -> None:
+    def bail() -> None:
+        raise SystemExit(3)
+
+    q.register(bail, name="bail")
+    with sqlite_engine.begin() as conn:
+        job_id = q.enqueue(conn, "bail", {})
+    assert job_id is not None
+    stop = threading.Event()
+    thread = threading.Thread(target=q.run_worker, kwargs={
+        "queues": {"default": 1}, "poll_interval": 0.05, "stop_event": stop})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while q.get(job_id).state == "available" or q.get(job_id).state == "executing":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(30)
+    row = q.get(job_id)
+    assert (row.state, row.attempt) == ("retryable", 1)
+    assert row.errors[0]["error"] == "SystemExit: 3"
