@@ -1,17 +1,22 @@
 """Chimeway: durable, explainable notifications in your own database and transaction."""
 
 from chimeway.app import Chimeway
+from chimeway.digest import Digest
 from chimeway.errors import ChimewayError
 from chimeway.explain import Explanation, TimelineEntry, Trace
 from chimeway.inbox import Inbox, InboxItem, InboxPage
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
+from chimeway.policy import Cap, Dedupe, PreviewItem
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
 __all__ = [
+    "Cap",
     "Chimeway",
     "ChimewayError",
+    "Dedupe",
     "DeliveryResult",
+    "Digest",
     "Explanation",
     "Feedback",
     "Inbox",
@@ -19,6 +24,7 @@ __all__ = [
     "InboxPage",
     "Message",
     "Notifier",
+    "PreviewItem",
     "Recipient",
     "TimelineEntry",
     "Trace",
