@@ -21,6 +21,7 @@ Every change of a run's state or step appends one transition with a reason:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ from chimeway.models import (
     notifications_table,
     signals_table,
     workflow_deliveries_table,
-    workflow_runs_table,
     workflow_transitions_table,
 )
 from chimeway.notifier import Notifier
@@ -52,13 +52,15 @@ from chimeway.workflow.steps import DeliverOp, Program, StopOp, WaitOp
 __all__ = [
     "FINAL",
     "PROGRESS_WORKER",
-    "RUN_COLUMNS",
     "WORKFLOW_QUEUE",
     "Batch",
     "RunState",
     "SignalRow",
     "apply_signal",
+    "columns_of",
+    "insert_rows",
     "load_run",
+    "pg_type",
     "run_from",
     "step_outcome",
     "wait_due",
@@ -166,21 +168,16 @@ class Batch:
     def write(self, *, skip_deliveries: bool = False) -> None:
         """Insert the batch's rows (deliveries only unless the planner writes them)."""
         conn = self.conn
-        if self.notifications:
-            conn.execute(sa.insert(notifications_table), self.notifications)
-        if self.deliveries and not skip_deliveries:
-            conn.execute(sa.insert(deliveries_table), [self._delivery_row(d) for d in self.deliveries])
-            decisions = [
+        insert_rows(conn, notifications_table, self.notifications)
+        if not skip_deliveries:
+            insert_rows(conn, deliveries_table, [self._delivery_row(d) for d in self.deliveries])
+            insert_rows(conn, decisions_table, [
                 {"id": new_id(), "delivery_id": d.id, "at": self.now, "event": item["event"],
                  "checkpoint": item.get("checkpoint"), "detail": item.get("detail", {})}
                 for d in self.deliveries for item in d.decisions
-            ]
-            if decisions:
-                conn.execute(sa.insert(decisions_table), decisions)
-        if self.links:
-            conn.execute(sa.insert(workflow_deliveries_table), self.links)
-        if self.transitions:
-            conn.execute(sa.insert(workflow_transitions_table), self.transitions)
+            ])
+        insert_rows(conn, workflow_deliveries_table, self.links)
+        insert_rows(conn, workflow_transitions_table, self.transitions)
 
     def _delivery_row(self, d: PlannedDelivery) -> dict[str, Any]:
         event_id, tenant = self.delivery_events[d.id]
@@ -191,6 +188,48 @@ class Batch:
             "created_at": self.now, "updated_at": self.now,
             "completed_at": self.now if d.status in ("cancelled", "suppressed") else None,
         }
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows with one statement of fixed text, whatever their number.
+
+    On PostgreSQL the rows travel as one array per column through ``unnest``,
+    so neither SQLAlchemy nor the server compiles a statement that grows with
+    the batch. SQLite runs in-process, where ``executemany`` is already cheap.
+
+    Args:
+        conn: the transaction's connection.
+        table: the table.
+        rows: dicts with the same keys.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or len(rows) == 1:
+        conn.execute(sa.insert(table), rows)
+        return
+    names = list(rows[0])
+    conn.execute(sa.text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest("
+        + ", ".join(f"CAST(:c{i} AS {pg_type(conn, table.c[name])}[])" for i, name in enumerate(names))
+        + ")"
+    ), columns_of(conn, table, names, rows))
+
+
+def pg_type(conn: Connection, column: sa.Column[Any]) -> str:
+    """The PostgreSQL type name of a column (for array casts)."""
+    return str(column.type.compile(dialect=conn.dialect))
+
+
+def columns_of(conn: Connection, table: sa.Table, names: list[str], rows: list[dict[str, Any]],
+               prefix: str = "c") -> dict[str, list[Any]]:
+    """One list per column, JSON values dumped to text for a ``jsonb[]`` cast."""
+    params: dict[str, list[Any]] = {}
+    for i, name in enumerate(names):
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type.dialect_impl(conn.dialect), sa.JSON):
+            values = [None if v is None else json.dumps(v, separators=(",", ":")) for v in values]
+        params[f"{prefix}{i}"] = values
+    return params
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,
@@ -429,5 +468,3 @@ def load_run(row: Any) -> RunState:
         finished_at=row.finished_at,
     )
 
-
-RUN_COLUMNS = (workflow_runs_table, notifications_table.c.recipient)

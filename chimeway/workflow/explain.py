@@ -169,5 +169,5 @@ def format_run(x: RunExplanation) -> str:
         "  transitions:",
     ]
     for tr in x.transitions:
-        lines.append(f"    {tr.at.isoformat(timespec='seconds')}  {tr.to_state:<9} {tr.step:<32} {tr.why}")
+        lines.append(f"    {tr.at.isoformat(timespec='seconds')}  {tr.to_state:<9} [{tr.step}]  {tr.why}")
     return "\n".join(lines)

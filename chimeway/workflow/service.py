@@ -52,7 +52,10 @@ from chimeway.workflow.engine import (
     WORKFLOW_QUEUE,
     Batch,
     RunState,
+    columns_of,
+    insert_rows,
     load_run,
+    pg_type,
     run_from,
     step_outcome,
     wait_due,
@@ -142,22 +145,21 @@ class Workflows:
             new_runs.append(run)
         if not new_runs:
             return
-        conn.execute(sa.insert(workflow_runs_table), [
+        for run in new_runs:
+            run_from(batch, program, run, 0, "started",
+                     {"version": cls.version, "fingerprint": program.fingerprint[:12]})
+        insert_rows(conn, workflow_runs_table, [
             {**r.values(now), "id": r.id, "notification_id": r.notification_id, "event_id": r.event_id,
              "tenant": r.tenant, "recipient_id": r.recipient.id, "notifier_key": r.notifier_key,
              "notifier_version": r.notifier_version, "fingerprint": r.fingerprint, "created_at": now}
             for r in new_runs
         ])
-        for run in new_runs:
-            run_from(batch, program, run, 0, "started",
-                     {"version": cls.version, "fingerprint": program.fingerprint[:12]})
         # The workflow decides what is sent: the notifier's own channel list
         # does not apply to it.
         plan.deliveries[:] = batch.deliveries
         plan.notifications.extend(batch.notifications)
         batch.notifications = []
         batch.write(skip_deliveries=True)
-        self._update_runs(conn, batch.runs.values(), now)
         if batch.jobs:
             self.queue.insert_many(conn, batch.jobs)
 
@@ -269,6 +271,14 @@ class Workflows:
         """
         if run_id is None:
             return self.progress_due()
+        r = workflow_runs_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(r.c.state, r.c.step, r.c.wait_until)
+                               .where(r.c.id == as_uuid(run_id, name="run_id"))).first()
+        # A committed run only moves forward: if it has left this wait (the
+        # sweep or a signal got there first) there is nothing to lock.
+        if row is None or row.state != "waiting" or (step is not None and row.step != step):
+            return 0
         return int(self.progress(run_id, step=step))
 
     def _due(self, batch: Batch, program: Program, run: RunState, step: int | None) -> bool:
@@ -304,7 +314,7 @@ class Workflows:
             rows = self.locked_runs(conn, where, limit=limit, order=order, skip_locked=limit is not None)
             if not rows:
                 return 0
-            batch = self.new_batch(conn, [row.event_id for row in rows])
+            batch = self.new_batch(conn, rows)
             moved = 0
             for row in rows:
                 run = load_run(row)
@@ -329,8 +339,9 @@ class Workflows:
             order: ordering column (default: the run id, so lockers never deadlock).
             skip_locked: skip runs another transaction holds (sweeps).
         """
-        r, n = workflow_runs_table, notifications_table
-        query = (sa.select(r, n.c.recipient).join(n, n.c.id == r.c.notification_id).where(*where)
+        r, n, e = workflow_runs_table, notifications_table, events_table
+        query = (sa.select(r, n.c.recipient, e.c.params).join(n, n.c.id == r.c.notification_id)
+                 .join(e, e.c.id == r.c.event_id).where(*where)
                  .order_by(order if order is not None else r.c.id))
         if limit is not None:
             query = query.limit(limit)
@@ -338,14 +349,9 @@ class Workflows:
             query = query.with_for_update(of=r, skip_locked=skip_locked)
         return list(conn.execute(query).all())
 
-    def new_batch(self, conn: Connection, event_ids: Iterable[uuid.UUID]) -> Batch:
-        """A batch for progressions in ``conn``, with the events' params loaded once."""
-        e = events_table
-        ids = list(set(event_ids))
-        params: dict[uuid.UUID, Mapping[str, Any]] = {}
-        for chunk in range(0, len(ids), 1000):
-            for row in conn.execute(sa.select(e.c.id, e.c.params).where(e.c.id.in_(ids[chunk:chunk + 1000]))):
-                params[row.id] = row.params or {}
+    def new_batch(self, conn: Connection, rows: Iterable[Any]) -> Batch:
+        """A batch for progressions in ``conn`` over runs read by :meth:`locked_runs`."""
+        params: dict[uuid.UUID, Mapping[str, Any]] = {row.event_id: row.params or {} for row in rows}
         notifiers: dict[str, Notifier | None] = {}
 
         def notifier(key: str) -> Notifier | None:
@@ -371,16 +377,25 @@ class Workflows:
 
     @staticmethod
     def _update_runs(conn: Connection, runs: Iterable[RunState], now: datetime) -> None:
-        rows = [{"b_id": run.id, **{f"b_{k}": v for k, v in run.values(now).items()}} for run in runs]
-        if not rows:
+        items = list(runs)
+        if not items:
             return
         r = workflow_runs_table
-        columns = list(rows[0])
-        conn.execute(
-            sa.update(r).where(r.c.id == sa.bindparam("b_id"))
-            .values({name[2:]: sa.bindparam(name) for name in columns if name != "b_id"}),
-            rows,
-        )
+        if conn.dialect.name != "postgresql":
+            conn.execute(
+                sa.update(r).where(r.c.id == sa.bindparam("b_id")).values(
+                    {name: sa.bindparam(f"b_{name}") for name in items[0].values(now)}),
+                [{"b_id": run.id, **{f"b_{k}": v for k, v in run.values(now).items()}} for run in items],
+            )
+            return
+        # One UPDATE ... FROM unnest(...) instead of one statement per run.
+        names = ["id", *items[0].values(now)]
+        rows = [{"id": run.id, **run.values(now)} for run in items]
+        conn.execute(sa.text(
+            f"UPDATE {r.name} SET " + ", ".join(f"{n} = v.{n}" for n in names[1:])
+            + " FROM unnest(" + ", ".join(f"CAST(:c{i} AS {pg_type(conn, r.c[n])}[])" for i, n in enumerate(names))
+            + f") AS v({', '.join(names)}) WHERE {r.name}.id = v.id"
+        ), columns_of(conn, r, names, rows))
 
     def program(self, conn: Connection, run: RunState) -> Program | None:
         """The program a run follows: this process's, or the stored one it started with.
@@ -441,7 +456,7 @@ class Workflows:
             rows = self.locked_runs(conn, where)
             if not rows:
                 return 0
-            batch = self.new_batch(conn, [])
+            batch = self.new_batch(conn, rows)
             for row in rows:
                 run = load_run(row)
                 batch.transition(run, "cancelled", run.step, "cancelled", {"by": by})

@@ -143,8 +143,19 @@ class SignalRouter:
         Returns:
             how many runs the routed signals moved.
         """
-        moved = self.route([as_uuid(signal_id, name="signal_id")]) if signal_id is not None else 0
-        return moved + self.route_pending(limit=ROUTE_BATCH, rounds=1)
+        s = signals_table
+        with self.workflows.engine.connect() as conn:
+            mine = None if signal_id is None else conn.execute(
+                sa.select(s.c.routed_at).where(s.c.id == as_uuid(signal_id, name="signal_id"))).first()
+            backlog = conn.execute(sa.select(s.c.id).where(s.c.routed_at.is_(None)).limit(1)).first()
+        # Cheap reads first: in a burst, most jobs find their signal already
+        # routed by an earlier job's batch and need no write transaction.
+        moved = 0
+        if mine is not None and mine.routed_at is None:
+            moved += self.route([as_uuid(str(signal_id))])
+        if backlog is not None:
+            moved += self.route_pending(limit=ROUTE_BATCH, rounds=1)
+        return moved
 
     def route(self, signal_ids: list[uuid.UUID]) -> int:
         """Route these signals (those not routed yet); returns how many runs they moved.
@@ -204,7 +215,7 @@ class SignalRouter:
                                              r.c.state.in_(("active", "waiting"))])
                 for row in rows:
                     runs[(row.tenant, row.recipient_id)].append(row)
-            batch = wf.new_batch(conn, [row.event_id for rows_ in runs.values() for row in rows_])
+            batch = wf.new_batch(conn, [row for rows_ in runs.values() for row in rows_])
             states = {row.id: load_run(row) for rows_ in runs.values() for row in rows_}
             matched: dict[uuid.UUID, int] = {}
             for sig in signals:
