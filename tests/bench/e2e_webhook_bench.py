@@ -56,6 +56,7 @@ def run_sink(port_file: Path, ids_file: Path) -> None:
 
     class Sink(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -67,8 +68,13 @@ def run_sink(port_file: Path, ids_file: Path) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        # 50+ connections open at once; the default backlog of 5 overflows
+        # and costs SYN retries of 1-3 s.
+        request_queue_size = 512
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Sink)
 
     def stop(*_: Any) -> None:
         ids_file.write_text("\n".join(received))
