@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import Procs
+from sched_helpers import Procs
 from sched_proc import SEC_TICKS_DDL, ProofAppointment, ProofBase, build_app
 
 from chimeway import Chimeway
