@@ -57,10 +57,9 @@ __all__ = [
     "RunState",
     "SignalRow",
     "apply_signal",
-    "columns_of",
     "insert_rows",
     "load_run",
-    "pg_type",
+    "rows_json",
     "run_from",
     "step_outcome",
     "wait_due",
@@ -193,9 +192,11 @@ class Batch:
 def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows with one statement of fixed text, whatever their number.
 
-    On PostgreSQL the rows travel as one array per column through ``unnest``,
-    so neither SQLAlchemy nor the server compiles a statement that grows with
-    the batch. SQLite runs in-process, where ``executemany`` is already cheap.
+    On PostgreSQL the rows travel as one JSON document expanded by
+    ``json_populate_recordset`` (which casts each field to its column's
+    type), so neither SQLAlchemy nor the driver builds a statement or a
+    parameter list that grows with the batch. SQLite runs in-process, where
+    ``executemany`` is already cheap.
 
     Args:
         conn: the transaction's connection.
@@ -207,29 +208,24 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
     if conn.dialect.name != "postgresql" or len(rows) == 1:
         conn.execute(sa.insert(table), rows)
         return
-    names = list(rows[0])
+    names = ", ".join(rows[0])
     conn.execute(sa.text(
-        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest("
-        + ", ".join(f"CAST(:c{i} AS {pg_type(conn, table.c[name])}[])" for i, name in enumerate(names))
-        + ")"
-    ), columns_of(conn, table, names, rows))
+        f"INSERT INTO {table.name} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json))"
+    ), {"rows": rows_json(rows)})
 
 
-def pg_type(conn: Connection, column: sa.Column[Any]) -> str:
-    """The PostgreSQL type name of a column (for array casts)."""
-    return str(column.type.compile(dialect=conn.dialect))
+def rows_json(rows: list[dict[str, Any]]) -> str:
+    """Rows as a JSON array for ``json_populate_recordset`` (ids and times as text)."""
+    return json.dumps(rows, separators=(",", ":"), default=_json_default)
 
 
-def columns_of(conn: Connection, table: sa.Table, names: list[str], rows: list[dict[str, Any]],
-               prefix: str = "c") -> dict[str, list[Any]]:
-    """One list per column, JSON values dumped to text for a ``jsonb[]`` cast."""
-    params: dict[str, list[Any]] = {}
-    for i, name in enumerate(names):
-        values = [row[name] for row in rows]
-        if isinstance(table.c[name].type.dialect_impl(conn.dialect), sa.JSON):
-            values = [None if v is None else json.dumps(v, separators=(",", ":")) for v in values]
-        params[f"{prefix}{i}"] = values
-    return params
+def _json_default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,

@@ -52,10 +52,9 @@ from chimeway.workflow.engine import (
     WORKFLOW_QUEUE,
     Batch,
     RunState,
-    columns_of,
     insert_rows,
     load_run,
-    pg_type,
+    rows_json,
     run_from,
     step_outcome,
     wait_due,
@@ -272,14 +271,25 @@ class Workflows:
         if run_id is None:
             return self.progress_due()
         r = workflow_runs_table
+        now = self.clock.now()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(r.c.state, r.c.step, r.c.wait_until)
                                .where(r.c.id == as_uuid(run_id, name="run_id"))).first()
+            backlog = conn.execute(sa.select(r.c.id).where(r.c.state == "waiting", r.c.wait_until <= now,
+                                                           r.c.id != as_uuid(run_id)).limit(1)).first()
+        moved = 0
         # A committed run only moves forward: if it has left this wait (the
         # sweep or a signal got there first) there is nothing to lock.
-        if row is None or row.state != "waiting" or (step is not None and row.step != step):
-            return 0
-        return int(self.progress(run_id, step=step))
+        if row is not None and row.state == "waiting" and (step is None or row.step == step):
+            moved += int(self.progress(run_id, step=step))
+        if backlog is not None:
+            # Many waits falling due together (a campaign, a restart) are
+            # advanced in batches by whichever job runs first; the jobs of the
+            # runs it advanced then find nothing to do.
+            moved += self._advance([r.c.state == "waiting", r.c.wait_until <= now],
+                                   lambda b, p, run: wait_due(b, p, run), limit=SWEEP_BATCH,
+                                   order=r.c.wait_until)
+        return moved
 
     def _due(self, batch: Batch, program: Program, run: RunState, step: int | None) -> bool:
         if step is not None and run.step != step:
@@ -388,14 +398,13 @@ class Workflows:
                 [{"b_id": run.id, **{f"b_{k}": v for k, v in run.values(now).items()}} for run in items],
             )
             return
-        # One UPDATE ... FROM unnest(...) instead of one statement per run.
-        names = ["id", *items[0].values(now)]
-        rows = [{"id": run.id, **run.values(now)} for run in items]
+        # One UPDATE ... FROM json_populate_recordset(...) instead of one statement per run.
+        names = list(items[0].values(now))
         conn.execute(sa.text(
-            f"UPDATE {r.name} SET " + ", ".join(f"{n} = v.{n}" for n in names[1:])
-            + " FROM unnest(" + ", ".join(f"CAST(:c{i} AS {pg_type(conn, r.c[n])}[])" for i, n in enumerate(names))
-            + f") AS v({', '.join(names)}) WHERE {r.name}.id = v.id"
-        ), columns_of(conn, r, names, rows))
+            f"UPDATE {r.name} SET " + ", ".join(f"{n} = v.{n}" for n in names)
+            + f" FROM json_populate_recordset(NULL::{r.name}, CAST(:rows AS json)) AS v"
+            + f" WHERE {r.name}.id = v.id"
+        ), {"rows": rows_json([{"id": run.id, **run.values(now)} for run in items])})
 
     def program(self, conn: Connection, run: RunState) -> Program | None:
         """The program a run follows: this process's, or the stored one it started with.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -39,7 +39,7 @@ from chimeway.workflow.engine import SignalRow, apply_signal, load_run
 if TYPE_CHECKING:
     from chimeway.workflow.service import Workflows
 
-__all__ = ["SIGNAL_QUEUE", "SIGNAL_WORKER", "SignalRouter"]
+__all__ = ["SIGNAL_QUEUE", "SIGNAL_WORKER", "SignalRouter", "mark_routed"]
 
 SIGNAL_QUEUE = "chimeway_signals"
 SIGNAL_WORKER = "chimeway.workflow.SignalRouterWorker"
@@ -230,10 +230,23 @@ class SignalRouter:
                     if program is not None and apply_signal(batch, program, run, signal):
                         count += 1
                 matched[sig.id] = count
-            conn.execute(
-                sa.update(s).where(s.c.id == sa.bindparam("b_id"))
-                .values(routed_at=batch.now, matched=sa.bindparam("b_matched")),
-                [{"b_id": sid, "b_matched": count} for sid, count in matched.items()],
-            )
+            mark_routed(conn, matched, batch.now)
             wf.write(conn, batch)
         return len(signals), sum(matched.values())
+
+
+def mark_routed(conn: Connection, matched: dict[uuid.UUID, int], now: datetime) -> None:
+    """Set ``routed_at`` and ``matched`` on routed signals, in one statement on PostgreSQL."""
+    s = signals_table
+    if is_postgres(conn):
+        conn.execute(sa.text(
+            f"UPDATE {s.name} SET routed_at = :now, matched = v.matched"
+            " FROM unnest(CAST(:ids AS uuid[]), CAST(:counts AS integer[])) AS v(id, matched)"
+            f" WHERE {s.name}.id = v.id"
+        ), {"now": now, "ids": list(matched), "counts": list(matched.values())})
+        return
+    conn.execute(
+        sa.update(s).where(s.c.id == sa.bindparam("b_id"))
+        .values(routed_at=now, matched=sa.bindparam("b_matched")),
+        [{"b_id": sid, "b_matched": count} for sid, count in matched.items()],
+    )
