@@ -8,9 +8,11 @@ from chimeway.inbox import Inbox, InboxItem, InboxPage
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
 from chimeway.policy import Cap, Dedupe, PreviewItem
+from chimeway.queue import Cancel, JobEvent, JobInfo, Retry, Snooze
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
 __all__ = [
+    "Cancel",
     "Cap",
     "Chimeway",
     "ChimewayError",
@@ -22,10 +24,14 @@ __all__ = [
     "Inbox",
     "InboxItem",
     "InboxPage",
+    "JobEvent",
+    "JobInfo",
     "Message",
     "Notifier",
     "PreviewItem",
     "Recipient",
+    "Retry",
+    "Snooze",
     "TimelineEntry",
     "Trace",
     "TriggerResult",

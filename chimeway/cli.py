@@ -120,8 +120,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
           "(Ctrl-C or SIGTERM stops it gracefully)", flush=True)
     ran = app.queue.run_worker(queues=queues, poll_interval=args.poll_interval,
                                shutdown_grace=args.shutdown_grace)
-    print(f"worker stopped after running {ran} jobs")
-    return 0
+    print(f"worker stopped after running {ran} jobs", flush=True)
+    # Jobs still running past the shutdown grace were released for another
+    # worker; their threads must not keep this process alive.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
