@@ -9,6 +9,7 @@ worker process that imports the user's app knows every notifier.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from chimeway.errors import InvalidNotifierError
@@ -34,6 +35,8 @@ class Notifier:
         digest: optional ``chimeway.digest.Digest``: batch events per recipient.
         dedupe_key: optional ``chimeway.policy.Dedupe``: drop repeats within a window.
         caps: ``chimeway.policy.Cap`` limits for this notifier, per recipient × channel.
+        schedule: optional cron expression; ``app.schedule(ThisNotifier)``
+            triggers it on every tick with ``params_for_schedule(tick)``.
     """
 
     key: ClassVar[str]
@@ -47,6 +50,7 @@ class Notifier:
     digest: ClassVar[Any] = None
     dedupe_key: ClassVar[Any] = None
     caps: ClassVar[Sequence[Any]] = ()
+    schedule: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +86,10 @@ class Notifier:
     def channels_for(self, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
         """Return the channel names for one recipient (default: ``channels``)."""
         return self.channels
+
+    def params_for_schedule(self, tick: datetime) -> Mapping[str, Any]:
+        """Return the params for the scheduled run at ``tick`` (aware UTC); default ``{}``."""
+        return {}
 
     def build(
         self, params: Mapping[str, Any], recipient: Recipient, channel: str
