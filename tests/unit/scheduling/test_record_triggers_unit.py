@@ -279,3 +279,16 @@ def test_params_that_are_not_json_fail_the_row_and_name_the_field(app: Chimeway,
     app.work()
     assert len(errors) == 1 and isinstance(errors[0], ParamsNotJSONError)
     assert "params['at']" in str(errors[0])
+
+
+def test_tenants_from_the_row(app: Chimeway, clock: FakeClock) -> None:
+    app.record_trigger("tenanted", model=Appointment, where=due_within(24), notifier=Reminder,
+                       params=reminder_params, tenant=lambda a: "acme" if a.id % 2 else "globex")
+    add_appointments(app, 6, clock.now() + timedelta(hours=1))
+    assert app.scan_record_trigger("tenanted").triggered == 6
+    with app.engine.connect() as conn:
+        rows = conn.execute(sa.select(Event.tenant, Event.idempotency_key).order_by(Event.idempotency_key)).all()
+    assert [(r.tenant, r.idempotency_key) for r in rows] == [
+        ("acme" if i % 2 else "globex", f"tenanted:{i}") for i in range(1, 7)
+    ]
+    assert app.scan_record_trigger("tenanted").already == 6
