@@ -339,7 +339,7 @@ class Workflows:
         return moved
 
     def locked_runs(self, conn: Connection, where: Sequence[sa.ColumnElement[bool]], *, limit: int | None = None,
-                    order: Any = None, skip_locked: bool = False) -> list[Any]:
+                    order: Any = None, skip_locked: bool = False, with_params: bool = True) -> list[Any]:
         """Select runs (with their recipient) and lock them for this transaction.
 
         Args:
@@ -348,10 +348,13 @@ class Workflows:
             limit: at most this many.
             order: ordering column (default: the run id, so lockers never deadlock).
             skip_locked: skip runs another transaction holds (sweeps).
+            with_params: also read the event params (to render the next step).
         """
         r, n, e = workflow_runs_table, notifications_table, events_table
-        query = (sa.select(r, n.c.recipient, e.c.params).join(n, n.c.id == r.c.notification_id)
-                 .join(e, e.c.id == r.c.event_id).where(*where)
+        query = sa.select(r, n.c.recipient).join(n, n.c.id == r.c.notification_id)
+        if with_params:
+            query = query.add_columns(e.c.params).join(e, e.c.id == r.c.event_id)
+        query = (query.where(*where)
                  .order_by(order if order is not None else r.c.id))
         if limit is not None:
             query = query.limit(limit)
@@ -361,7 +364,18 @@ class Workflows:
 
     def new_batch(self, conn: Connection, rows: Iterable[Any]) -> Batch:
         """A batch for progressions in ``conn`` over runs read by :meth:`locked_runs`."""
-        params: dict[uuid.UUID, Mapping[str, Any]] = {row.event_id: row.params or {} for row in rows}
+        params: dict[uuid.UUID, Mapping[str, Any]] = {
+            row.event_id: row.params or {} for row in rows if "params" in row._fields}
+
+        def params_of(event_id: uuid.UUID) -> Mapping[str, Any]:
+            # Runs read without their params (signal routing mostly stops
+            # runs) load them only when a step is actually rendered.
+            if event_id not in params:
+                e = events_table
+                found = conn.execute(sa.select(e.c.params).where(e.c.id == event_id)).scalar()
+                params[event_id] = found or {}
+            return params[event_id]
+
         notifiers: dict[str, Notifier | None] = {}
 
         def notifier(key: str) -> Notifier | None:
@@ -373,7 +387,7 @@ class Workflows:
             return notifiers[key]
 
         return Batch(conn=conn, now=self.clock.now(), channels=self.channels, notifier=notifier,
-                     params=lambda eid: params.get(eid, {}))
+                     params=params_of)
 
     def write(self, conn: Connection, batch: Batch) -> None:
         """Write a progression batch and hand its new deliveries to the dispatcher."""

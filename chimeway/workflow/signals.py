@@ -212,7 +212,7 @@ class SignalRouter:
             for chunk in range(0, len(pairs), 500):
                 part = pairs[chunk:chunk + 500]
                 rows = wf.locked_runs(conn, [sa.tuple_(r.c.tenant, r.c.recipient_id).in_(part),
-                                             r.c.state.in_(("active", "waiting"))])
+                                             r.c.state.in_(("active", "waiting"))], with_params=False)
                 for row in rows:
                     runs[(row.tenant, row.recipient_id)].append(row)
             batch = wf.new_batch(conn, [row for rows_ in runs.values() for row in rows_])
