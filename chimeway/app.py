@@ -86,6 +86,13 @@ class Chimeway:
         # workflow timers run on it even when deliveries are sync.
         self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)
         self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
+        # Workflows last: their planning check must see the plan other checks left.
+        from chimeway.workflow import Workflows
+
+        self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
+                                   queue=self.queue, dispatcher=lambda: self.dispatcher)
+        self.planning_checks.append(self.workflows.planning_check)
+        self.executor.on_final = self._chain_final(self.executor.on_final, self.workflows.on_final)
         from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
         from chimeway.record_triggers import RecordTriggers
 
@@ -175,7 +182,8 @@ class Chimeway:
             tenant: the tenant, or ``None``.
             session: run transitions in the caller's transaction instead of Chimeway's own.
         """
-        return Inbox(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant, session=session)
+        return Inbox(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant, session=session,
+                     on_transition=self.workflows.signals.inbox_signal)
 
     def explain(self, delivery_id: uuid.UUID | str) -> Explanation:
         """Why a delivery has its status: ``.status``, ``.reason``, ``.timeline``."""
@@ -586,6 +594,132 @@ class Chimeway:
         the_plan = plan(notifier, params if params is not None else {}, idempotency_key="preview", tenant=tenant,
                         actor=None, correlation_id=None, cancellation_key=None, channels=self.channels, now=when)
         return preview(self.policy, connection_of(session), the_plan)
+
+    # -- workflows and signals --
+    # Class-level names for the annotations below.
+    from chimeway.workflow.explain import RunExplanation as _RunExplanation
+
+    def track(
+        self,
+        session: Session | Connection,
+        name: str,
+        *,
+        actor: str,
+        tenant: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        notification_id: uuid.UUID | str | None = None,
+    ) -> uuid.UUID:
+        """Record a signal in the caller's transaction; runs waiting for it react once it commits.
+
+        With the queue dispatcher a ``SignalRouterWorker`` job is enqueued in
+        the same transaction; otherwise the signal is routed after the commit.
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``, in a transaction.
+            name: the signal name, e.g. ``"notification.read"``.
+            actor: who did it; matched against the runs' recipient ids.
+            tenant: the tenant, or ``None``.
+            payload: JSON details (redacted like params).
+            notification_id: only the run of this notification.
+
+        Returns:
+            the signal's id.
+        """
+        return self.workflows.signals.track(session, name, actor=actor, tenant=tenant, payload=payload,
+                                            notification_id=notification_id)
+
+    async def track_async(self, session: Any, name: str, **kwargs: Any) -> uuid.UUID:
+        """:meth:`track` inside the caller's ``AsyncSession``/``AsyncConnection`` transaction.
+
+        Args:
+            session: the caller's ``AsyncSession`` or ``AsyncConnection``.
+            name: the signal name.
+            **kwargs: the keyword arguments of :meth:`track`.
+        """
+        from chimeway import aio
+
+        result: uuid.UUID = await aio.track(self, session, name, **kwargs)
+        return result
+
+    def progress_due(self, *, limit: int = 500, stale_after: timedelta = timedelta(seconds=60)) -> int:
+        """Advance every workflow run that is due (the ``ProgressionWorker`` sweep).
+
+        Schedule it periodically (e.g. every minute) as a safety net: runs also
+        advance on their own when a wait's job runs, a delivery becomes final
+        or a signal arrives.
+
+        Args:
+            limit: runs per transaction.
+            stale_after: how long an ``active`` run with final deliveries, or an
+                unrouted signal, may sit before the sweep takes it over.
+
+        Returns:
+            how many runs advanced.
+        """
+        return self.workflows.progress_due(limit=limit, stale_after=stale_after)
+
+    def progress_run(self, run_id: uuid.UUID | str, *, step: int | None = None) -> bool:
+        """Advance one run if its wait is due or its step is done; racing callers advance it once.
+
+        Args:
+            run_id: the run.
+            step: only if the run is still at this step.
+
+        Returns:
+            whether this call advanced the run.
+        """
+        return self.workflows.progress(run_id, step=step)
+
+    def cancel_run(
+        self,
+        run_id: uuid.UUID | str | None = None,
+        *,
+        notification_id: uuid.UUID | str | None = None,
+        cancellation_key: str | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        """Cancel workflow runs that are still active or waiting, and their unsent deliveries.
+
+        Args:
+            run_id: one run.
+            notification_id: the run of one notification.
+            cancellation_key: every run of events triggered with this ``cancellation_key``.
+            tenant: with ``cancellation_key``, only this tenant.
+
+        Returns:
+            how many runs were cancelled.
+        """
+        return self.workflows.cancel(run_id=run_id, notification_id=notification_id,
+                                     cancellation_key=cancellation_key, tenant=tenant)
+
+    def explain_run(
+        self, run_id: uuid.UUID | str | None = None, *, notification_id: uuid.UUID | str | None = None
+    ) -> _RunExplanation:
+        """A workflow run's steps and transitions: why it waited, what stopped it, where it branched.
+
+        Args:
+            run_id: the run.
+            notification_id: explain the run of this notification instead.
+        """
+        from chimeway.workflow.explain import explain_run
+
+        with self.engine.connect() as conn:
+            return explain_run(conn, run_id, notification_id=notification_id)
+
+
+    @staticmethod
+    def _chain_final(
+        first: Callable[..., None] | None, second: Callable[..., None]
+    ) -> Callable[..., None]:
+        # Another layer may already listen for final deliveries: call both.
+        if first is None:
+            return second
+
+        def both(outcomes: Any) -> None:
+            first(outcomes)
+            second(outcomes)
+
+        return both
 
     # -- scheduling --
     # Cron schedules, scheduled notifiers and record triggers (``chimeway.cron``,

@@ -71,6 +71,10 @@ class Notifier:
                 f"notifier {cls.__qualname__}: `channels` must be a list of channel names"
             )
         _check_templates(cls)
+        if cls.workflow is not None:
+            from chimeway.workflow.steps import validate_workflow
+
+            validate_workflow(cls)
         existing = _REGISTRY.get(key)
         if existing is not None and not _same_definition(existing, cls):
             raise InvalidNotifierError(
