@@ -92,7 +92,11 @@ class RunState:
     finished_at: datetime | None = None
 
     def values(self, now: datetime) -> dict[str, Any]:
-        """The columns a progression writes back."""
+        """The columns a progression writes back.
+
+        Args:
+            now: the progression's time (``updated_at``).
+        """
         return {
             "state": self.state, "step": self.step, "wait_until": self.wait_until,
             "wait_signals": self.wait_signals, "signal_mark": self.signal_mark,
@@ -102,6 +106,8 @@ class RunState:
 
 @dataclass(frozen=True, kw_only=True)
 class SignalRow:
+    """A signal as routing sees it."""
+
     id: uuid.UUID
     name: str
     actor: str
@@ -148,6 +154,15 @@ class Batch:
 
     def transition(self, run: RunState, to_state: str, to_step: int | None, reason: str,
                    context: Mapping[str, Any]) -> None:
+        """Append a transition and move the run to ``to_state`` at ``to_step``.
+
+        Args:
+            run: the run.
+            to_state: its new state.
+            to_step: its new step (``None`` once completed).
+            reason: why it moved.
+            context: the details of why (JSON values).
+        """
         self.transitions.append({
             "id": new_id(), "run_id": run.id, "seq": run.transitions + 1, "at": self.now,
             "from_state": None if run.transitions == 0 else run.state, "to_state": to_state,
@@ -165,7 +180,11 @@ class Batch:
         self.runs[run.id] = run
 
     def write(self, *, skip_deliveries: bool = False) -> None:
-        """Insert the batch's rows (deliveries only unless the planner writes them)."""
+        """Insert the batch's rows.
+
+        Args:
+            skip_deliveries: the planner inserts the deliveries itself (from the plan).
+        """
         conn = self.conn
         insert_rows(conn, notifications_table, self.notifications)
         if not skip_deliveries:
@@ -216,7 +235,11 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
 
 
 def rows_json(rows: list[dict[str, Any]]) -> str:
-    """Rows as a JSON array for ``json_populate_recordset`` (ids and times as text)."""
+    """Rows as a JSON array for ``json_populate_recordset`` (ids and times as text).
+
+    Args:
+        rows: dicts of column values.
+    """
     return json.dumps(rows, separators=(",", ":"), default=_json_default)
 
 
@@ -454,7 +477,11 @@ def _notification_for(batch: Batch, run: RunState, recipient: Recipient) -> uuid
 
 
 def load_run(row: Any) -> RunState:
-    """A ``RunState`` from a ``chimeway_workflow_runs`` row joined with the notification's recipient."""
+    """A ``RunState`` from a ``chimeway_workflow_runs`` row joined with the notification's recipient.
+
+    Args:
+        row: a row from ``Workflows.locked_runs``.
+    """
     return RunState(
         id=row.id, notification_id=row.notification_id, event_id=row.event_id, tenant=row.tenant,
         recipient=Recipient.from_json(row.recipient), notifier_key=row.notifier_key,

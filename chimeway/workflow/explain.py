@@ -158,7 +158,11 @@ def explain_run(conn: Connection, run_id: uuid.UUID | str | None = None, *,
 
 
 def format_run(x: RunExplanation) -> str:
-    """A readable multi-line rendering of a run's journey."""
+    """A readable multi-line rendering of a run's journey.
+
+    Args:
+        x: the explanation.
+    """
     lines = [
         f"workflow run {x.run_id}",
         f"  notifier {x.notifier_key} v{x.version} → {x.recipient_id}" + (f" (tenant {x.tenant})" if x.tenant else ""),

@@ -363,7 +363,12 @@ class Workflows:
         return list(conn.execute(query).all())
 
     def new_batch(self, conn: Connection, rows: Iterable[Any]) -> Batch:
-        """A batch for progressions in ``conn`` over runs read by :meth:`locked_runs`."""
+        """A batch for progressions in ``conn`` over runs read by :meth:`locked_runs`.
+
+        Args:
+            conn: the transaction's connection.
+            rows: the locked runs (their event params, when read with them).
+        """
         params: dict[uuid.UUID, Mapping[str, Any]] = {
             row.event_id: row.params or {} for row in rows if "params" in row._fields}
 
@@ -390,7 +395,12 @@ class Workflows:
                      params=params_of)
 
     def write(self, conn: Connection, batch: Batch) -> None:
-        """Write a progression batch and hand its new deliveries to the dispatcher."""
+        """Write a progression batch and hand its new deliveries to the dispatcher.
+
+        Args:
+            conn: the transaction's connection (the one holding the run locks).
+            batch: what the progressions decided.
+        """
         batch.write()
         self._update_runs(conn, batch.runs.values(), batch.now)
         if batch.jobs:

@@ -151,10 +151,12 @@ class SignalRouter:
         # Cheap reads first: in a burst, most jobs find their signal already
         # routed by an earlier job's batch and need no write transaction.
         moved = 0
-        if mine is not None and mine.routed_at is None:
-            moved += self.route([as_uuid(str(signal_id))])
         if backlog is not None:
             moved += self.route_pending(limit=ROUTE_BATCH, rounds=1)
+        if mine is not None and mine.routed_at is None:
+            # Usually in the batch just routed (then this finds nothing to do);
+            # a router holding it right now routes it itself.
+            moved += self.route([as_uuid(str(signal_id))])
         return moved
 
     def route(self, signal_ids: list[uuid.UUID]) -> int:
@@ -236,7 +238,13 @@ class SignalRouter:
 
 
 def mark_routed(conn: Connection, matched: dict[uuid.UUID, int], now: datetime) -> None:
-    """Set ``routed_at`` and ``matched`` on routed signals, in one statement on PostgreSQL."""
+    """Set ``routed_at`` and ``matched`` on routed signals, in one statement on PostgreSQL.
+
+    Args:
+        conn: the routing transaction's connection.
+        matched: signal id → how many runs it moved.
+        now: the routing time.
+    """
     s = signals_table
     if is_postgres(conn):
         conn.execute(sa.text(

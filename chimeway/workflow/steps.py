@@ -95,6 +95,7 @@ class Wait:
 
     @property
     def signals(self) -> tuple[str, ...]:
+        """Every signal name this wait reacts to."""
         return self.unless + self.until
 
 
@@ -236,6 +237,8 @@ def _check_steps(steps: Sequence[Any], where: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class DeliverOp:
+    """A compiled ``deliver``: ``next`` on success, ``on_failure`` when every delivery failed."""
+
     index: int
     path: str
     channel: str
@@ -247,6 +250,8 @@ class DeliverOp:
 
 @dataclass(frozen=True, kw_only=True)
 class WaitOp:
+    """A compiled ``wait``: ``duration`` (``None``: until a signal), signal names, ``next``."""
+
     index: int
     path: str
     duration: timedelta | None
@@ -256,11 +261,14 @@ class WaitOp:
 
     @property
     def signals(self) -> tuple[str, ...]:
+        """Every signal name this wait reacts to."""
         return self.unless + self.until
 
 
 @dataclass(frozen=True, kw_only=True)
 class StopOp:
+    """A compiled ``stop``."""
+
     index: int
     path: str
 
@@ -283,7 +291,11 @@ class Program:
     spec: dict[str, Any]
 
     def describe(self, index: int | None) -> str:
-        """A short human description of one step (``"2 deliver email"``)."""
+        """A short human description of one step (``"2 deliver email"``).
+
+        Args:
+            index: the step index.
+        """
         if index is None or not 0 <= index < len(self.ops):
             return "-"
         op = self.ops[index]
