@@ -60,7 +60,14 @@ from chimeway.models import (
 )
 from chimeway.notifier import Notifier, get_notifier
 from chimeway.planning import Plan, PlannedDelivery, tenant_key
-from chimeway.preferences import PreferenceEntry, Settings, load_preferences, load_settings, resolve
+from chimeway.preferences import (
+    PreferenceEntry,
+    Settings,
+    load_preferences,
+    load_recipient_policy,
+    load_settings,
+    resolve,
+)
 from chimeway.quiet_hours import quiet_until, zone
 from chimeway.unsubscribe import DEFAULT_TOKEN_TTL, build_url, sign_token
 from chimeway.values import Message, Recipient
@@ -264,7 +271,7 @@ class Policy:
         if not live:
             return
         ids = {d.recipient.id for d in live}
-        preferences = load_preferences(conn, tenant, ids)
+        preferences, settings = load_recipient_policy(conn, tenant, ids)
         for d in live:
             resolution = resolve(preferences[d.recipient.id], cls, d.channel)
             if not resolution.enabled:
@@ -281,7 +288,6 @@ class Policy:
                 if d.status == "pending" and digest.applies_to(d.channel):
                     collect(conn, digest=digest, plan=plan, delivery=d, now=now, write=write,
                             decorate=self.decorate_fields)
-        settings = load_settings(conn, tenant, ids)
         if not cls.critical:
             for d in live:
                 if d.status == "pending":
@@ -479,9 +485,10 @@ class Policy:
         preferences: dict[tuple[str, str], list[PreferenceEntry]] = {}
         settings: dict[tuple[str, str], Settings] = {}
         for tenant, ids in by_tenant.items():
-            for rid, entries in load_preferences(conn, tenant, ids).items():
+            found_preferences, found_settings = load_recipient_policy(conn, tenant, ids)
+            for rid, entries in found_preferences.items():
                 preferences[(tenant, rid)] = entries
-            for rid, found in load_settings(conn, tenant, ids).items():
+            for rid, found in found_settings.items():
                 settings[(tenant, rid)] = found
         self._prefetched.value = (preferences, settings)
         try:

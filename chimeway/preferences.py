@@ -40,6 +40,7 @@ __all__ = [
     "Resolution",
     "Settings",
     "load_preferences",
+    "load_recipient_policy",
     "load_settings",
     "resolve",
     "scope_of",
@@ -429,3 +430,48 @@ def load_settings(conn: Connection, tenant: str, recipient_ids: Iterable[str]) -
         quiet = QuietHours.parse(row.quiet_start, row.quiet_end) if row.quiet_start and row.quiet_end else None
         out[row.recipient_id] = Settings(timezone=row.timezone, quiet_hours=quiet)
     return out
+
+
+def load_recipient_policy(
+    conn: Connection, tenant: str, recipient_ids: Iterable[str]
+) -> tuple[dict[str, list[PreferenceEntry]], dict[str, Settings]]:
+    """Preferences and settings of the given recipients, in one round trip.
+
+    Both checkpoints need both on every trigger and every claim; one
+    ``UNION ALL`` halves the database round trips they cost.
+
+    Args:
+        conn: any connection (reads only).
+        tenant: the stored tenant key.
+        recipient_ids: the recipients.
+    """
+    ids = sorted(set(recipient_ids))
+    preferences: dict[str, list[PreferenceEntry]] = {i: [] for i in ids}
+    settings: dict[str, Settings] = {}
+    if not ids:
+        return preferences, settings
+    p, r = preferences_table, recipient_settings_table
+    text = sa.String(200)
+    rows = conn.execute(sa.union_all(
+        sa.select(
+            sa.literal("p").label("kind"), p.c.recipient_id, p.c.scope, p.c.scope_key, p.c.channel,
+            p.c.enabled, p.c.source, p.c.updated_at,
+            sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
+            sa.cast(sa.null(), text).label("quiet_end"),
+        ).where(p.c.tenant == tenant, p.c.recipient_id.in_(ids)),
+        sa.select(
+            sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
+            sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
+            sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
+            sa.cast(sa.null(), p.c.updated_at.type),
+            r.c.timezone, r.c.quiet_start, r.c.quiet_end,
+        ).where(r.c.tenant == tenant, r.c.recipient_id.in_(ids)),
+    )).all()
+    for row in rows:
+        if row.kind == "p":
+            preferences[row.recipient_id].append(_entry(row))
+        else:
+            quiet = (QuietHours.parse(row.quiet_start, row.quiet_end)
+                     if row.quiet_start and row.quiet_end else None)
+            settings[row.recipient_id] = Settings(timezone=row.timezone, quiet_hours=quiet)
+    return preferences, settings
