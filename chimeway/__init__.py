@@ -6,7 +6,7 @@ from chimeway.errors import ChimewayError
 from chimeway.explain import Explanation, TimelineEntry, Trace
 from chimeway.inbox import Inbox, InboxItem, InboxPage
 from chimeway.notifier import Notifier
-from chimeway.planning import TriggerResult
+from chimeway.planning import TriggerRequest, TriggerResult
 from chimeway.policy import Cap, Dedupe, PreviewItem
 from chimeway.queue import Cancel, JobEvent, JobInfo, Retry, Snooze
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
@@ -34,6 +34,7 @@ __all__ = [
     "Snooze",
     "TimelineEntry",
     "Trace",
+    "TriggerRequest",
     "TriggerResult",
 ]
 

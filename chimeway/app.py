@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +23,14 @@ from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.feedback import FeedbackOutcome
 from chimeway.inbox import Inbox
 from chimeway.notifier import Notifier
-from chimeway.planning import PlanningCheck, TriggerResult, plan, write_plan
+from chimeway.planning import (
+    PlanningCheck,
+    PlanningPrepare,
+    TriggerRequest,
+    TriggerResult,
+    plan,
+    write_plans,
+)
 from chimeway.queue import JobHandle, JobQueue
 
 __all__ = ["Chimeway"]
@@ -77,10 +84,12 @@ class Chimeway:
         )
         # Policy and other layers append here; both run on every path.
         self.planning_checks: list[PlanningCheck] = []
+        self.planning_prepares: list[PlanningPrepare] = []
         from chimeway.policy import Policy
 
         self.policy = Policy(clock=self.clock, channels=self.channels)
         self.planning_checks.append(self.policy.planning_check)
+        self.planning_prepares.append(self.policy.prepare)
         self.executor.before_send.append(self.policy.before_send_batch)
         # The job queue exists with either dispatcher: user jobs, cron and
         # workflow timers run on it even when deliveries are sync.
@@ -98,7 +107,8 @@ class Chimeway:
 
         self.scheduler = Scheduler(self.queue, self.clock)
         self.scheduled_notifiers = ScheduledNotifiers(self.scheduler, self.trigger)
-        self.record_triggers = RecordTriggers(self.queue, self.scheduler, self.trigger, self.clock)
+        self.record_triggers = RecordTriggers(self.queue, self.scheduler, self.trigger, self.clock,
+                                              trigger_many=self.trigger_many)
         # The workflow sweep is the safety net behind each wait's own timer job.
         self.scheduler.add(workflow_sweep_schedule())
 
@@ -152,23 +162,58 @@ class Chimeway:
         Raises:
             ChimewayError: a subclass naming the bad field, before anything is written.
         """
-        the_plan = plan(
-            notifier,
-            params if params is not None else {},
-            idempotency_key=idempotency_key,
-            tenant=tenant,
-            actor=actor,
-            correlation_id=correlation_id,
-            cancellation_key=cancellation_key,
-            channels=self.channels,
-            now=self.clock.now(),
+        request = TriggerRequest(
+            params=params if params is not None else {}, idempotency_key=idempotency_key, tenant=tenant,
+            actor=actor, correlation_id=correlation_id, cancellation_key=cancellation_key,
         )
+        return self.trigger_many(session, notifier, [request])[0]
+
+    def trigger_many(
+        self,
+        session: Session | Connection,
+        notifier: type[Notifier],
+        requests: Sequence[TriggerRequest],
+    ) -> list[TriggerResult]:
+        """Plan many triggers of one notifier in the caller's transaction, in one pass.
+
+        The same rows and guarantees as calling :meth:`trigger` for each
+        request, written with one statement per table; a bad request raises
+        before anything is written. Use it for bulk work (imports, record
+        scans, fan-out).
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``, in a transaction.
+            notifier: the ``Notifier`` subclass.
+            requests: one ``TriggerRequest`` per trigger.
+
+        Returns:
+            One result per request, in order (``duplicate`` where the key was used).
+        """
+        now = self.clock.now()
+        plans = [
+            plan(
+                notifier,
+                request.params,
+                idempotency_key=request.idempotency_key,
+                tenant=request.tenant,
+                actor=request.actor,
+                correlation_id=request.correlation_id,
+                cancellation_key=request.cancellation_key,
+                channels=self.channels,
+                now=now,
+            )
+            for request in requests
+        ]
         conn = connection_of(session)
-        result = write_plan(conn, the_plan, self.planning_checks)
-        if not result.duplicate:
-            due = [Due(d.id, d.not_before) for d in the_plan.deliveries if d.status in ("pending", "deferred")]
+        results = write_plans(conn, plans, self.planning_checks, self.planning_prepares)
+        due = [
+            Due(d.id, d.not_before)
+            for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
+            for d in the_plan.deliveries if d.status in ("pending", "deferred")
+        ]
+        if due:
             self.dispatcher.planned(session, conn, due)
-        return result
+        return results
 
     # -- reading ----------------------------------------------------------------
 

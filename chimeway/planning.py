@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,12 +45,15 @@ __all__ = [
     "Plan",
     "PlannedDelivery",
     "PlanningCheck",
+    "PlanningPrepare",
+    "TriggerRequest",
     "TriggerResult",
     "insert_ignoring_conflict",
     "plan",
     "render_message",
     "tenant_key",
     "write_plan",
+    "write_plans",
 ]
 
 MAX_KEY_LENGTH = 500
@@ -70,6 +74,27 @@ class TriggerResult:
     duplicate: bool
     delivery_ids: tuple[uuid.UUID, ...]
     notification_ids: tuple[uuid.UUID, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerRequest:
+    """One trigger of a batch (``app.trigger_many``); the same arguments as ``trigger``.
+
+    Args:
+        params: JSON values for ``recipients()`` and templates.
+        idempotency_key: unique per tenant.
+        tenant: the tenant, or ``None``.
+        actor: who caused it.
+        correlation_id: ties it to a request or trace.
+        cancellation_key: a key ``cancel`` can find it by later.
+    """
+
+    params: Mapping[str, Any]
+    idempotency_key: str
+    tenant: str | None = None
+    actor: str | None = None
+    correlation_id: str | None = None
+    cancellation_key: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -284,64 +309,118 @@ def _unique(names: Sequence[str]) -> list[str]:
 PlanningCheck = Callable[[Connection, "Plan"], None]
 
 
-def write_plan(conn: Connection, plan_: Plan, checks: Sequence[PlanningCheck] = ()) -> TriggerResult:
-    """Write the plan's rows on the caller's connection, or detect a duplicate.
+PlanningPrepare = Callable[[Connection, Sequence["Plan"]], AbstractContextManager[None]]
+BATCH = 500
 
-    The event row goes first with ``ON CONFLICT DO NOTHING`` on
-    ``(tenant, idempotency_key)``: under concurrent triggers of one key, the
-    database lets exactly one insert through and the others see a duplicate.
+
+def write_plan(conn: Connection, plan_: Plan, checks: Sequence[PlanningCheck] = ()) -> TriggerResult:
+    """Write one plan; see :func:`write_plans`."""
+    return write_plans(conn, [plan_], checks)[0]
+
+
+def write_plans(
+    conn: Connection,
+    plans: Sequence[Plan],
+    checks: Sequence[PlanningCheck] = (),
+    prepare: Sequence[PlanningPrepare] = (),
+) -> list[TriggerResult]:
+    """Write plans' rows on the caller's connection, detecting duplicates.
+
+    Events go first, in one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``
+    on ``(tenant, idempotency_key)``: under concurrent triggers of one key,
+    the database lets exactly one insert through and the others see a
+    duplicate. Planning checkpoints (preferences, caps, quiet hours) then run
+    for the plans that are not duplicates, inside the caller's transaction;
+    they may set a planned delivery's status, reason and decisions. Last,
+    every notification, delivery and decision goes in with one statement per
+    table.
+
+    Args:
+        conn: the caller's connection, inside its transaction.
+        plans: plans from :func:`plan` (a key repeated within the call is a
+            duplicate of its first use).
+        checks: planning checkpoints, run per fresh plan.
+        prepare: hooks given every fresh plan before the checks (to read
+            what the checks need for all of them at once).
     """
-    event = plan_.event
-    inserted = insert_ignoring_conflict(
-        conn, events_table, event, ("tenant", "idempotency_key")
-    )
-    if not inserted:
-        return existing_result(conn, event["tenant"], event["idempotency_key"])
-    # Planning checkpoints (preferences, caps, quiet hours) run once the event
-    # is known not to be a duplicate, inside the caller's transaction; they may
-    # set a planned delivery's status, reason and decisions.
-    for check in checks:
-        check(conn, plan_)
-    if plan_.notifications:
-        conn.execute(sa.insert(notifications_table), plan_.notifications)
-    now = event["created_at"]
-    if plan_.deliveries:
-        conn.execute(
-            sa.insert(deliveries_table),
-            [
-                {
-                    "id": d.id,
-                    "notification_id": d.notification_id,
-                    "event_id": event["id"],
-                    "tenant": event["tenant"],
-                    "recipient_id": d.recipient.id,
-                    "channel": d.channel,
-                    "step": d.step,
-                    "status": d.status,
-                    "reason": d.reason,
-                    "message": d.fields,
-                    "attempts": 0,
-                    "not_before": d.not_before,
-                    "created_at": now,
-                    "updated_at": now,
-                    "completed_at": now if d.status in ("cancelled", "suppressed") else None,
-                }
-                for d in plan_.deliveries
-            ],
-        )
+    if not plans:
+        return []
+    inserted: set[uuid.UUID] = set()
+    for chunk in _chunks(list(plans), BATCH):
+        inserted.update(_insert_events(conn, [p.event for p in chunk]))
+    fresh = [p for p in plans if p.event_id in inserted]
+    if fresh:
+        with ExitStack() as stack:
+            for hook in prepare:
+                stack.enter_context(hook(conn, fresh))
+            for the_plan in fresh:
+                for check in checks:
+                    check(conn, the_plan)
+        notifications = [n for p in fresh for n in p.notifications]
+        deliveries = [_delivery_row(p, d) for p in fresh for d in p.deliveries]
         decisions = [
-            {"id": new_id(), "delivery_id": d.id, "at": now, "event": item["event"],
+            {"id": new_id(), "delivery_id": d.id, "at": p.event["created_at"], "event": item["event"],
              "checkpoint": item.get("checkpoint"), "detail": item.get("detail", {})}
-            for d in plan_.deliveries for item in d.decisions
+            for p in fresh for d in p.deliveries for item in d.decisions
         ]
-        if decisions:
-            conn.execute(sa.insert(decisions_table), decisions)
-    return TriggerResult(
-        event_id=event["id"],
-        duplicate=False,
-        delivery_ids=tuple(d.id for d in plan_.deliveries),
-        notification_ids=tuple(n["id"] for n in plan_.notifications),
-    )
+        for table, rows in ((notifications_table, notifications), (deliveries_table, deliveries),
+                            (decisions_table, decisions)):
+            for chunk in _chunks(rows, BATCH):
+                conn.execute(sa.insert(table), chunk)
+    results = []
+    for the_plan in plans:
+        if the_plan.event_id in inserted:
+            results.append(TriggerResult(
+                event_id=the_plan.event_id,
+                duplicate=False,
+                delivery_ids=tuple(d.id for d in the_plan.deliveries),
+                notification_ids=tuple(n["id"] for n in the_plan.notifications),
+            ))
+        else:
+            results.append(existing_result(conn, the_plan.event["tenant"], the_plan.event["idempotency_key"]))
+    return results
+
+
+def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> set[uuid.UUID]:
+    module: Any
+    if conn.dialect.name == "postgresql":
+        module = postgresql
+    elif conn.dialect.name == "sqlite":
+        module = sqlite
+    else:
+        raise InvalidInputError(f"database {conn.dialect.name!r} is not supported (use PostgreSQL or SQLite)")
+    # One multi-row VALUES statement, so RETURNING names exactly the rows
+    # that went in (executemany cannot say which rows a conflict skipped).
+    stmt = (module.insert(events_table).values(events)
+            .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"])
+            .returning(events_table.c.id))
+    return set(conn.execute(stmt).scalars())
+
+
+def _delivery_row(the_plan: Plan, d: PlannedDelivery) -> dict[str, Any]:
+    event = the_plan.event
+    now = event["created_at"]
+    return {
+        "id": d.id,
+        "notification_id": d.notification_id,
+        "event_id": event["id"],
+        "tenant": event["tenant"],
+        "recipient_id": d.recipient.id,
+        "channel": d.channel,
+        "step": d.step,
+        "status": d.status,
+        "reason": d.reason,
+        "message": d.fields,
+        "attempts": 0,
+        "not_before": d.not_before,
+        "created_at": now,
+        "updated_at": now,
+        "completed_at": now if d.status in ("cancelled", "suppressed") else None,
+    }
+
+
+def _chunks(rows: list[Any], size: int) -> list[list[Any]]:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
 def existing_result(conn: Connection, tenant: str, idempotency_key: str) -> TriggerResult:

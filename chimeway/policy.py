@@ -36,7 +36,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -271,7 +272,7 @@ class Policy:
         if not live:
             return
         ids = {d.recipient.id for d in live}
-        preferences, settings = load_recipient_policy(conn, tenant, ids)
+        preferences, settings = self._recipient_policy(conn, tenant, ids)
         for d in live:
             resolution = resolve(preferences[d.recipient.id], cls, d.channel)
             if not resolution.enabled:
@@ -468,6 +469,48 @@ class Policy:
             return verdict.as_send_decision()
         return verdict
 
+    @contextmanager
+    def prepare(self, conn: Connection, plans: Sequence[Plan]) -> Iterator[None]:
+        """Read preferences and settings for every recipient of a batch of plans at once.
+
+        Registered in ``app.planning_prepares``; the planning checks of the
+        batch then read nothing per plan.
+
+        Args:
+            conn: the caller's connection.
+            plans: the fresh plans of one ``trigger_many`` call.
+        """
+        by_tenant: dict[str, set[str]] = {}
+        for the_plan in plans:
+            ids = by_tenant.setdefault(str(the_plan.event["tenant"]), set())
+            ids.update(d.recipient.id for d in the_plan.deliveries)
+        self._prefetched.value = self._load(conn, by_tenant)
+        try:
+            yield
+        finally:
+            self._prefetched.value = None
+
+    @staticmethod
+    def _load(conn: Connection, by_tenant: Mapping[str, set[str]]) -> tuple[
+            dict[tuple[str, str], list[PreferenceEntry]], dict[tuple[str, str], Settings]]:
+        preferences: dict[tuple[str, str], list[PreferenceEntry]] = {}
+        settings: dict[tuple[str, str], Settings] = {}
+        for tenant, ids in by_tenant.items():
+            found_preferences, found_settings = load_recipient_policy(conn, tenant, ids)
+            for rid, entries in found_preferences.items():
+                preferences[(tenant, rid)] = entries
+            for rid, found in found_settings.items():
+                settings[(tenant, rid)] = found
+        return preferences, settings
+
+    def _recipient_policy(self, conn: Connection, tenant: str, ids: set[str]) -> tuple[
+            dict[str, list[PreferenceEntry]], dict[str, Settings]]:
+        cached = self._prefetched.value
+        if cached is None or any((tenant, rid) not in cached[0] for rid in ids):
+            return load_recipient_policy(conn, tenant, ids)
+        return ({rid: cached[0][(tenant, rid)] for rid in ids},
+                {rid: cached[1][(tenant, rid)] for rid in ids if (tenant, rid) in cached[1]})
+
     def before_send_batch(self, conn: Connection, messages: Sequence[Message]) -> dict[uuid.UUID, SendDecision]:
         """The pre-send checkpoint for every message of one claim, in one pass.
 
@@ -482,15 +525,7 @@ class Policy:
         by_tenant: dict[str, set[str]] = {}
         for message in messages:
             by_tenant.setdefault(tenant_key(message.tenant), set()).add(message.recipient.id)
-        preferences: dict[tuple[str, str], list[PreferenceEntry]] = {}
-        settings: dict[tuple[str, str], Settings] = {}
-        for tenant, ids in by_tenant.items():
-            found_preferences, found_settings = load_recipient_policy(conn, tenant, ids)
-            for rid, entries in found_preferences.items():
-                preferences[(tenant, rid)] = entries
-            for rid, found in found_settings.items():
-                settings[(tenant, rid)] = found
-        self._prefetched.value = (preferences, settings)
+        self._prefetched.value = self._load(conn, by_tenant)
         try:
             decisions: dict[uuid.UUID, SendDecision] = {}
             ordered = sorted(messages, key=lambda m: (tenant_key(m.tenant), m.recipient.id, m.channel))

@@ -36,7 +36,7 @@ from chimeway.errors import InvalidInputError
 from chimeway.jsonvalues import check_json
 from chimeway.models import Job, events_table
 from chimeway.notifier import Notifier
-from chimeway.planning import TriggerResult, tenant_key
+from chimeway.planning import TriggerRequest, TriggerResult, tenant_key
 from chimeway.queue.manager import JobQueue
 from chimeway.queue.outcomes import JobInfo
 
@@ -52,6 +52,7 @@ _SKIP_STATES = ("available", "scheduled", "executing", "retryable", "discarded",
 Where = Any  # a SQL boolean expression, or a function of ``now`` returning one
 RowFn = Callable[[Any], Any]
 TriggerFn = Callable[..., TriggerResult]
+TriggerManyFn = Callable[[Session, type[Notifier], Sequence[TriggerRequest]], list[TriggerResult]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +207,10 @@ class _RowFailed(Exception):
         self.exc = exc
 
 
+class _BatchFailed(Exception):
+    """The batch trigger failed; redo the batch row by row to find the row."""
+
+
 class RecordTriggers:
     """The record triggers of one app: declaring, scanning and per-row jobs.
 
@@ -214,12 +219,15 @@ class RecordTriggers:
         scheduler: the app's scheduler (scans are cron schedules).
         trigger: the app's ``trigger`` verb.
         clock: where ``now`` comes from.
+        trigger_many: the app's ``trigger_many`` verb (one pass per batch).
     """
 
-    def __init__(self, jobs: JobQueue, scheduler: Scheduler, trigger: TriggerFn, clock: Clock) -> None:
+    def __init__(self, jobs: JobQueue, scheduler: Scheduler, trigger: TriggerFn, clock: Clock,
+                 trigger_many: TriggerManyFn | None = None) -> None:
         self.jobs = jobs
         self.scheduler = scheduler
         self._trigger = trigger
+        self._trigger_many = trigger_many
         self.clock = clock
         self._writer = writer(jobs.engine)
         self._triggers: dict[str, RecordTrigger] = {}
@@ -343,13 +351,14 @@ class RecordTriggers:
         upto: tuple[Any, ...] | None = None,
     ) -> tuple[dict[str, int], tuple[Any, ...] | None]:
         failed: dict[str, tuple[Any, BaseException]] = {}
+        per_row = self._trigger_many is None
         while True:
             try:
                 with Session(self._writer, expire_on_commit=False) as session, session.begin():
                     rows = self._fetch(session, trigger, condition, last, upto)
                     if not rows:
                         return {}, None
-                    counts = self._trigger_rows(session, trigger, rows, skip, failed)
+                    counts = self._trigger_rows(session, trigger, rows, skip, failed, per_row=per_row)
                     for row_id, exc in failed.values():
                         self._enqueue_row_job(session, trigger, row_id, exc)
                     next_last = tuple(getattr(rows[-1], attr) for attr in trigger.pk_attrs)
@@ -357,6 +366,9 @@ class RecordTriggers:
             except _RowFailed as failure:
                 # The batch rolled back; redo it without the failing row.
                 failed[_row_key(failure.row_id)] = (failure.row_id, failure.exc)
+            except _BatchFailed:
+                # Rolled back too; row by row finds which row it was.
+                per_row = True
 
     def _fetch(self, session: Session, trigger: RecordTrigger, condition: Any,
                last: tuple[Any, ...] | None, upto: tuple[Any, ...] | None = None) -> list[Any]:
@@ -373,6 +385,8 @@ class RecordTriggers:
         rows: Sequence[Any],
         skip: set[str],
         failed: dict[str, tuple[Any, BaseException]],
+        *,
+        per_row: bool = True,
     ) -> dict[str, int]:
         counts = {"matched": len(rows), "triggered": 0, "already": 0, "failed": 0, "skipped": 0}
         todo: list[tuple[Any, Any, str, str | None]] = []
@@ -391,6 +405,27 @@ class RecordTriggers:
                 failed[rkey] = (row_id, exc)
                 counts["failed"] += 1
         done = _existing_keys(session, [(tenant, key) for _, _, key, tenant in todo])
+        if not per_row and self._trigger_many is not None:
+            requests: list[TriggerRequest] = []
+            for row, row_id, key, tenant in todo:
+                if (tenant_key(tenant), key) in done:
+                    counts["already"] += 1
+                    continue
+                try:
+                    requests.append(TriggerRequest(params=trigger.params_for(row), idempotency_key=key,
+                                                   tenant=tenant))
+                except Exception as exc:
+                    raise _RowFailed(row_id, exc) from exc
+            if requests:
+                try:
+                    results = self._trigger_many(session, trigger.notifier, requests)
+                except sa.exc.OperationalError:
+                    raise
+                except Exception as exc:
+                    raise _BatchFailed() from exc
+                for result in results:
+                    counts["already" if result.duplicate else "triggered"] += 1
+            return counts
         for row, row_id, key, tenant in todo:
             if (tenant_key(tenant), key) in done:
                 counts["already"] += 1
