@@ -47,7 +47,12 @@ __all__ = [
     "PolicyLock",
     "Preference",
     "RecipientSettings",
+    "Signal",
     "WorkerRow",
+    "WorkflowDefinition",
+    "WorkflowDelivery",
+    "WorkflowRun",
+    "WorkflowTransition",
     "attempts_table",
     "cap_usage_table",
     "cron_ticks_table",
@@ -64,7 +69,12 @@ __all__ = [
     "policy_locks_table",
     "preferences_table",
     "recipient_settings_table",
+    "signals_table",
     "workers_table",
+    "workflow_definitions_table",
+    "workflow_deliveries_table",
+    "workflow_runs_table",
+    "workflow_transitions_table",
 ]
 
 NAMING = {
@@ -432,3 +442,127 @@ dedupe_marks_table = _table(DedupeMark)
 digests_table = _table(DigestBatch)
 digest_items_table = _table(DigestItem)
 provider_events_table = _table(ProviderEvent)
+
+
+# --- workflows and signals ---------------------------------------------------
+
+
+class WorkflowDefinition(Base):
+    """The steps of one notifier version, stored when its first run starts.
+
+    A run follows the steps it started with even after a deploy changes the
+    notifier; one row per ``(notifier_key, version)`` means a version can
+    never stand for two different step lists (their fingerprints differ).
+    """
+
+    __tablename__ = "chimeway_workflow_definitions"
+
+    notifier_key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    steps: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WorkflowRun(Base):
+    """One workflow run per notification: where it is and what it waits for.
+
+    ``state`` is ``active`` (a delivery step is in flight), ``waiting``,
+    ``completed``, ``stopped`` or ``cancelled``; ``step`` is the current
+    step's index; ``wait_until``/``wait_signals`` describe the current wait.
+    """
+
+    __tablename__ = "chimeway_workflow_runs"
+    __table_args__ = (
+        sa.Index("ix_chimeway_workflow_runs_actor", "tenant", "recipient_id", "state"),
+        sa.Index("ix_chimeway_workflow_runs_due", "state", "wait_until"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, unique=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    recipient_id: Mapped[str] = mapped_column(sa.String(200))
+    notifier_key: Mapped[str] = mapped_column(sa.String(200))
+    notifier_version: Mapped[int] = mapped_column(sa.Integer)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(20))
+    step: Mapped[int | None] = mapped_column(sa.Integer)
+    wait_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    wait_signals: Mapped[list[Any] | None] = mapped_column(JSONType)
+    # Signals with a larger (time-ordered) id than this are still unused by the run.
+    signal_mark: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    transitions: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkflowTransition(Base):
+    """Append-only: one row per change of a run's state or step, with the reason."""
+
+    __tablename__ = "chimeway_workflow_transitions"
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "seq", name="uq_chimeway_workflow_transitions_run_seq"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_workflow_runs.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    from_state: Mapped[str | None] = mapped_column(sa.String(20))
+    to_state: Mapped[str] = mapped_column(sa.String(20))
+    from_step: Mapped[int | None] = mapped_column(sa.Integer)
+    to_step: Mapped[int | None] = mapped_column(sa.Integer)
+    reason: Mapped[str] = mapped_column(sa.String(100))
+    context: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class WorkflowDelivery(Base):
+    """Which run and step a delivery belongs to (looked up when it is final)."""
+
+    __tablename__ = "chimeway_workflow_deliveries"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_workflow_runs.id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[int] = mapped_column(sa.Integer)
+
+
+class Signal(Base):
+    """Something a recipient did (``notification.read``, ``order.paid``, ...).
+
+    ``routed_at`` is set once the signal has been matched against the runs
+    waiting for it; ``matched`` counts the runs it moved.
+    """
+
+    __tablename__ = "chimeway_signals"
+    __table_args__ = (
+        sa.Index("ix_chimeway_signals_actor", "tenant", "actor", "name"),
+        sa.Index(
+            "ix_chimeway_signals_unrouted",
+            "created_at",
+            postgresql_where=sa.text("routed_at IS NULL"),
+            sqlite_where=sa.text("routed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), default="")
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    notification_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    matched: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+workflow_definitions_table = _table(WorkflowDefinition)
+workflow_runs_table = _table(WorkflowRun)
+workflow_transitions_table = _table(WorkflowTransition)
+workflow_deliveries_table = _table(WorkflowDelivery)
+signals_table = _table(Signal)
