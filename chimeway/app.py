@@ -245,6 +245,9 @@ class Chimeway:
     def recover(self, older_than: timedelta = timedelta(minutes=5), *, limit: int = 1000) -> int:
         """Re-drive deliveries left behind: ``pending`` after a crash, ``failed`` and due.
 
+        Digests whose window has ended are flushed first, so their deliveries
+        go out in the same call.
+
         Args:
             older_than: how old a ``pending``/``dispatched`` row must be to count as left behind.
             limit: at most this many per call.
@@ -254,6 +257,7 @@ class Chimeway:
         """
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidInputError("older_than must be a non-negative timedelta")
+        self.flush_digests(limit=limit)
         ids = self.executor.recoverable(older_than=older_than, limit=limit)
         return self.dispatcher.redrive(ids) if ids else 0
 

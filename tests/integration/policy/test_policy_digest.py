@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from chimeway import Chimeway
 from chimeway.channels.in_app import InApp
 from chimeway.digest import Digest
+from chimeway.dispatch import Due
 from chimeway.models import deliveries_table
 from chimeway.testing import FakeClock, RecordingChannel
 
@@ -81,16 +82,30 @@ def test_an_event_after_the_window_starts_a_new_batch(
     assert app.recover() == 1
     assert [(m.delivery_id, m.fields["body"]) for m in email.sent] == [(delivery(app, first, "email").id, "ann;bob;")]
 
-    # The second batch comes due with no sweep: the pre-send checkpoint
-    # renders it and it goes out on the next pass.
+    # The second batch comes due: recover() flushes due digests first, so it
+    # goes out in the same pass.
     clock.advance(hours=1)
     app.recover()
-    row = delivery(app, late, "email")
-    assert (row.status, row.reason) == ("deferred", "digest_ready")
-    clock.advance(seconds=1)
-    app.recover()
     assert [m.fields["body"] for m in email.sent] == ["ann;bob;", "cat;"]
-    assert [(e, c) for e, c, _ in summaries(app, late_row.id)] == [
+    assert delivery(app, late, "email").status == "succeeded"
+    assert next((e, c) for e, c, _ in summaries(app, late_row.id)) == ("deferred", "planning")
+
+
+def test_a_due_batch_is_rendered_at_the_pre_send_checkpoint_without_a_flush(
+    app: Chimeway, clock: FakeClock, email: RecordingChannel
+) -> None:
+    first = fire(app, Activity, {"project": "x", "who": "ann"})
+    row = delivery(app, first, "email")
+    clock.advance(hours=1, seconds=1)
+    # Executing the carrier directly (as a queue job due at the window's end
+    # does) renders the batch at the checkpoint, then sends on the next pass.
+    app.dispatcher.redrive([Due(row.id)])
+    assert (delivery(app, first, "email").status, delivery(app, first, "email").reason) == (
+        "deferred", "digest_ready")
+    clock.advance(seconds=1)
+    app.dispatcher.redrive([Due(row.id)])
+    assert [m.fields["body"] for m in email.sent] == ["ann;"]
+    assert [(e, c) for e, c, _ in summaries(app, row.id)] == [
         ("deferred", "planning"), ("digest_flushed", "before_send"), ("deferred", "before_send")]
 
 
