@@ -107,7 +107,9 @@ def test_a_read_racing_the_due_wait_has_exactly_one_outcome(pg_app: Any) -> None
             with Session(app.engine) as session, session.begin():
                 app.track(session, "notification.read", actor="user:1", notification_id=nid)
 
-        def advance(run_id: Any = run_id) -> bool:
+        def advance(run_id: Any = run_id, delay: float = (i % 6) * 0.001) -> bool:
+            # Staggered starts let the read win some rounds and lose others.
+            time.sleep(delay)
             return app.progress_run(run_id)
 
         _together([read, advance])
