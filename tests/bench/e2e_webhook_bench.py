@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _db import fresh_postgres  # noqa: E402
+from _db import fresh_postgres
 
-from chimeway import Chimeway, Notifier, Recipient  # noqa: E402
-from chimeway.channels import Webhook  # noqa: E402
-from chimeway.db import create_engine  # noqa: E402
-from chimeway.models import deliveries_table, metadata  # noqa: E402
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.channels import Webhook
+from chimeway.db import create_engine
+from chimeway.models import deliveries_table, metadata
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA=="
 FANOUT = 10

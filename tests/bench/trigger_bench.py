@@ -28,14 +28,14 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _db import fresh_postgres  # noqa: E402
+from _db import fresh_postgres
 
-from chimeway import Chimeway, Notifier, Recipient  # noqa: E402
-from chimeway.db import create_engine  # noqa: E402
-from chimeway.dispatch import Due  # noqa: E402
-from chimeway.ids import new_id  # noqa: E402
-from chimeway.models import deliveries_table, events_table, metadata, notifications_table  # noqa: E402
-from chimeway.testing import RecordingChannel  # noqa: E402
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.db import create_engine
+from chimeway.dispatch import Due
+from chimeway.ids import new_id
+from chimeway.models import deliveries_table, events_table, metadata, notifications_table
+from chimeway.testing import RecordingChannel
 
 
 class BenchShipped(Notifier):

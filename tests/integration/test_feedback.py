@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import count_rows
 
 from chimeway import Chimeway
 from chimeway.channels import Webhook, sign_webhook
 from chimeway.errors import SignatureError, UnknownChannelError
 from chimeway.feedback import wsgi_app
 from chimeway.models import decisions_table, deliveries_table, provider_events_table
-from support import count_rows
 
 SECRET = "whsec_" + "ZmVlZGJhY2stdGVzdC1zZWNyZXQ="
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import OnlyRec, Welcome, count_rows, total_rows
 
 from chimeway import Chimeway, TriggerRequest
 from chimeway.errors import ParamsNotJSONError
 from chimeway.testing import RecordingChannel
-from support import OnlyRec, Welcome, count_rows, total_rows
 
 
 def test_batch_writes_every_trigger_and_reports_duplicates(any_engine: sa.Engine) -> None:
