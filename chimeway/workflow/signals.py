@@ -44,9 +44,11 @@ __all__ = ["SIGNAL_QUEUE", "SIGNAL_WORKER", "SignalRouter", "mark_routed"]
 SIGNAL_QUEUE = "chimeway_signals"
 SIGNAL_WORKER = "chimeway.workflow.SignalRouterWorker"
 MAX_NAME = 200
-# A router job routes its own signal and then this many others still waiting,
-# so a burst of signals is routed in large transactions.
-ROUTE_BATCH = 500
+# A router job also routes others still waiting, this many per transaction
+# for up to ROUTE_ROUNDS transactions, so a burst of signals is routed in
+# large transactions by the first jobs and the rest find nothing to do.
+ROUTE_BATCH = 1000
+ROUTE_ROUNDS = 10
 
 
 class SignalRouter:
@@ -152,7 +154,7 @@ class SignalRouter:
         # routed by an earlier job's batch and need no write transaction.
         moved = 0
         if backlog is not None:
-            moved += self.route_pending(limit=ROUTE_BATCH, rounds=1)
+            moved += self.route_pending(limit=ROUTE_BATCH, rounds=ROUTE_ROUNDS)
         if mine is not None and mine.routed_at is None:
             # Usually in the batch just routed (then this finds nothing to do);
             # a router holding it right now routes it itself.
