@@ -338,3 +338,18 @@ def test_explain_run_renders_the_journey(h: Harness) -> None:
     assert "the step's delivery succeeded" in text
     with pytest.raises(NotFoundError):
         h.app.explain_run(__import__("uuid").uuid4())
+
+
+def test_the_built_in_cron_schedule_runs_the_sweep(make_app: Callable[..., Harness]) -> None:
+    from chimeway.models import jobs_table
+
+    h = make_app()
+    _, nid = _trigger(h, Mention, "cron-sweep", {"who": "a", "text": "t"})
+    with h.app.engine.begin() as conn:  # only the sweep is left to advance the run
+        conn.execute(sa.delete(jobs_table))
+    h.clock.advance(minutes=31)
+    fired = h.app.run_scheduler()
+    assert "chimeway.workflow.sweep" in {t.name for t in fired}
+    h.app.work()
+    assert h.app.explain_run(notification_id=nid).step == 3
+    assert len(h.email.sent) == 1
