@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -382,19 +383,29 @@ def write_plans(
 
 
 def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> set[uuid.UUID]:
-    module: Any
-    if conn.dialect.name == "postgresql":
-        module = postgresql
-    elif conn.dialect.name == "sqlite":
-        module = sqlite
-    else:
-        raise InvalidInputError(f"database {conn.dialect.name!r} is not supported (use PostgreSQL or SQLite)")
+    if len(events) == 1:
+        # The common case reuses one compiled statement.
+        return set(conn.execute(_insert_event_statement(conn.dialect.name), events[0]).scalars())
     # One multi-row VALUES statement, so RETURNING names exactly the rows
     # that went in (executemany cannot say which rows a conflict skipped).
-    stmt = (module.insert(events_table).values(events)
+    stmt = _dialect_insert(conn.dialect.name)(events_table).values(events)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"]).returning(events_table.c.id)
+    return set(conn.execute(stmt).scalars())
+
+
+@lru_cache(maxsize=4)
+def _insert_event_statement(dialect: str) -> Any:
+    return (_dialect_insert(dialect)(events_table)
             .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"])
             .returning(events_table.c.id))
-    return set(conn.execute(stmt).scalars())
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise InvalidInputError(f"database {dialect!r} is not supported (use PostgreSQL or SQLite)")
 
 
 def _delivery_row(the_plan: Plan, d: PlannedDelivery) -> dict[str, Any]:

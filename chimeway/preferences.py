@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -432,6 +433,30 @@ def load_settings(conn: Connection, tenant: str, recipient_ids: Iterable[str]) -
     return out
 
 
+@lru_cache(maxsize=1)
+def _recipient_policy_query() -> sa.CompoundSelect[Any]:
+    # Built once: constructing this statement costs more than running it.
+    p, r = preferences_table, recipient_settings_table
+    text = sa.String(200)
+    tenant: sa.BindParameter[str] = sa.bindparam("tenant")
+    ids: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+    return sa.union_all(
+        sa.select(
+            sa.literal("p").label("kind"), p.c.recipient_id, p.c.scope, p.c.scope_key, p.c.channel,
+            p.c.enabled, p.c.source, p.c.updated_at,
+            sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
+            sa.cast(sa.null(), text).label("quiet_end"),
+        ).where(p.c.tenant == tenant, p.c.recipient_id.in_(ids)),
+        sa.select(
+            sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
+            sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
+            sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
+            sa.cast(sa.null(), p.c.updated_at.type),
+            r.c.timezone, r.c.quiet_start, r.c.quiet_end,
+        ).where(r.c.tenant == tenant, r.c.recipient_id.in_(ids)),
+    )
+
+
 def load_recipient_policy(
     conn: Connection, tenant: str, recipient_ids: Iterable[str]
 ) -> tuple[dict[str, list[PreferenceEntry]], dict[str, Settings]]:
@@ -450,23 +475,7 @@ def load_recipient_policy(
     settings: dict[str, Settings] = {}
     if not ids:
         return preferences, settings
-    p, r = preferences_table, recipient_settings_table
-    text = sa.String(200)
-    rows = conn.execute(sa.union_all(
-        sa.select(
-            sa.literal("p").label("kind"), p.c.recipient_id, p.c.scope, p.c.scope_key, p.c.channel,
-            p.c.enabled, p.c.source, p.c.updated_at,
-            sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
-            sa.cast(sa.null(), text).label("quiet_end"),
-        ).where(p.c.tenant == tenant, p.c.recipient_id.in_(ids)),
-        sa.select(
-            sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
-            sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
-            sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
-            sa.cast(sa.null(), p.c.updated_at.type),
-            r.c.timezone, r.c.quiet_start, r.c.quiet_end,
-        ).where(r.c.tenant == tenant, r.c.recipient_id.in_(ids)),
-    )).all()
+    rows = conn.execute(_recipient_policy_query(), {"tenant": tenant, "ids": ids}).all()
     for row in rows:
         if row.kind == "p":
             preferences[row.recipient_id].append(_entry(row))
