@@ -9,14 +9,26 @@ from typing import Any
 
 from chimeway.errors import ParamsNotJSONError
 
-__all__ = ["REDACTED", "check_json", "redact"]
+__all__ = ["REDACTED", "check_json", "is_secret_key", "redact"]
 
 REDACTED = "[redacted]"
 
-_SECRET = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|auth|credential|private[_-]?key|otp)",
-    re.IGNORECASE,
-)
+# A key is secret when one of its words (split on non-letters and camelCase)
+# is a secret word, or two adjacent words form one ("api_key", "accessToken").
+# Whole words only: "author" or "tokenizer_name" are not secrets.
+_SECRET_WORDS = frozenset({
+    "password", "passwd", "pwd", "passphrase", "secret", "token", "authorization", "auth",
+    "credential", "credentials", "otp", "apikey", "privatekey", "cookie", "signature",
+})
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a params key names a secret (its value is redacted before storing)."""
+    words = [w.lower() for w in _WORDS.findall(key)]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(a + b in _SECRET_WORDS for a, b in zip(words, words[1:], strict=False))
 
 
 def check_json(value: Any, *, name: str = "params") -> None:
@@ -58,7 +70,7 @@ def redact(value: Any) -> Any:
     """Return a copy of ``value`` with secret-looking keys replaced by ``[redacted]``."""
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if isinstance(key, str) and _SECRET.search(key) else redact(item))
+            key: (REDACTED if isinstance(key, str) and is_secret_key(key) else redact(item))
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):

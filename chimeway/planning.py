@@ -118,6 +118,8 @@ class Plan:
     notifications: list[dict[str, Any]]
     deliveries: list[PlannedDelivery]
     notifier: Notifier
+    # The caller's params as given; the event row stores them redacted.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -232,7 +234,8 @@ def plan(
                     "detail": {"rule": "channel_validation", "reason": reason},
                 })
             deliveries.append(planned)
-    return Plan(event=event, notifications=notifications, deliveries=deliveries, notifier=notifier)
+    return Plan(event=event, notifications=notifications, deliveries=deliveries, notifier=notifier,
+                params=params)
 
 
 def render_message(

@@ -127,7 +127,9 @@ class Workflows:
             conn.execute(sa.delete(events_table).where(events_table.c.id == plan.event_id))
             raise
         now = plan.event["created_at"]
-        params = plan.event["params"]
+        # The first step renders from the params as given; later steps only
+        # have the stored (redacted) copy.
+        params = plan.params
         batch = Batch(conn=conn, now=now, channels=self.channels, notifier=lambda _key: plan.notifier,
                       params=lambda _eid: params, check_signals=False,
                       planned_notifications=plan.notifications)
