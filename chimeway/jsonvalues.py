@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 from chimeway.errors import ParamsNotJSONError
@@ -28,7 +29,7 @@ def is_secret_key(key: str) -> bool:
     words = [w.lower() for w in _WORDS.findall(key)]
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(a + b in _SECRET_WORDS for a, b in zip(words, words[1:], strict=False))
+    return any(a + b in _SECRET_WORDS for a, b in pairwise(words))
 
 
 def check_json(value: Any, *, name: str = "params") -> None:

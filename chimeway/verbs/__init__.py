@@ -1,0 +1,8 @@
+"""The verbs of ``Chimeway``, grouped by concept; ``chimeway.app`` combines them."""
+
+from chimeway.verbs.aio import AsyncVerbs
+from chimeway.verbs.policy import PolicyVerbs
+from chimeway.verbs.scheduling import SchedulingVerbs
+from chimeway.verbs.workflows import WorkflowVerbs
+
+__all__ = ["AsyncVerbs", "PolicyVerbs", "SchedulingVerbs", "WorkflowVerbs"]

@@ -1,0 +1,35 @@
+"""What every group of verbs can rely on: the attributes ``Chimeway`` sets up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Engine
+
+from chimeway.channels.base import Channel
+from chimeway.clock import Clock
+from chimeway.dispatch.base import Dispatcher
+from chimeway.queue import JobQueue
+
+if TYPE_CHECKING:
+    from chimeway.cron import ScheduledNotifiers, Scheduler
+    from chimeway.policy import Policy
+    from chimeway.record_triggers import RecordTriggers
+    from chimeway.workflow import Workflows
+
+__all__ = ["AppBase"]
+
+
+class AppBase:
+    """Declares the state ``Chimeway.__init__`` creates, for the verb groups' type checking."""
+
+    engine: Engine
+    clock: Clock
+    channels: dict[str, Channel]
+    queue: JobQueue
+    dispatcher: Dispatcher
+    policy: Policy
+    workflows: Workflows
+    scheduler: Scheduler
+    scheduled_notifiers: ScheduledNotifiers
+    record_triggers: RecordTriggers
