@@ -20,6 +20,7 @@ __all__ = [
     "HTTPChannel",
     "classify_http",
     "classify_transport_error",
+    "json_object",
     "parse_retry_after",
 ]
 
@@ -82,6 +83,15 @@ def classify_http(
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
     return DeliveryResult.permanent(message, error_class=f"http_{status}", vendor_code=vendor_code)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response body as a JSON object, or ``None`` when it is not one."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def _short_body(response: httpx.Response, limit: int = 300) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from chimeway.channels._http import HTTPChannel, classify_http
+from chimeway.channels._http import HTTPChannel, classify_http, json_object
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
 
@@ -106,10 +106,7 @@ class Discord(HTTPChannel):
 def _classify(response: httpx.Response | DeliveryResult) -> DeliveryResult:
     if isinstance(response, DeliveryResult):
         return response
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
+    document = json_object(response)
     if not isinstance(document, dict):
         return classify_http(response)
     if 200 <= response.status_code < 300:

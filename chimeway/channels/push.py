@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
+from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
 
@@ -188,10 +188,7 @@ class Push(HTTPChannel):
     ) -> _AccessToken | DeliveryResult:
         if isinstance(response, DeliveryResult):
             return response
-        try:
-            document = response.json()
-        except ValueError:
-            document = None
+        document = json_object(response)
         if response.status_code == 200 and isinstance(document, dict):
             value = document.get("access_token")
             expires_in = document.get("expires_in", 3600)
@@ -354,10 +351,7 @@ def _bearer(token: _AccessToken) -> dict[str, str]:
 def _classify(response: httpx.Response | DeliveryResult, device: str) -> DeliveryResult:
     if isinstance(response, DeliveryResult):
         return response
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
+    document = json_object(response)
     if 200 <= response.status_code < 300:
         name = document.get("name") if isinstance(document, dict) else None
         return DeliveryResult.ok(provider_message_id=str(name) if name else None)

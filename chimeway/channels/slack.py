@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
+from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
 
@@ -193,10 +193,7 @@ def _classify_webhook(response: httpx.Response) -> DeliveryResult:
 
 
 def _classify_api(response: httpx.Response) -> DeliveryResult:
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
+    document = json_object(response)
     if not isinstance(document, dict):
         if 200 <= response.status_code < 300:
             return DeliveryResult.temporary(

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
+from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError, SignatureError
 from chimeway.values import DeliveryResult, Feedback, FeedbackStatus, Message, Recipient
 
@@ -234,10 +234,7 @@ class Sms(HTTPChannel):
 def _classify(response: httpx.Response | DeliveryResult) -> DeliveryResult:
     if isinstance(response, DeliveryResult):
         return response
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
+    document = json_object(response)
     if not isinstance(document, dict):
         if 200 <= response.status_code < 300:
             return DeliveryResult.temporary(

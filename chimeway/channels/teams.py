@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from chimeway.channels._http import HTTPChannel, classify_http
+from chimeway.channels._http import HTTPChannel, classify_http, json_object
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message
 
@@ -112,10 +112,7 @@ def _classify(response: httpx.Response | DeliveryResult) -> DeliveryResult:
         return response
     if 200 <= response.status_code < 300:
         return DeliveryResult.ok()
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
+    document = json_object(response)
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict):
         code = str(error.get("code") or "") or None
