@@ -23,18 +23,16 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "queue"))
 
+from _db import fresh_postgres  # noqa: E402
 from queue_worker_proc import LATENCY_DDL  # noqa: E402
 
 from chimeway.db import create_engine  # noqa: E402
@@ -44,16 +42,6 @@ from chimeway.queue import JobQueue, NewJob  # noqa: E402
 WORKER = ROOT / "tests" / "integration" / "queue" / "queue_worker_proc.py"
 
 
-@contextmanager
-def database(server: str) -> Iterator[str]:
-    name = f"chimeway_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reset(engine: sa.Engine) -> None:
@@ -174,7 +162,7 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0)
     ns = parser.parse_args()
-    with database(ns.server) as url:
+    with fresh_postgres(server=ns.server) as url:
         engine = create_engine(url)
         metadata.create_all(engine)
         with engine.begin() as conn:

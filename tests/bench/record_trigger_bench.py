@@ -19,35 +19,21 @@ import argparse
 import os
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "scheduling"))
 
+from _db import fresh_postgres  # noqa: E402
 from sched_proc import ProofAppointment, ProofBase, build_app  # noqa: E402
 
 from chimeway.db import create_engine  # noqa: E402
 from chimeway.models import metadata  # noqa: E402
-
-
-@contextmanager
-def database(server: str) -> Iterator[str]:
-    name = f"chimeway_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reset(engine: sa.Engine) -> None:
@@ -65,7 +51,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     ns = parser.parse_args()
     server = os.environ.get("CHIMEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-    with database(server) as url:
+    with fresh_postgres(server=server) as url:
         engine = create_engine(url)
         metadata.create_all(engine)
         ProofBase.metadata.create_all(engine)

@@ -24,18 +24,18 @@ import os
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _db import fresh_postgres  # noqa: E402
 
 from chimeway import Chimeway, Notifier, Recipient  # noqa: E402
 from chimeway.db import create_engine  # noqa: E402
@@ -53,16 +53,6 @@ class Nudge(Notifier):
         return [Recipient(id=str(params["user"]), email=f"{params['user']}@example.test")]
 
 
-@contextmanager
-def database(server: str) -> Iterator[str]:
-    name = f"chimeway_wfbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def trigger_many(app: Chimeway, runs: int, prefix: str, chunk: int = 500) -> float:
@@ -103,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     server = os.environ.get("CHIMEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
     runs = args.runs
-    with database(server) as url:
+    with fresh_postgres(server=server) as url:
         engine = create_engine(url, pool_size=10)
         metadata.create_all(engine)
         clock = FakeClock()
