@@ -313,7 +313,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         The channel verifies the request's signature first; a request that is
         not authentic raises ``SignatureError`` and changes nothing. Reports are
         deduplicated by the provider's event id. Each applied report records a
-        ``delivery.<status>`` signal when workflows are available.
+        ``delivery.<status>`` signal (workflows can wait on it) in the same transaction.
 
         Args:
             channel: the configured channel name the provider reports on.
@@ -323,12 +323,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         """
         from chimeway.feedback import ingest
 
-        track = getattr(self, "track", None)
-
         def on_signal(conn: Connection, name: str, payload: Mapping[str, Any]) -> None:
-            if track is not None:
-                track(conn, name, actor=payload["actor"], tenant=payload["tenant"],
-                      payload=dict(payload), notification_id=payload["notification_id"])
+            self.track(conn, name, actor=payload["actor"], tenant=payload["tenant"],
+                       payload=dict(payload), notification_id=payload["notification_id"])
 
         return ingest(engine=self.engine, clock=self.clock, channels=self.channels, channel_name=channel,
                       headers=headers, body=body, url=url, on_signal=on_signal)

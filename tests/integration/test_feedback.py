@@ -18,7 +18,7 @@ from chimeway import Chimeway
 from chimeway.channels import Webhook, sign_webhook
 from chimeway.errors import SignatureError, UnknownChannelError
 from chimeway.feedback import wsgi_app
-from chimeway.models import decisions_table, deliveries_table, provider_events_table
+from chimeway.models import decisions_table, deliveries_table, provider_events_table, signals_table
 
 SECRET = "whsec_" + "ZmVlZGJhY2stdGVzdC1zZWNyZXQ="
 
@@ -77,6 +77,10 @@ def test_bounce_report_cancels_the_delivery_once(app: Chimeway) -> None:
     entry = next(t for t in explanation.timeline if t.event == "provider_bounced")
     assert entry.detail["checkpoint"] == "provider_feedback"
     assert entry.detail["provider_event_id"] == "evt_1"
+    # Workflows can wait on the report: it is recorded as a signal of the recipient.
+    with app.engine.connect() as conn:
+        signals = conn.execute(sa.select(signals_table.c.name, signals_table.c.actor)).all()
+    assert [tuple(s) for s in signals] == [("delivery.bounced", "user:1")]
     # The provider retries its webhook: nothing changes the second time.
     before = count_rows(app.engine)
     [again] = app.ingest_feedback("rec", headers, body)
