@@ -57,12 +57,20 @@ def after_commit(target: Session | Connection, callback: Callback) -> None:
 
 
 def _session_committed(session: Session) -> None:
+    # after_commit also fires when a savepoint (begin_nested) is released;
+    # only the outermost commit makes the rows durable and visible.
+    if session.in_nested_transaction():
+        return
     callbacks = session.info.get(_SESSION_KEY) or []
     session.info[_SESSION_KEY] = []
     run_callbacks(callbacks)
 
 
 def _session_rolled_back(session: Session) -> None:
+    # A savepoint rolled back: work planned before it still stands. Work
+    # planned inside it finds no rows when it runs, so it can stay queued.
+    if session.in_nested_transaction():
+        return
     session.info[_SESSION_KEY] = []
 
 

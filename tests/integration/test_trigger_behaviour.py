@@ -158,3 +158,38 @@ def test_inbox_item_appears_only_when_in_app_delivery_succeeds(app: Chimeway) ->
     with app.engine.connect() as conn:
         inbox_at = conn.execute(sa.select(notifications_table.c.inbox_at)).scalar_one()
     assert inbox_at is not None
+
+
+def test_savepoints_deliver_only_at_the_outermost_commit(app: Chimeway, rec: RecordingChannel) -> None:
+    with Session(app.engine) as session:
+        with session.begin():
+            app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="outer")
+            with session.begin_nested():
+                app.trigger(session, OnlyRec, {"n": 2}, idempotency_key="released")
+            assert rec.calls == []  # releasing a savepoint is not a commit
+            try:
+                with session.begin_nested():
+                    app.trigger(session, OnlyRec, {"n": 3}, idempotency_key="rolled-back-savepoint")
+                    raise RuntimeError("undo this part only")
+            except RuntimeError:
+                pass
+            assert rec.calls == []
+        assert sorted(m.fields["body"] for m in rec.sent) == ["n=1", "n=2"]
+    with app.engine.connect() as conn:
+        keys = set(conn.execute(sa.select(events_table.c.idempotency_key)).scalars())
+    assert keys == {"outer", "released"}
+
+
+def test_savepoints_on_a_connection_deliver_only_at_the_outermost_commit(
+    app: Chimeway, rec: RecordingChannel
+) -> None:
+    with app.engine.connect() as conn:
+        with conn.begin():
+            app.trigger(conn, OnlyRec, {"n": 1}, idempotency_key="c-outer")
+            with conn.begin_nested():
+                app.trigger(conn, OnlyRec, {"n": 2}, idempotency_key="c-released")
+            savepoint = conn.begin_nested()
+            app.trigger(conn, OnlyRec, {"n": 3}, idempotency_key="c-undone")
+            savepoint.rollback()
+            assert rec.calls == []
+        assert sorted(m.fields["body"] for m in rec.sent) == ["n=1", "n=2"]
