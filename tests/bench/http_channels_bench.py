@@ -21,7 +21,6 @@ import multiprocessing.connection
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,35 +82,6 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
         conn.send(time.process_time())
     for fake in fakes:
         fake.close()
-
-
-def use_client_per_thread() -> None:
-    """Give each sender thread its own pooled client (a proposed ``HTTPChannel`` change).
-
-    One ``httpx.Client`` shared by 50 threads spends about twice the CPU per
-    request in its connection pool's bookkeeping; a client per thread does
-    not. This patches ``HTTPChannel.client`` in this process only, to measure
-    what the change would give.
-    """
-    import httpx
-
-    from chimeway.channels._http import HTTPChannel
-
-    lock = threading.Lock()
-
-    def client(self: HTTPChannel) -> httpx.Client:
-        if not self._owns_client and self._client is not None:
-            return self._client
-        local = self.__dict__.get("_bench_local")
-        if local is None:
-            with lock:
-                local = self.__dict__.setdefault("_bench_local", threading.local())
-        current: httpx.Client | None = getattr(local, "client", None)
-        if current is None:
-            current = local.client = httpx.Client(timeout=self.timeout, headers=self._headers)
-        return current
-
-    HTTPChannel.client = property(client)  # type: ignore[method-assign,assignment]
 
 
 def channels(urls: dict[str, Any]) -> list[tuple[str, Channel, dict[str, Any]]]:
@@ -247,11 +217,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=50, help="concurrent sender threads")
     parser.add_argument("--only", help="run only channels whose name contains this")
     parser.add_argument(
-        "--client-per-thread",
-        action="store_true",
-        help="measure with one httpx.Client per sender thread (proposed HTTPChannel change)",
-    )
-    parser.add_argument(
         "--async",
         dest="use_async",
         action="store_true",
@@ -259,24 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    if args.client_per_thread:
-        use_client_per_thread()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     server = ctx.Process(target=serve, args=(child,), daemon=True)
     server.start()
     urls = parent.recv()
     print(
-        "NOTE: the queue worker does not exist yet, so this calls channel.send() directly from "
-        f"{args.threads} threads (no database, planning or job claiming); fake vendor servers on "
-        "127.0.0.1 in a separate process."
+        f"channel.send() called directly from {args.threads} threads (no database, planning or "
+        "job claiming; tests/bench/e2e_webhook_bench.py measures the whole path through the "
+        "queue); fake vendor servers on 127.0.0.1 in a separate process."
     )
-    mode = (
-        "one httpx.Client per thread (patched)"
-        if args.client_per_thread
-        else "one shared httpx.Client"
-    )
-    print(f"{args.count} deliveries per channel, {args.threads} threads, {mode}; goal >= 1000/s")
+    print(f"{args.count} deliveries per channel, {args.threads} threads; goal >= 1000/s")
     print("CPU us = CPU microseconds per delivery spent by the senders / by the fake servers")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
