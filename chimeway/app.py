@@ -306,20 +306,25 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         return self.queue.work(until_empty=until_empty, queues=queues)
 
     def ingest_feedback(
-        self, channel: str, headers: Mapping[str, str], body: bytes, url: str | None = None
+        self, channel: str, headers: Mapping[str, str], body: bytes, url: str | None = None,
+        *, tenant: str | None = None,
     ) -> list[FeedbackOutcome]:
         """Apply a provider's status webhook (delivered, bounced, failed) to its delivery.
 
         The channel verifies the request's signature first; a request that is
-        not authentic raises ``SignatureError`` and changes nothing. Reports are
-        deduplicated by the provider's event id. Each applied report records a
-        ``delivery.<status>`` signal (workflows can wait on it) in the same transaction.
+        not authentic raises ``SignatureError`` and changes nothing. A report
+        only applies to deliveries sent through ``channel`` (the channel whose
+        credentials verified it). Reports are deduplicated by the provider's
+        event id. Each applied report records a ``delivery.<status>`` signal
+        (workflows can wait on it) in the same transaction.
 
         Args:
             channel: the configured channel name the provider reports on.
             headers: the request headers.
             body: the raw request body, exactly as received.
             url: the full URL the provider called (some providers sign it).
+            tenant: when this endpoint serves one tenant, only that tenant's
+                deliveries are matched.
         """
         from chimeway.feedback import ingest
 
@@ -328,7 +333,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
                        payload=dict(payload), notification_id=payload["notification_id"])
 
         return ingest(engine=self.engine, clock=self.clock, channels=self.channels, channel_name=channel,
-                      headers=headers, body=body, url=url, on_signal=on_signal)
+                      headers=headers, body=body, url=url, on_signal=on_signal, tenant=tenant)
 
     def close(self) -> None:
         """Close channels' connection pools and, if Chimeway created it, the engine."""

@@ -10,6 +10,11 @@ report on the delivery's timeline, and moves it:
 - ``bounced`` / ``complained`` / ``failed``: ``cancelled`` with reason
   ``bounced: ...`` / ``complained: ...`` / ``provider_failed: ...``.
 
+A report only ever reaches deliveries sent through the channel whose
+credentials verified it (and, when ``tenant`` is given, of that tenant): a
+receiver holding the webhook secret cannot bounce an SMS, nor one tenant's
+endpoint another tenant's email.
+
 Each report is also offered as a signal ``delivery.<status>`` (for workflows
 that wait on it) through the ``on_signal`` hook, in the same transaction.
 
@@ -74,6 +79,7 @@ def ingest(
     body: bytes,
     url: str | None = None,
     on_signal: SignalHook | None = None,
+    tenant: str | None = None,
 ) -> list[FeedbackOutcome]:
     """Verify, deduplicate and apply a provider's status webhook.
 
@@ -86,6 +92,8 @@ def ingest(
         body: the raw request body.
         url: the full URL the provider called (Twilio signs it).
         on_signal: called per applied report with ``(conn, "delivery.<status>", payload)``.
+        tenant: when the endpoint (or its credentials) belongs to one tenant,
+            only that tenant's deliveries are matched; ``None`` matches any.
     """
     channel = channels.get(channel_name)
     if channel is None:
@@ -95,14 +103,19 @@ def ingest(
     now = clock.now()
     with writer(engine).begin() as conn:
         for report in reports:
-            outcomes.append(_apply(conn, channel_name, report, now, on_signal))
+            outcomes.append(_apply(conn, channel_name, tenant, report, now, on_signal))
     return outcomes
 
 
-def _apply(conn: Connection, channel_name: str, report: Feedback, now: datetime,
-           on_signal: SignalHook | None) -> FeedbackOutcome:
+def _apply(conn: Connection, channel_name: str, tenant: str | None, report: Feedback,
+           now: datetime, on_signal: SignalHook | None) -> FeedbackOutcome:
     d = deliveries_table
-    query = sa.select(d.c.id, d.c.status, d.c.tenant, d.c.recipient_id, d.c.notification_id, d.c.channel)
+    # Scoped in the query itself, so a report naming another channel's (or
+    # tenant's) delivery finds nothing rather than something to refuse.
+    query = (sa.select(d.c.id, d.c.status, d.c.tenant, d.c.recipient_id, d.c.notification_id, d.c.channel)
+             .where(d.c.channel == channel_name))
+    if tenant is not None:
+        query = query.where(d.c.tenant == tenant)
     if report.delivery_id is not None:
         row = conn.execute(query.where(d.c.id == report.delivery_id)).first()
     elif report.provider_message_id:
@@ -119,7 +132,7 @@ def _apply(conn: Connection, channel_name: str, report: Feedback, now: datetime,
                                note="duplicate report, already ingested")
     if row is None:
         return FeedbackOutcome(**base, delivery_id=None, applied=False,
-                               note="no delivery matches this report")
+                               note=f"no delivery of channel {channel_name!r} matches this report")
     detail: dict[str, Any] = {"provider_event_id": report.provider_event_id, "channel": channel_name}
     for key in ("provider_message_id", "detail", "vendor_code"):
         value = getattr(report, key)
@@ -149,6 +162,17 @@ def _apply(conn: Connection, channel_name: str, report: Feedback, now: datetime,
 Ingest = Callable[[str, Mapping[str, str], bytes, str | None], list[FeedbackOutcome]]
 
 
+class _BadRequest(Exception):
+    pass
+
+
+def _content_length(raw: Any) -> int:
+    text = str(raw or "0").strip()
+    if not text.isascii() or not text.isdigit():
+        raise _BadRequest("Content-Length is not a non-negative integer")
+    return int(text)
+
+
 def _respond(ingest_fn: Ingest, channel_name: str, headers: Mapping[str, str], body: bytes,
              url: str | None) -> tuple[int, bytes]:
     try:
@@ -170,7 +194,11 @@ def wsgi_app(ingest_fn: Ingest) -> Callable[[dict[str, Any], Callable[..., Any]]
         if environ.get("REQUEST_METHOD") != "POST":
             start_response("405 Method Not Allowed", [("Allow", "POST")])
             return [b""]
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            length = _content_length(environ.get("CONTENT_LENGTH"))
+        except _BadRequest as exc:
+            start_response("400 Bad Request", [("Content-Type", "application/json")])
+            return [json.dumps({"error": str(exc)}).encode()]
         body = environ["wsgi.input"].read(length) if length else b""
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from chimeway.channels._signing import as_bytes, lowered_headers
 from chimeway.channels.email_message import METADATA_KEY
 from chimeway.channels.webhook import verify_webhook
 from chimeway.errors import ConfigurationError, InvalidInputError, SignatureError
@@ -55,21 +56,17 @@ SENDGRID_TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header's value, looked up without regard to case."""
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
+    return lowered_headers(headers).get(name.lower())
 
 
 def _same(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    return given is not None and hmac.compare_digest(as_bytes(given), as_bytes(expected))
 
 
 def _load_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"webhook body is not JSON: {exc}") from exc
 
 
@@ -88,6 +85,16 @@ def _iso(value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
+        return None
+
+
+def _from_unix(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        # Past year 9999, or NaN/Infinity (which json.loads accepts).
         return None
 
 
@@ -118,8 +125,9 @@ def verify_postmark(
         given = header(headers, "Authorization") or ""
         scheme, _, token = given.partition(" ")
         try:
+            # b64decode refuses non-ASCII text with a plain ValueError.
             decoded = base64.b64decode(token, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:
             decoded = ""
         user, sep, password = decoded.partition(":")
         user_ok = _same(user, basic_auth[0])
@@ -267,8 +275,8 @@ def verify_sendgrid(
     key = load_sendgrid_key(public_key) if isinstance(public_key, str) else public_key
     try:
         raw = base64.b64decode(signature, validate=True)
-        key.verify(raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except (binascii.Error, InvalidSignature, ValueError) as exc:
+        key.verify(raw, as_bytes(timestamp) + as_bytes(body), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError) as exc:
         raise SignatureError("SendGrid webhook: signature does not match the body") from exc
 
 
@@ -320,9 +328,7 @@ def parse_sendgrid_feedback(body: bytes) -> list[Feedback]:
             status = "bounced"
         sg_message_id = event.get("sg_message_id")
         timestamp = event.get("timestamp")
-        occurred = (
-            datetime.fromtimestamp(timestamp, UTC) if isinstance(timestamp, int | float) else None
-        )
+        occurred = _from_unix(timestamp)
         event_id = event.get("sg_event_id") or f"{sg_message_id}:{name}:{timestamp}"
         out.append(
             Feedback(

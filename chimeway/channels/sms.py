@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
+from chimeway.channels._signing import as_bytes, lowered_headers
 from chimeway.errors import ConfigurationError, SignatureError
 from chimeway.values import DeliveryResult, Feedback, FeedbackStatus, Message, Recipient
 
@@ -57,7 +58,7 @@ def twilio_signature(url: str, params: Iterable[tuple[str, str]], auth_token: st
         auth_token: the account's auth token.
     """
     data = url + "".join(f"{name}{value}" for name, value in sorted(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    digest = hmac.new(as_bytes(auth_token), as_bytes(data), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -188,16 +189,15 @@ class Sms(HTTPChannel):
         target = url or self.status_callback
         if not target:
             raise ConfigurationError("Sms.parse_feedback needs url= (or status_callback=)")
-        lowered = {k.lower(): v for k, v in headers.items()}
-        given = lowered.get("x-twilio-signature")
+        given = lowered_headers(headers).get("x-twilio-signature")
         if not given:
             raise SignatureError("missing X-Twilio-Signature header")
         try:
-            params = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError as exc:
+            params = parse_qsl(as_bytes(body).decode(), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError) as exc:
             raise SignatureError("status callback body is not UTF-8 form data") from exc
         expected = twilio_signature(target, params, self._auth_token)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(as_bytes(given), expected.encode()):
             raise SignatureError("X-Twilio-Signature does not match the callback")
         form = dict(params)
         sid = form.get("MessageSid") or form.get("SmsSid")
@@ -213,6 +213,7 @@ class Sms(HTTPChannel):
         elif status in ("undelivered", "failed"):
             bad_number = (
                 error_code is not None
+                and error_code.isascii()
                 and error_code.isdigit()
                 and int(error_code) in BOUNCED_REPORT_CODES
             )

@@ -28,6 +28,7 @@ from typing import Any, cast
 import httpx
 
 from chimeway.channels._http import HTTPChannel, classify_http
+from chimeway.channels._signing import as_bytes, lowered_headers, unix_seconds
 from chimeway.errors import ConfigurationError, SignatureError
 from chimeway.values import DeliveryResult, Feedback, FeedbackStatus, Message
 
@@ -62,7 +63,7 @@ def _secret_key(secret: Secret) -> bytes:
 
 
 def _signature(key: bytes, msg_id: str, timestamp: int, payload: bytes) -> str:
-    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, payload)
+    signed = b"%s.%d.%s" % (as_bytes(msg_id), timestamp, payload)
     return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
@@ -113,7 +114,7 @@ def verify_webhook(
             outside the tolerance, no signature matches, or the body is not
             a JSON object.
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
+    lowered = lowered_headers(headers)
     missing = [
         name
         for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -122,10 +123,7 @@ def verify_webhook(
     if missing:
         raise SignatureError(f"missing webhook header(s): {', '.join(missing)}")
     msg_id = lowered["webhook-id"]
-    try:
-        timestamp = int(lowered["webhook-timestamp"])
-    except ValueError as exc:
-        raise SignatureError("webhook-timestamp is not an integer") from exc
+    timestamp = unix_seconds(lowered["webhook-timestamp"], name="webhook-timestamp")
     if now is None:
         current = time.time()
     elif isinstance(now, datetime):
@@ -136,17 +134,18 @@ def verify_webhook(
         raise SignatureError(
             f"webhook-timestamp is outside the {tolerance:g}s tolerance (possible replay)"
         )
-    expected = _signature(_secret_key(secret), msg_id, timestamp, payload).encode()
+    body_bytes = as_bytes(payload)
+    expected = _signature(_secret_key(secret), msg_id, timestamp, body_bytes).encode()
     for candidate in lowered["webhook-signature"].split():
         version, _, value = candidate.partition(",")
         # Other schemes (v1a asymmetric) may sit beside ours; skip, do not fail.
-        if version == "v1" and hmac.compare_digest(value.encode(), expected):
+        if version == "v1" and hmac.compare_digest(as_bytes(value), expected):
             break
     else:
         raise SignatureError("no webhook-signature matches the payload")
     try:
-        body = json.loads(payload)
-    except ValueError as exc:
+        body = json.loads(body_bytes)
+    except (ValueError, RecursionError) as exc:
         raise SignatureError("webhook body is not JSON") from exc
     if not isinstance(body, dict):
         raise SignatureError("webhook body is not a JSON object")
@@ -283,7 +282,7 @@ class Webhook(HTTPChannel):
         if prefix != "delivery" or status not in _FEEDBACK_STATUSES:
             return []
         delivery_id = _uuid_or_none(data.get("delivery_id"))
-        msg_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
+        msg_id = lowered_headers(headers)["webhook-id"]
         detail = data.get("detail") or data.get("reason")
         return [
             Feedback(

@@ -9,16 +9,19 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
+from http_apps import raw_post, serve_asgi, serve_wsgi
 from sqlalchemy.orm import Session
 from support import count_rows
 
-from chimeway import Chimeway
+from chimeway import Chimeway, Notifier, Recipient
 from chimeway.channels import Webhook, sign_webhook
 from chimeway.errors import SignatureError, UnknownChannelError
-from chimeway.feedback import wsgi_app
+from chimeway.feedback import asgi_app, wsgi_app
 from chimeway.models import decisions_table, deliveries_table, provider_events_table, signals_table
+from chimeway.testing import RecordingChannel
 
 SECRET = "whsec_" + "ZmVlZGJhY2stdGVzdC1zZWNyZXQ="
 
@@ -141,3 +144,74 @@ def test_wsgi_endpoint(app: Chimeway) -> None:
     with app.engine.connect() as conn:
         reason = conn.execute(sa.select(deliveries_table.c.reason)).scalar_one()
     assert reason == "provider_failed: mailbox full"
+
+
+class _OnlyOther(Notifier):
+    key = "test_feedback_other_channel"
+    channels = ["other"]
+    templates = {"other": {"body": "n={{ n }}"}}
+
+    def recipients(self, params: Any) -> list[Recipient]:
+        return [Recipient(id="user:2")]
+
+
+def test_a_report_only_reaches_deliveries_of_the_channel_that_verified_it(
+    any_engine: sa.Engine, receiver: str
+) -> None:
+    app = Chimeway(engine=any_engine, channels={"rec": Webhook(url=receiver, secret=SECRET),
+                                                "other": RecordingChannel()})
+    with Session(app.engine) as session, session.begin():
+        other_id = app.trigger(session, _OnlyOther, {"n": 1}, idempotency_key="o").delivery_ids[0]
+    assert app.explain(other_id).status == "succeeded"
+    # Signed with the webhook secret, naming a delivery sent through another channel.
+    headers, body = _callback(other_id, "bounced", "evt_cross")
+    [outcome] = app.ingest_feedback("rec", headers, body)
+    assert not outcome.applied and outcome.delivery_id is None
+    assert "no delivery of channel 'rec'" in outcome.note
+    explanation = app.explain(other_id)
+    assert explanation.status == "succeeded"
+    assert not [t for t in explanation.timeline if t.event.startswith("provider_")]
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(signals_table)).scalar_one() == 0
+    app.close()
+
+
+def test_a_tenant_scoped_endpoint_only_reaches_its_tenants_deliveries(app: Chimeway) -> None:
+    from support import OnlyRec
+
+    with Session(app.engine) as session, session.begin():
+        delivery_id = app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="t",
+                                  tenant="globex").delivery_ids[0]
+    headers, body = _callback(delivery_id, "bounced", "evt_acme")
+    [outcome] = app.ingest_feedback("rec", headers, body, tenant="acme")
+    assert not outcome.applied
+    assert app.explain(delivery_id).status == "succeeded"
+    headers, body = _callback(delivery_id, "bounced", "evt_globex")
+    [outcome] = app.ingest_feedback("rec", headers, body, tenant="globex")
+    assert outcome.applied
+    assert app.explain(delivery_id).status == "cancelled"
+
+
+# What anyone on the network can send; each must be refused as unauthenticated.
+_HOSTILE_TIMESTAMPS = ["9" * 309, "9" * 5000, "-1", "1_700_000_000", "1e9", "0x10", ""]
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_hostile_signature_headers_get_401_over_http(sqlite_engine: sa.Engine, kind: str) -> None:
+    app = Chimeway(engine=sqlite_engine, channels={"rec": Webhook(url="http://127.0.0.1:9/", secret=SECRET)})
+    headers, body = _callback("01a2019b-0000-7000-8000-000000000000", "bounced")
+    serve = serve_wsgi(wsgi_app(app.ingest_feedback)) if kind == "wsgi" else serve_asgi(
+        asgi_app(app.ingest_feedback))
+    with serve as base, httpx.Client(base_url=base, timeout=10) as client:
+        for timestamp in _HOSTILE_TIMESTAMPS:
+            response = client.post("/rec", content=body, headers={**headers, "webhook-timestamp": timestamp})
+            assert response.status_code == 401, (timestamp[:20], response.text)
+        for name in ("webhook-id", "webhook-signature"):
+            response = client.post("/rec", content=body, headers={**headers, name: "é\u00ff".encode()})
+            assert response.status_code == 401, name
+        if kind == "wsgi":
+            reply = raw_post(base, "/rec", "Content-Length: 12abc\r\n")
+            assert reply.startswith(b"HTTP/1.0 400"), reply[:40]
+        # The genuine request still goes through.
+        assert client.post("/rec", content=body, headers=headers).status_code == 200
+    app.close()
