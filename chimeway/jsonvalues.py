@@ -4,32 +4,48 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from itertools import pairwise
 from typing import Any
 
 from chimeway.errors import ParamsNotJSONError
 
-__all__ = ["REDACTED", "check_json", "is_secret_key", "redact"]
+__all__ = ["REDACTED", "check_json", "is_secret_key", "normalized_name", "redact"]
 
 REDACTED = "[redacted]"
 
-# A key is secret when one of its words (split on non-letters and camelCase)
-# is a secret word, or two adjacent words form one ("api_key", "accessToken").
-# Whole words only: "author" or "tokenizer_name" are not secrets.
+# A key is secret when one of its words is a secret word, or two adjacent
+# words form one ("api_key", "accessToken", "X-Api-Key"). Words are split on
+# anything that is not a letter (separators and digits: "password1",
+# "apiKey2") and at camelCase humps, and compared in lowercase, singular.
+# Whole words only: "author", "tokenizer_name", "pinned" and "zip_code" are
+# not secrets.
 _SECRET_WORDS = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "token", "authorization", "auth",
-    "credential", "credentials", "otp", "apikey", "privatekey", "cookie", "signature",
+    "password", "passwd", "pwd", "passphrase", "passcode", "pin", "secret", "token",
+    "authorization", "auth", "bearer", "credential", "otp", "totp", "hotp", "jwt", "csrf",
+    "xsrf", "apikey", "privatekey", "signingkey", "encryptionkey", "cookie", "signature",
+    "cvv", "cvc", "cardnumber", "sessionid", "verificationcode", "securitycode", "resetcode",
+    "logincode", "mfacode",
 })
-_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def _secret_word(word: str) -> bool:
+    return word in _SECRET_WORDS or (word.endswith("s") and word[:-1] in _SECRET_WORDS)
 
 
 def is_secret_key(key: str) -> bool:
     """Whether a params key names a secret (its value is redacted before storing)."""
     words = [w.lower() for w in _WORDS.findall(key)]
-    if any(w in _SECRET_WORDS for w in words):
+    if any(_secret_word(w) for w in words):
         return True
-    return any(a + b in _SECRET_WORDS for a, b in pairwise(words))
+    return any(_secret_word(a + b) for a, b in pairwise(words))
+
+
+def normalized_name(name: str) -> str:
+    """``name`` in lowercase without separators: ``"Account-Number"`` → ``"accountnumber"``."""
+    return _NOT_ALNUM.sub("", name.lower())
 
 
 def check_json(value: Any, *, name: str = "params") -> None:
@@ -67,13 +83,28 @@ def _walk(value: Any, path: str) -> None:
     )
 
 
-def redact(value: Any) -> Any:
-    """Return a copy of ``value`` with secret-looking keys replaced by ``[redacted]``."""
+def redact(value: Any, sensitive: Collection[str] = ()) -> Any:
+    """Return a copy of ``value`` with secret keys' values replaced by ``[redacted]``.
+
+    Args:
+        value: params (or any JSON value) to copy.
+        sensitive: more key names to redact, compared by :func:`normalized_name`
+            (a notifier's ``sensitive`` set).
+    """
+    extra = frozenset(normalized_name(name) for name in sensitive)
+    return _redact(value, extra)
+
+
+def _redact(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if isinstance(key, str) and is_secret_key(key) else redact(item))
+            key: (REDACTED if isinstance(key, str) and _is_hidden(key, extra) else _redact(item, extra))
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [redact(item) for item in value]
+        return [_redact(item, extra) for item in value]
     return value
+
+
+def _is_hidden(key: str, extra: frozenset[str]) -> bool:
+    return is_secret_key(key) or (bool(extra) and normalized_name(key) in extra)

@@ -8,7 +8,7 @@ worker process that imports the user's app knows every notifier.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -37,6 +37,8 @@ class Notifier:
         caps: ``chimeway.policy.Cap`` limits for this notifier, per recipient × channel.
         schedule: optional cron expression; ``app.schedule(ThisNotifier)``
             triggers it on every tick with ``params_for_schedule(tick)``.
+        sensitive: more params names whose values are never stored, beside
+            the secret-looking ones (compared without case or separators).
     """
 
     key: ClassVar[str]
@@ -51,6 +53,7 @@ class Notifier:
     dedupe_key: ClassVar[Any] = None
     caps: ClassVar[Sequence[Any]] = ()
     schedule: ClassVar[str | None] = None
+    sensitive: ClassVar[Collection[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,6 +74,7 @@ class Notifier:
                 f"notifier {cls.__qualname__}: `channels` must be a list of channel names"
             )
         _check_templates(cls)
+        _check_sensitive(cls)
         if cls.workflow is not None:
             from chimeway.workflow.steps import validate_workflow
 
@@ -113,6 +117,17 @@ def _check_templates(cls: type[Notifier]) -> None:
                 f"notifier {cls.__qualname__}: templates[{channel!r}] must map field names to "
                 "template strings"
             )
+
+
+def _check_sensitive(cls: type[Notifier]) -> None:
+    names = cls.sensitive
+    if isinstance(names, str | bytes | Mapping) or not isinstance(names, Collection) or not all(
+        isinstance(name, str) and name.strip() for name in names
+    ):
+        raise InvalidNotifierError(
+            f"notifier {cls.__qualname__}: `sensitive` must be a set of params names, "
+            f"e.g. {{\"ssn\", \"date_of_birth\"}}; got {names!r}"
+        )
 
 
 def _same_definition(a: type[Notifier], b: type[Notifier]) -> bool:

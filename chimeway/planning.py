@@ -192,7 +192,7 @@ def plan(
         "actor": actor,
         "correlation_id": correlation_id,
         "cancellation_key": cancellation_key,
-        "params": redact(dict(params)),
+        "params": redact(dict(params), notifier_cls.sensitive),
         "created_at": now,
     }
     notifications: list[dict[str, Any]] = []
