@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,9 +12,30 @@ from sqlalchemy.orm import Session
 
 from chimeway.errors import ConfigurationError
 
-__all__ = ["DEFAULT_DATABASE_URL", "connection_of", "create_engine", "is_postgres", "writer"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "connection_of",
+    "create_engine",
+    "is_postgres",
+    "mask_url",
+    "writer",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///chimeway.db"
+
+# scheme://user:password@ -- the password runs to the last "@" of the word.
+_PASSWORD_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def mask_url(url: str | sa.URL) -> str:
+    """``url`` (or any text holding URLs) with every password replaced by ``***``.
+
+    Args:
+        url: a URL, or a message that may contain URLs.
+    """
+    if isinstance(url, sa.URL):
+        return url.render_as_string(hide_password=True)
+    return _PASSWORD_IN_URL.sub(r"\1:***@", url)
 
 
 def create_engine(url: str, **kwargs: Any) -> Engine:
@@ -31,7 +53,7 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     try:
         engine = sa.create_engine(url, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
-        raise ConfigurationError(f"database_url {url!r} cannot be used: {exc}") from exc
+        raise ConfigurationError(f"database_url {mask_url(url)!r} cannot be used: {mask_url(str(exc))}") from exc
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine

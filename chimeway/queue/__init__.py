@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from chimeway.queue.backoff import default_backoff
+from chimeway.queue.browse import JobFilter, JobSummary
 from chimeway.queue.manager import BUILTIN_QUEUES, JOB_STATES, JobQueue, QueueCounts
 from chimeway.queue.outcomes import Cancel, JobEvent, JobInfo, JobOutcome, Retry, Snooze
 from chimeway.queue.registry import JobHandle, NewJob
@@ -21,10 +22,12 @@ __all__ = [
     "JOB_STATES",
     "Cancel",
     "JobEvent",
+    "JobFilter",
     "JobHandle",
     "JobInfo",
     "JobOutcome",
     "JobQueue",
+    "JobSummary",
     "NewJob",
     "QueueCounts",
     "Retry",

@@ -25,7 +25,9 @@ from chimeway.errors import (
 from chimeway.queue import sql
 from chimeway.queue.args import UniqueSpec, check_args, unique_key
 from chimeway.queue.backoff import default_backoff
+from chimeway.queue.browse import Browsing
 from chimeway.queue.ops import JOB_STATES, Operations, QueueCounts
+from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
 from chimeway.queue.registry import Delay, JobHandle, NewJob
 from chimeway.queue.runner import Claimed, Result, run_job
@@ -40,7 +42,7 @@ DRAIN_BATCH = 10
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue(Operations):
+class JobQueue(Operations, Browsing):
     """A durable job queue in Chimeway's tables (Oban's model).
 
     Args:
@@ -345,6 +347,8 @@ class JobQueue(Operations):
         with self._writer.begin() as conn:
             conn.execute(sql.FINISH.values(**values),
                          {"job_id": job.info.id, "by": by, "job_attempt": job.info.attempt})
+        if result.state != "completed":
+            log_outcome(job.info, result)
 
     def _record_retrying(self, job: Claimed, result: Result, by: str, give_up: float = 60.0) -> None:
         """Record an outcome, riding out a short database outage."""

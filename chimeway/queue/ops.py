@@ -15,6 +15,7 @@ from chimeway.clock import Clock, utc
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.models import Job
 from chimeway.queue import sql
+from chimeway.queue.outcome_log import log_rescued
 
 __all__ = ["DEFAULT_PRUNE_AGES", "JOB_STATES", "Operations", "QueueCounts"]
 
@@ -69,13 +70,14 @@ class Operations:
         """
         now = self.clock.now()
         params = {"cutoff": now - (stale_after or self.stale_after), "now": now}
+        seen = (sql.c.id, sql.c.queue, sql.c.worker, sql.c.attempt, sql.c.attempted_by)
         with self._writer.begin() as conn:
-            moved = conn.execute(sql.RESCUE_AVAILABLE, params).rowcount
-            moved += conn.execute(sql.RESCUE_DISCARD, params).rowcount
+            revived = conn.execute(sql.RESCUE_AVAILABLE.returning(*seen), params).all()
+            discarded = conn.execute(sql.RESCUE_DISCARD.returning(*seen), params).all()
             conn.execute(sql.DELETE_STALE_WORKERS, params)
-        if moved:
-            log.warning("rescued %d job(s) from dead workers", moved)
-        return int(moved)
+        log_rescued(revived, "available")
+        log_rescued(discarded, "discarded")
+        return len(revived) + len(discarded)
 
     def prune(
         self,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from chimeway.logs import log_event
 from chimeway.queue.listener import Listener
 from chimeway.queue.runner import Claimed, crashed
 
@@ -135,7 +136,8 @@ class Worker:
         except BaseException as exc:
             # Recorded as a failed attempt: left executing, the job would wait
             # for this worker to die before anything retried it.
-            log.exception("worker thread failed on job %s", job.info.id)
+            log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
+                      exc_info=True, job_id=job.info.id, queue=queue, worker_id=self.id)
             self.jobs._record_retrying(
                 job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id)
         finally:
@@ -282,8 +284,9 @@ class Worker:
                 # and go round again.
                 failures += 1
                 pause = min(0.05 * 2**failures, 2.0)
-                log.warning("worker %s: database error (%s); retrying in %.2fs", self.id,
-                            type(exc).__name__, pause)
+                log_event(log, logging.WARNING, "worker.database_error",
+                          f"worker {self.id}: database error ({type(exc).__name__}); "
+                          f"retrying in {pause:.2f}s", worker_id=self.id, error=type(exc).__name__)
                 self.stop.wait(pause)
                 self._poll_all()
                 continue
@@ -305,7 +308,9 @@ class Worker:
             try:
                 fn()
             except Exception:
-                log.exception("worker %s: plugin %r failed", self.id, fn)
+                log_event(log, logging.ERROR, "worker.plugin_failed",
+                          f"worker {self.id}: plugin {fn!r} failed", exc_info=True,
+                          worker_id=self.id, plugin=repr(fn))
 
     def _busy(self) -> int:
         with self._lock:
@@ -322,7 +327,9 @@ class Worker:
             pool.shutdown(wait=False, cancel_futures=True)
         released = self._quietly(lambda: self.jobs._release(self.id))
         if released:
-            log.warning("worker %s released %s unfinished job(s) on shutdown", self.id, released)
+            log_event(log, logging.WARNING, "worker.released",
+                      f"worker {self.id} released {released} unfinished job(s) on shutdown",
+                      worker_id=self.id, count=released)
         self._quietly(lambda: self.jobs._unregister_worker(self.id))
 
     @staticmethod
@@ -338,7 +345,8 @@ class Worker:
             return lambda: None
 
         def handle(signum: int, _frame: FrameType | None) -> None:
-            log.info("worker %s: signal %d, shutting down", self.id, signum)
+            log_event(log, logging.INFO, "worker.signal", f"worker {self.id}: signal {signum}, shutting down",
+                      worker_id=self.id, signal=signum)
             self.stop.set()
             self._wake.set()
 
