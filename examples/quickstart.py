@@ -2,7 +2,7 @@
 
 Run it with no setup (it uses the embedded SQLite file ./chimeway.db):
 
-    python examples/quickstart.py
+    .venv/bin/python examples/quickstart.py
 
 It starts a small webhook receiver on 127.0.0.1 (standing in for your
 customer's endpoint), which checks each request's Standard Webhooks signature.
@@ -10,9 +10,13 @@ customer's endpoint), which checks each request's Standard Webhooks signature.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -74,6 +78,25 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
+def chimeway_command() -> str:
+    """The ``chimeway`` command as this shell can run it.
+
+    pip installs the console script next to the interpreter (``.venv/bin``),
+    which is not on PATH unless the virtualenv is activated.
+    """
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / ("chimeway.exe" if os.name == "nt" else "chimeway")
+    on_path = shutil.which("chimeway")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "chimeway"
+    if not script.exists():
+        return f"{sys.executable} -m chimeway.cli"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -123,7 +146,7 @@ def main() -> None:
     print("\nwhy each delivery did what it did:")
     for delivery_id in result.delivery_ids:
         print(app.explain(delivery_id))
-    print(f"\n(the same from a shell: chimeway explain {result.delivery_ids[-1]})")
+    print(f"\n(the same from a shell: {chimeway_command()} explain {result.delivery_ids[-1]})")
     server.shutdown()
     app.close()
 

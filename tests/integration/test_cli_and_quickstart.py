@@ -22,7 +22,11 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
 
 
 def test_quickstart_runs_on_the_default_sqlite_file(tmp_path: Path) -> None:
-    first = _run([sys.executable, str(ROOT / "examples" / "quickstart.py")], tmp_path)
+    # As the README has it: a .venv in the current folder, not activated (not on PATH).
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent, target_is_directory=True)
+    python = f".venv/bin/{Path(sys.executable).name}"
+    path = {"PATH": "/usr/bin:/bin"}
+    first = _run([python, str(ROOT / "examples" / "quickstart.py")], tmp_path, **path)
     assert first.returncode == 0, first.stderr
     assert "rolled back: webhook requests received = 0" in first.stdout
     assert "same key again → duplicate=True" in first.stdout
@@ -30,6 +34,17 @@ def test_quickstart_runs_on_the_default_sqlite_file(tmp_path: Path) -> None:
     assert "Order 1 shipped — Track it at https://example.test/t/1  [unread]" in first.stdout
     assert first.stdout.count("status   succeeded") == 2
     assert (tmp_path / "chimeway.db").exists()
+
+    # The command it prints works in that shell as printed.
+    last = first.stdout.strip().splitlines()[-1]
+    prefix = "(the same from a shell: .venv/bin/chimeway explain "
+    assert last.startswith(prefix) and last.endswith(")"), last
+    delivery_id = last[len(prefix):-1]
+    explained = _run(["bash", "-c", last[len("(the same from a shell: "):-1]], tmp_path, **path)
+    assert explained.returncode == 0, explained.stderr
+    assert f"delivery {delivery_id}" in explained.stdout
+    assert "via webhook" in explained.stdout and "status   succeeded" in explained.stdout
+
     # Running it again on the same file is a new order, not a failure.
     second = _run([sys.executable, str(ROOT / "examples" / "quickstart.py")], tmp_path)
     assert second.returncode == 0, second.stderr
@@ -41,10 +56,6 @@ def test_quickstart_runs_on_the_default_sqlite_file(tmp_path: Path) -> None:
             sa.select(deliveries_table.c.id).where(deliveries_table.c.channel == "webhook").limit(1)
         ).scalar_one()
     engine.dispose()
-    explained = _run([*CLI, "explain", str(delivery_id)], tmp_path)
-    assert explained.returncode == 0, explained.stderr
-    assert f"delivery {delivery_id}" in explained.stdout
-    assert "via webhook" in explained.stdout and "status   succeeded" in explained.stdout
     as_json = _run([*CLI, "explain", str(delivery_id), "--json"], tmp_path)
     assert '"status": "succeeded"' in as_json.stdout
 
