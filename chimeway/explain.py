@@ -20,7 +20,7 @@ from chimeway.models import (
     notifications_table,
 )
 
-__all__ = ["Explanation", "TimelineEntry", "Trace", "explain", "format_explanation", "trace"]
+__all__ = ["Explanation", "TimelineEntry", "Trace", "explain", "format_explanation", "format_trace", "trace"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +75,9 @@ class Trace:
     created_at: datetime
     notifications: tuple[dict[str, Any], ...]
     deliveries: tuple[Explanation, ...]
+
+    def __str__(self) -> str:
+        return format_trace(self)
 
 
 def explain(conn: Connection, delivery_id: uuid.UUID | str) -> Explanation:
@@ -172,5 +175,13 @@ def format_explanation(x: Explanation) -> str:
     ]
     for entry in x.timeline:
         detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())
-        lines.append(f"    {entry.at.isoformat(timespec='milliseconds')}  {entry.event:<10} {detail}")
+        line = f"    {entry.at.isoformat(timespec='milliseconds')}  {entry.event:<10} {detail}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
+
+
+def format_trace(t: Trace) -> str:
+    """A readable rendering of an event and each of its deliveries (``chimeway trace``)."""
+    header = (f"event {t.event_id}  {t.notifier_key}  key={t.idempotency_key}"
+              + (f"  tenant={t.tenant}" if t.tenant else ""))
+    return "\n\n".join([header, *(format_explanation(d) for d in t.deliveries)])

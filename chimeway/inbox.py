@@ -66,6 +66,13 @@ class InboxItem:
         value = self.content.get("body")
         return None if value is None else str(value)
 
+    def __repr__(self) -> str:
+        state = ("archived" if self.archived_at else "read" if self.read_at
+                 else "seen" if self.seen_at else "unread")
+        return (f"InboxItem(id={self.id}, recipient={self.recipient_id!r}, notifier={self.notifier_key!r}, "
+                f"title={self.title!r}, body={self.body!r}, {state}, "
+                f"created_at={self.created_at.isoformat(timespec='seconds')})")
+
 
 @dataclass(frozen=True, kw_only=True)
 class InboxPage:

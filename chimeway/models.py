@@ -260,6 +260,23 @@ class Job(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     discarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    def __repr__(self) -> str:
+        # Read loaded values only: a repr must never lazy-load (or fail on) a detached row.
+        loaded = self.__dict__
+        parts = [f"id={loaded.get('id')}"]
+        for name in ("state", "queue", "worker", "args"):
+            if name in loaded:
+                parts.append(f"{name}={loaded[name]!r}")
+        if "attempt" in loaded and "max_attempts" in loaded:
+            parts.append(f"attempt={loaded['attempt']}/{loaded['max_attempts']}")
+        when = loaded.get("scheduled_at")
+        if isinstance(when, datetime):
+            parts.append(f"scheduled_at={when.isoformat()}")
+        errors = loaded.get("errors")
+        if errors:
+            parts.append(f"last_error={errors[-1].get('error')!r}")
+        return f"Job({', '.join(parts)})"
+
 
 class WorkerRow(Base):
     __tablename__ = "chimeway_workers"

@@ -96,6 +96,13 @@ class JobInfo:
     inserted_at: datetime
     scheduled_at: datetime
 
+    def __repr__(self) -> str:
+        return (
+            f"JobInfo(id={self.id}, worker={self.worker!r}, queue={self.queue!r}, args={self.args!r}, "
+            f"attempt={self.attempt}/{self.max_attempts}, inserted_at={self.inserted_at.isoformat()}, "
+            f"scheduled_at={self.scheduled_at.isoformat()})"
+        )
+
 
 EventKind = Literal["start", "stop", "exception"]
 
