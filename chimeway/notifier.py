@@ -8,14 +8,14 @@ worker process that imports the user's app knows every notifier.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
 from chimeway.errors import InvalidNotifierError
 from chimeway.values import Recipient
 
-__all__ = ["Notifier", "Recipient", "get_notifier", "registered_notifiers"]
+__all__ = ["Notifier", "Recipient", "get_notifier", "possible_channels", "registered_notifiers"]
 
 _REGISTRY: dict[str, type[Notifier]] = {}
 
@@ -39,6 +39,8 @@ class Notifier:
             triggers it on every tick with ``params_for_schedule(tick)``.
         sensitive: more params names whose values are never stored, beside
             the secret-looking ones (compared without case or separators).
+        default_channels_enabled: channel → ``False`` to start a channel off
+            until the recipient opts in (preferences).
     """
 
     key: ClassVar[str]
@@ -54,6 +56,7 @@ class Notifier:
     caps: ClassVar[Sequence[Any]] = ()
     schedule: ClassVar[str | None] = None
     sensitive: ClassVar[Collection[str]] = frozenset()
+    default_channels_enabled: ClassVar[Mapping[str, bool]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,6 +107,29 @@ class Notifier:
     ) -> Mapping[str, Any] | None:
         """Return the message fields for one channel, or ``None`` to use ``templates``."""
         return None
+
+
+def possible_channels(notifier: type[Notifier]) -> tuple[str, ...] | None:
+    """The channels ``notifier`` can send over, or ``None`` when that is decided per call.
+
+    A workflow's ``deliver`` steps (failure branches included) decide for a
+    notifier with a workflow; otherwise ``channels``, unless ``channels_for``
+    is overridden, which may pick any channel for a given recipient.
+    """
+    if notifier.workflow is not None:
+        return tuple(dict.fromkeys(_step_channels(notifier.workflow)))
+    if notifier.channels_for is not Notifier.channels_for:
+        return None
+    return tuple(dict.fromkeys(notifier.channels))
+
+
+def _step_channels(steps: Iterable[Any]) -> Iterator[str]:
+    # Steps are validated when the class is defined; only deliver steps name a channel.
+    for step in steps:
+        channel = getattr(step, "channel", None)
+        if isinstance(channel, str):
+            yield channel
+        yield from _step_channels(getattr(step, "on_failure", ()))
 
 
 def _check_templates(cls: type[Notifier]) -> None:

@@ -29,7 +29,7 @@ from chimeway.db import connection_of, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
-from chimeway.notifier import Notifier
+from chimeway.notifier import Notifier, possible_channels
 from chimeway.planning import tenant_key
 from chimeway.quiet_hours import QuietHours, check_timezone
 
@@ -335,12 +335,17 @@ class Preferences(_Scoped):
 
         Args:
             notifier: the notifier class.
-            channels: channels to resolve (default: the notifier's ``channels``,
-                those named in ``default_channels_enabled``, then every configured one).
+            channels: channels to resolve (default: the channels the notifier can
+                use: its workflow's steps, else its ``channels``; every configured
+                channel when it overrides ``channels_for``).
         """
         if channels is None:
-            defaults = getattr(notifier, "default_channels_enabled", None) or {}
-            names = list(dict.fromkeys([*notifier.channels, *defaults, *self._channels]))
+            possible = possible_channels(notifier)
+            if possible is None:
+                defaults = getattr(notifier, "default_channels_enabled", None) or {}
+                names = list(dict.fromkeys([*notifier.channels, *defaults, *self._channels]))
+            else:
+                names = list(possible)
         else:
             names = list(dict.fromkeys(channels))
         entries = self.get()
