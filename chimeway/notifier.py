@@ -8,6 +8,8 @@ worker process that imports the user's app knows every notifier.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -76,6 +78,7 @@ class Notifier:
             raise InvalidNotifierError(
                 f"notifier {cls.__qualname__}: `channels` must be a list of channel names"
             )
+        _check_spelling(cls)
         _check_templates(cls)
         _check_sensitive(cls)
         if cls.workflow is not None:
@@ -107,6 +110,37 @@ class Notifier:
     ) -> Mapping[str, Any] | None:
         """Return the message fields for one channel, or ``None`` to use ``templates``."""
         return None
+
+
+def _options() -> frozenset[str]:
+    # The options are what the Notifier class itself declares: a new option
+    # added to the class body is known here with no second list to update.
+    names = [*vars(Notifier), *Notifier.__annotations__]
+    return frozenset(name for name in names if not name.startswith("_"))
+
+
+def _check_spelling(cls: type[Notifier]) -> None:
+    """Refuse an attribute whose name is a near miss of an option (``dedupe`` for ``dedupe_key``).
+
+    A misspelled option would otherwise be ignored without a word. Names of
+    one's own that start with an underscore are never checked.
+    """
+    options = _options()
+    methods = sorted(name for name in options if inspect.isfunction(vars(Notifier).get(name)))
+    for name, value in vars(cls).items():
+        if name.startswith("_") or name in options:
+            continue
+        # A method of one's own (build_url) may share a stem with an option;
+        # only a near-identical spelling of a method option is taken as a typo.
+        if inspect.isfunction(value):
+            close = difflib.get_close_matches(name, methods, n=1, cutoff=0.85)
+        else:
+            close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.75)
+        if close:
+            raise InvalidNotifierError(
+                f"notifier {cls.__qualname__}: `{name}` is not a Notifier option; did you mean "
+                f"`{close[0]}`? (start a name of your own with an underscore)"
+            )
 
 
 def possible_channels(notifier: type[Notifier]) -> tuple[str, ...] | None:
