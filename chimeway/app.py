@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +17,9 @@ from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
 from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine
 from chimeway.dispatch.base import Dispatcher, Due
-from chimeway.dispatch.executor import Executor
+from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
+from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
+from chimeway.dispatch.leases import DEFAULT_LEASE_TTL
 from chimeway.dispatch.queue import QueueDispatcher
 from chimeway.dispatch.sync import SyncDispatcher
 from chimeway.errors import ConfigurationError, InvalidInputError
@@ -32,9 +36,29 @@ from chimeway.planning import (
     write_plans,
 )
 from chimeway.queue import JobHandle, JobQueue
+from chimeway.queue.worker import add_plugin
 from chimeway.verbs import AsyncVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
 
-__all__ = ["Chimeway"]
+__all__ = ["Chimeway", "RecoverReport"]
+
+log = logging.getLogger("chimeway")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverReport:
+    """What one :meth:`Chimeway.recover` pass did.
+
+    Args:
+        redriven: deliveries attempted (sync) or given a job (queue).
+        lease_expired: sends whose lease ran out, taken back to be sent again.
+        exhausted: sends whose lease ran out on their last attempt (cancelled).
+        skipped: channel → deliveries left alone: no such channel in this process.
+    """
+
+    redriven: int
+    lease_expired: int = 0
+    exhausted: int = 0
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
 
 class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
@@ -55,6 +79,12 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         max_attempts: attempts per delivery before a temporary failure is final.
         notify: on PostgreSQL, wake workers with ``LISTEN/NOTIFY``; ``False``
             polls only (e.g. behind PgBouncer in transaction mode).
+        lease_ttl: how long a send in flight stays claimed without its process
+            extending it (every ``lease_ttl / 4`` while it lives). A delivery
+            whose process died is sent again within about ``1.25 × lease_ttl``
+            by any running worker (default 60 s).
+        max_retry_after: the longest wait a provider's ``Retry-After`` can
+            impose before the next attempt (default 1 hour); longer hints are cut to it.
     """
 
     def __init__(
@@ -67,6 +97,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         clock: Clock | None = None,
         max_attempts: int = 5,
         notify: bool = True,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
     ) -> None:
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
@@ -76,6 +108,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         self.max_attempts = max_attempts
+        for name, value in (("lease_ttl", lease_ttl), ("max_retry_after", max_retry_after)):
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ConfigurationError(f"{name} must be a positive timedelta, got {value!r}")
         configured = dict(channels or {})
         for name, channel in configured.items():
             if not isinstance(channel, Channel):
@@ -85,7 +120,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         configured.setdefault("in_app", InApp())
         self.channels: dict[str, Channel] = configured
         self.executor = Executor(
-            engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts
+            engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts,
+            lease_ttl=lease_ttl, max_retry_after=max_retry_after,
         )
         # Policy and other layers append here; both run on every path.
         self.planning_checks: list[PlanningCheck] = []
@@ -99,7 +135,14 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         # The job queue exists with either dispatcher: user jobs, cron and
         # workflow timers run on it even when deliveries are sync.
         self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)
+        self.delivery_jobs = DeliveryJobs(self.executor, self.queue, max_attempts=max_attempts)
         self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
+        # Every worker re-drives what crashes left behind: sends whose lease
+        # ran out and, with the sync dispatcher, deliveries its process never
+        # got to (the queue dispatcher's own jobs cover those).
+        self.rescue = DeliveryRescue(self.delivery_jobs, include_open=self.dispatcher.name == "sync",
+                                     pending_after=lease_ttl)
+        add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
         # Workflows last: their planning check must see the plan other checks left.
         from chimeway.workflow import Workflows
 
@@ -121,7 +164,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
         if dispatcher == "sync":
             return SyncDispatcher(self.executor)
         if dispatcher == "queue":
-            return QueueDispatcher(self.executor, self.queue, max_attempts=self.max_attempts)
+            return QueueDispatcher(self.delivery_jobs)
         if isinstance(dispatcher, str):
             raise ConfigurationError(f"dispatcher must be 'sync', 'queue' or a Dispatcher, got {dispatcher!r}")
         return dispatcher
@@ -248,23 +291,47 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
     # -- operating --------------------------------------------------------------
 
     def recover(self, older_than: timedelta = timedelta(minutes=5), *, limit: int = 1000) -> int:
-        """Re-drive deliveries left behind: ``pending`` after a crash, ``failed`` and due.
+        """Re-drive deliveries left behind, through this app's dispatcher.
 
-        Digests whose window has ended are flushed first, so their deliveries
-        go out in the same call.
+        Running workers do this by themselves (every ``lease_ttl / 4``); call
+        it from a script or a periodic task when no worker runs. It takes back
+        sends whose lease ran out (their process died), and re-drives
+        ``pending`` deliveries older than ``older_than`` (their process died
+        between commit and send) and ``failed``/``deferred`` ones whose time
+        has come. Digests whose window has ended are flushed first, so their
+        deliveries go out in the same call. Deliveries on a channel this
+        process does not configure are left alone (and logged).
 
         Args:
-            older_than: how old a ``pending``/``dispatched`` row must be to count as left behind.
+            older_than: how old a ``pending`` row must be to count as left behind.
             limit: at most this many per call.
 
         Returns:
-            how many deliveries were attempted.
+            how many deliveries were attempted (sync) or given a job (queue).
+        """
+        return self.recover_report(older_than, limit=limit).redriven
+
+    def recover_report(self, older_than: timedelta = timedelta(minutes=5), *, limit: int = 1000) -> RecoverReport:
+        """:meth:`recover`, returning what it did and what it left alone.
+
+        Args:
+            older_than: how old a ``pending`` row must be to count as left behind.
+            limit: at most this many per call.
         """
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidInputError("older_than must be a non-negative timedelta")
         self.flush_digests(limit=limit)
-        ids = self.executor.recoverable(older_than=older_than, limit=limit)
-        return self.dispatcher.redrive(ids) if ids else 0
+        released = self.executor.release_expired(limit=limit)
+        scan = self.executor.recoverable(older_than=older_than, limit=limit)
+        if scan.skipped:
+            log.warning("recover: left %s alone: no such channel is configured in this process",
+                        ", ".join(f"{n} on {c!r}" for c, n in sorted(scan.skipped.items())))
+        taken = set(released.redrive)
+        due = [Due(i) for i in released.redrive] + [d for d in scan.due if d.id not in taken]
+        return RecoverReport(
+            redriven=self.dispatcher.redrive(due) if due else 0, lease_expired=len(released.redrive),
+            exhausted=len(released.exhausted), skipped=dict(scan.skipped),
+        )
 
     def job(
         self,
@@ -337,6 +404,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
 
     def close(self) -> None:
         """Close channels' connection pools and, if Chimeway created it, the engine."""
+        self.executor.close()
         for channel in self.channels.values():
             channel.close()
         if self._owns_engine:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from chimeway.dispatch.executor import SendDecision, apply_decision
+from chimeway.deliveries import SendDecision, apply_decision
 from chimeway.errors import InvalidNotifierError
 from chimeway.ids import new_id
 from chimeway.models import (

@@ -22,6 +22,7 @@ kept as ``__cause__``.
     ├── SignatureError              a webhook or token failed verification
     ├── QueueError                  the job queue refused an operation
     │   └── UnknownQueueError       a queue name no worker serves
+    ├── InvalidTransitionError      a delivery status change the state machine forbids (a bug)
     └── DatabaseError               the database failed underneath Chimeway
 
 Every message names the field or value at fault.
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidNotifierError",
     "InvalidRecipientError",
     "InvalidScheduleError",
+    "InvalidTransitionError",
     "InvalidWorkflowError",
     "NotFoundError",
     "ParamsNotJSONError",
@@ -107,6 +109,10 @@ class QueueError(ChimewayError):
 
 class UnknownQueueError(QueueError):
     """A job was enqueued to a queue that is not declared."""
+
+
+class InvalidTransitionError(ChimewayError):
+    """Code asked for a delivery status change that ``chimeway.deliveries`` does not allow."""
 
 
 class DatabaseError(ChimewayError):

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
+from chimeway.deliveries import CLAIMABLE, Status, cancel
 from chimeway.errors import ChimewayError, SignatureError, UnknownChannelError
 from chimeway.ids import new_id
 from chimeway.models import decisions_table, deliveries_table, provider_events_table
@@ -142,11 +143,12 @@ def _apply(conn: Connection, channel_name: str, tenant: str | None, report: Feed
         detail["occurred_at"] = report.occurred_at.isoformat()
     note = "recorded"
     prefix = FAILING.get(report.status)
-    if prefix is not None and row.status != "cancelled":
+    if prefix is not None and row.status not in (Status.CANCELLED, Status.SUPPRESSED):
         reason = f"{prefix}: {report.detail or report.status}"
-        conn.execute(sa.update(d).where(d.c.id == row.id).values(
-            status="cancelled", reason=reason, completed_at=now, updated_at=now))
-        note = f"delivery {row.status} → cancelled ({reason})"
+        # A bounce may follow an accepted send: ``succeeded`` can still be cancelled.
+        if cancel(conn, [row.id], reason=reason, now=now, checkpoint="provider_feedback", event=None,
+                  from_statuses=[*CLAIMABLE, Status.DISPATCHED, Status.SUCCEEDED]):
+            note = f"delivery {row.status} → cancelled ({reason})"
     conn.execute(sa.insert(decisions_table).values(
         id=new_id(), delivery_id=row.id, at=now, event=f"provider_{report.status}",
         checkpoint="provider_feedback", detail=detail))

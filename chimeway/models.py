@@ -139,6 +139,13 @@ class Delivery(Base):
     __tablename__ = "chimeway_deliveries"
     __table_args__ = (
         sa.Index("ix_chimeway_deliveries_status_due", "status", "not_before"),
+        # Sends in flight whose lease ran out: the rescuer's only query.
+        sa.Index(
+            "ix_chimeway_deliveries_lease",
+            "lease_expires_at",
+            postgresql_where=sa.text("status = 'dispatched'"),
+            sqlite_where=sa.text("status = 'dispatched'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -160,6 +167,9 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A ``dispatched`` delivery is a lease: who is sending it, and until when.
+    lease_holder: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Attempt(Base):

@@ -48,8 +48,8 @@ from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
+from chimeway.deliveries import SendDecision
 from chimeway.digest import Digest, check_carrier, collect, digest_of
-from chimeway.dispatch.executor import SendDecision
 from chimeway.errors import ConfigurationError, InvalidNotifierError
 from chimeway.ids import new_id
 from chimeway.models import (

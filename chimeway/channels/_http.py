@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import socket
 import threading
 import time
@@ -24,6 +25,10 @@ __all__ = [
     "parse_retry_after",
 ]
 
+# The largest hint a header can yield (30 days); anything above is an error
+# or an attack, and timedelta arithmetic must stay finite.
+RETRY_AFTER_CEILING = 30 * 24 * 3600.0
+
 TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 # Requests go out as separate header and body writes; with Nagle's algorithm
@@ -33,21 +38,31 @@ NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date).
+
+    Never raises: a value that is neither (garbage, ``1e400``, a date past
+    year 9999) gives ``None``, and a huge one is capped at
+    :data:`RETRY_AFTER_CEILING`. The executor clamps further to the app's
+    ``max_retry_after``.
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now())
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        seconds = None
+    if seconds is None:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = when.timestamp() - now()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return RETRY_AFTER_CEILING if seconds > 0 else None
+    return min(max(0.0, seconds), RETRY_AFTER_CEILING)
 
 
 def classify_transport_error(exc: httpx.TransportError) -> DeliveryResult:

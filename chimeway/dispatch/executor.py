@@ -1,46 +1,55 @@
 """The one executor every delivery goes through: claim, send, record.
 
-1. Claim due deliveries (``pending``/``failed`` → ``dispatched``) in one
-   short transaction, so two executors never send the same attempt.
-2. Call each channel outside any transaction (provider calls can be slow).
-3. Record an append-only attempt and the delivery's new status in one
-   transaction; an in-app success makes the notification an inbox item in
-   that same transaction.
+1. Claim due deliveries in one short transaction: each becomes
+   ``dispatched`` under this process's lease (:func:`chimeway.deliveries.claim`),
+   and the pre-send checkpoints run in that same transaction.
+2. Call each channel outside any transaction (provider calls can be slow);
+   the :class:`~chimeway.dispatch.leases.LeaseKeeper` extends the leases of
+   sends in flight.
+3. Record an append-only attempt and the delivery's new status. Attempts
+   made together are recorded in one transaction; if that fails, each is
+   recorded on its own, so one bad row never leaves the others
+   ``dispatched``. A transient database error (a restart, a failover) is
+   retried for ``record_patience`` seconds: the message went out, and a
+   re-send is the last resort.
 
-A crash between 1 and 3 leaves the delivery ``dispatched``; ``recover()``
-re-drives it (at-least-once; the stable delivery id lets receivers dedupe).
+A process killed between 1 and 3 leaves its deliveries ``dispatched`` until
+their lease runs out; then :meth:`Executor.release_expired` takes them back
+and they are sent again with the same receiver-side ids (at least once,
+never lost).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from chimeway import deliveries
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
+from chimeway.deliveries import FINAL, Released, SendDecision, Status, apply_decision
 from chimeway.dispatch.base import Due
+from chimeway.dispatch.leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from chimeway.ids import new_id
-from chimeway.models import (
-    attempts_table,
-    decisions_table,
-    deliveries_table,
-    notifications_table,
-)
+from chimeway.models import attempts_table, deliveries_table, notifications_table
 from chimeway.values import DeliveryResult, Message, Recipient
 
 __all__ = [
+    "DEFAULT_MAX_RETRY_AFTER",
     "Claimed",
     "DeliveryOutcome",
     "Executor",
+    "Recoverable",
     "SendDecision",
     "Sent",
     "apply_decision",
@@ -49,7 +58,9 @@ __all__ = [
 
 log = logging.getLogger("chimeway.deliveries")
 
-FINAL_STATUSES = ("succeeded", "cancelled", "suppressed")
+FINAL_STATUSES = tuple(sorted(FINAL))
+DEFAULT_MAX_RETRY_AFTER = timedelta(hours=1)
+RECORD_PATIENCE = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +69,8 @@ class DeliveryOutcome:
 
     Args:
         delivery_id: the delivery.
-        status: its status afterwards.
+        status: its status afterwards (``dispatched`` when the attempt could
+            not be recorded: its lease then runs out and it is sent again).
         result: what the channel reported.
         attempt: the attempt number made.
         retry_at: when a ``failed`` delivery is due again.
@@ -71,27 +83,7 @@ class DeliveryOutcome:
     retry_at: datetime | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class SendDecision:
-    """A pre-send checkpoint's verdict that stops a claimed delivery from being sent.
-
-    Args:
-        status: ``suppressed`` (final), ``deferred`` (due again at ``until``)
-            or ``cancelled`` (final).
-        reason: the stored reason, e.g. ``cap_reached`` or ``quiet_hours``.
-        until: when a deferred delivery is due again.
-        rule: the rule that decided (shown by ``explain``).
-        detail: the rule's inputs (JSON values).
-    """
-
-    status: str
-    reason: str
-    until: datetime | None = None
-    rule: str | None = None
-    detail: Mapping[str, Any] | None = None
-
-
-BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, "SendDecision"]]
+BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, SendDecision]]
 
 
 def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) -> float:
@@ -101,11 +93,12 @@ def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) ->
 
 @dataclass(kw_only=True)
 class Claimed:
-    """A delivery claimed for one attempt (status ``dispatched``)."""
+    """A delivery claimed for one attempt (status ``dispatched``, under ``holder``'s lease)."""
 
     message: Message
-    channel: Channel | None
+    channel: Channel
     attempts: int
+    holder: str = ""
 
 
 @dataclass(kw_only=True)
@@ -119,6 +112,20 @@ class Sent:
     max_attempts: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class Recoverable:
+    """Deliveries a crash or a failure left behind, and those this process cannot send.
+
+    Args:
+        due: deliveries to execute again.
+        skipped: channel name → how many due deliveries use a channel this
+            process does not have (left untouched for a process that has it).
+    """
+
+    due: list[Due] = field(default_factory=list)
+    skipped: Mapping[str, int] = field(default_factory=dict)
+
+
 class Executor:
     """Executes deliveries against the configured channels.
 
@@ -128,6 +135,10 @@ class Executor:
         clock: the time source.
         max_attempts: attempts before a temporary failure becomes final.
         on_final: called with the outcomes that reached a final state.
+        before_send: pre-send checkpoints (policy), run in the claim transaction.
+        lease_ttl: how long a send's lease lasts unless its process extends it.
+        max_retry_after: the longest ``Retry-After`` a provider can impose.
+        record_patience: seconds to keep retrying a record through a database outage.
     """
 
     def __init__(
@@ -139,6 +150,9 @@ class Executor:
         max_attempts: int = 5,
         on_final: Callable[[Sequence[DeliveryOutcome]], None] | None = None,
         before_send: list[BeforeSend] | None = None,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
+        record_patience: float = RECORD_PATIENCE,
     ) -> None:
         self.engine = engine
         self.channels = channels
@@ -148,44 +162,64 @@ class Executor:
         # Pre-send checkpoints, run inside the claim transaction over every
         # claimed message at once: preferences may have changed since planning.
         self.before_send: list[BeforeSend] = before_send if before_send is not None else []
+        self.leases = LeaseKeeper(engine, clock, lease_ttl)
+        self.max_retry_after = max_retry_after.total_seconds()
+        self.record_patience = record_patience
 
-    def execute(
-        self,
-        delivery_ids: Iterable[uuid.UUID],
-        *,
-        max_attempts: int | None = None,
-        claim_from: Sequence[str] = ("pending", "failed", "deferred"),
-    ) -> list[DeliveryOutcome]:
+    def execute(self, delivery_ids: Iterable[uuid.UUID], *, max_attempts: int | None = None) -> list[DeliveryOutcome]:
         """Claim, send and record the given deliveries that are due.
 
-        Deliveries already final, not yet due, or claimed by someone else are
-        skipped; the return value has one outcome per delivery attempted.
+        Deliveries already final, not yet due, in flight elsewhere or on a
+        channel this process lacks are skipped; the return value has one
+        outcome per delivery attempted.
 
         Args:
             delivery_ids: the deliveries to execute.
             max_attempts: overrides the executor's limit (the queue passes the job's).
-            claim_from: statuses that may be claimed.
         """
-        ids = list(dict.fromkeys(delivery_ids))
-        if not ids:
-            return []
-        claimed = self.claim(ids, claim_from)
+        claimed = self.claim(delivery_ids)
         if not claimed:
             return []
         limit = max_attempts or self.max_attempts
         return self.record([self.send(item, max_attempts=limit) for item in claimed])
 
-    def claim(self, ids: Sequence[uuid.UUID],
-              claim_from: Sequence[str] = ("pending", "failed", "deferred")) -> list[Claimed]:
+    def claim(self, ids: Iterable[uuid.UUID]) -> list[Claimed]:
         """Claim due deliveries for one attempt each (one transaction for all).
 
         Pre-send checkpoints run here; a delivery they stop is not returned.
+        The leases of those returned are extended until they are recorded.
 
         Args:
             ids: the deliveries.
-            claim_from: statuses that may be claimed.
         """
-        return self._claim(list(ids), claim_from)
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        now = self.clock.now()
+        holder = self.leases.holder
+        out: list[Claimed] = []
+        with writer(self.engine).begin() as conn:
+            rows = deliveries.claim(conn, wanted, holder=holder, now=now,
+                                    lease_until=self.leases.lease_until(now), channels=self.channels)
+            if not rows:
+                return []
+            messages = [Message(
+                delivery_id=row.id, notification_id=row.notification_id, event_id=row.event_id,
+                tenant=row.tenant or None, channel=row.channel, notifier_key=row.notifier_key,
+                recipient=Recipient.from_json(row.recipient), fields=row.message, attempt=row.attempts,
+                created_at=row.created_at,
+            ) for row in rows]
+            decisions = self._checkpoint(conn, messages)
+            for message, row in zip(messages, rows, strict=True):
+                decision = decisions.get(message.delivery_id)
+                if decision is not None:
+                    apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
+                                   from_status=Status.DISPATCHED, undo_attempt=True)
+                    continue
+                out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
+                                   holder=holder))
+        self.leases.hold(c.message.delivery_id for c in out)
+        return out
 
     def send(self, item: Claimed, *, max_attempts: int | None = None) -> Sent:
         """Make the attempt through the delivery's channel (no transaction held).
@@ -202,78 +236,95 @@ class Executor:
                     max_attempts=max_attempts or self.max_attempts)
 
     def record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
-        """Record attempts and new statuses (one transaction for all); notify ``on_final``.
+        """Record attempts and new statuses; notify ``on_final``.
+
+        One transaction for all when it can; otherwise each on its own, and an
+        attempt that cannot be recorded at all comes back ``dispatched`` (its
+        lease runs out and it is sent again).
 
         Args:
             sent: attempts made by :meth:`send`.
         """
         if not sent:
             return []
-        outcomes = self._record(sent)
-        final = [o for o in outcomes if o.status in FINAL_STATUSES]
+        try:
+            outcomes = self._patiently(lambda: self._record(sent))
+        except Exception:
+            if len(sent) == 1:
+                outcomes = [self._unrecorded(sent[0])]
+            else:
+                log.warning("recording %d attempts together failed; recording each on its own", len(sent))
+                outcomes = [self._record_alone(item) for item in sent]
+        finally:
+            self.leases.drop(item.claimed.message.delivery_id for item in sent)
+        final = [o for o in outcomes if o.status in FINAL]
         if final and self.on_final is not None:
-            self.on_final(final)
+            try:
+                self.on_final(final)
+            except Exception:
+                # The workflow sweep advances runs whose deliveries became final.
+                log.exception("on_final hook failed for %d deliveries", len(final))
         return outcomes
 
-    def _claim(self, ids: list[uuid.UUID], claim_from: Sequence[str]) -> list[Claimed]:
-        now = self.clock.now()
-        d, n = deliveries_table, notifications_table
-        claim = (
-            sa.update(d)
-            .where(
-                d.c.id.in_(ids),
-                d.c.status.in_(claim_from),
-                sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
-            )
-            .values(status="dispatched", attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now)
-        )
-        wanted = (d.c.id, d.c.notification_id, d.c.event_id, d.c.tenant, d.c.channel,
-                  d.c.message, d.c.attempts, d.c.created_at)
+    def release_expired(self, *, ids: Sequence[uuid.UUID] | None = None, limit: int = 1000,
+                        max_attempts: int | None = None) -> Released:
+        """Take back deliveries whose send lease ran out (their holder died or stalled).
+
+        Args:
+            ids: only these deliveries (default: any).
+            limit: at most this many.
+            max_attempts: attempts a delivery may use (default: the executor's).
+        """
         with writer(self.engine).begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # One round trip: PostgreSQL returns columns of the joined row too.
-                rows = conn.execute(
-                    claim.where(n.c.id == d.c.notification_id)
-                    .returning(*wanted, n.c.recipient, n.c.notifier_key)
-                ).all()
-            else:
-                # SQLite's RETURNING cannot name a joined table.
-                claimed_ids = conn.execute(claim.returning(d.c.id)).scalars().all()
-                rows = conn.execute(
-                    sa.select(*wanted, n.c.recipient, n.c.notifier_key)
-                    .join(n, n.c.id == d.c.notification_id)
-                    .where(d.c.id.in_(claimed_ids))
-                ).all() if claimed_ids else []
-            if not rows:
-                return []
-            by_id = {row.id: row for row in rows}
-            claimed: list[tuple[Message, Any]] = []
-            for delivery_id in ids:
-                row = by_id.get(delivery_id)
-                if row is None:
-                    continue
-                claimed.append((Message(
-                    delivery_id=row.id,
-                    notification_id=row.notification_id,
-                    event_id=row.event_id,
-                    tenant=row.tenant or None,
-                    channel=row.channel,
-                    notifier_key=row.notifier_key,
-                    recipient=Recipient.from_json(row.recipient),
-                    fields=row.message,
-                    attempt=row.attempts,
-                    created_at=row.created_at,
-                ), row))
-            decisions = self._checkpoint(conn, [message for message, _ in claimed])
-            out = []
-            for message, row in claimed:
-                decision = decisions.get(message.delivery_id)
-                if decision is not None:
-                    apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
-                                   from_status="dispatched", undo_attempt=True)
-                    continue
-                out.append(Claimed(message=message, channel=self.channels.get(row.channel), attempts=row.attempts))
-        return out
+            released = deliveries.release_expired(conn, now=self.clock.now(), ids=ids, limit=limit,
+                                                  max_attempts=max_attempts or self.max_attempts)
+        if released:
+            log.warning("released %d delivery lease(s) that ran out (%d to re-send, %d out of attempts)",
+                        len(released), len(released.redrive), len(released.exhausted))
+        return released
+
+    def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> Recoverable:
+        """Deliveries a crash or a failure left behind, now due again.
+
+        ``pending`` rows older than ``older_than`` (a crash between commit and
+        delivery) and ``failed``/``deferred`` rows whose time has come, on
+        channels this process has. (Sends whose lease ran out are taken back
+        by :meth:`release_expired`.)
+
+        Args:
+            older_than: how old a ``pending`` row must be to count as left behind.
+            limit: at most this many.
+        """
+        now = self.clock.now()
+        d = deliveries_table
+        left = sa.or_(
+            sa.and_(d.c.status == Status.PENDING, d.c.created_at <= now - older_than,
+                    sa.or_(d.c.not_before.is_(None), d.c.not_before <= now)),
+            sa.and_(d.c.status.in_((Status.FAILED, Status.DEFERRED)), d.c.not_before <= now),
+        )
+        names = list(self.channels)
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                sa.select(d.c.id).where(left, d.c.channel.in_(names)).order_by(d.c.id).limit(limit)
+            ).scalars().all()
+            skipped = conn.execute(
+                sa.select(d.c.channel, sa.func.count()).where(left, d.c.channel.not_in(names)).group_by(d.c.channel)
+            ).all()
+        return Recoverable(due=[Due(i) for i in due], skipped={str(c): int(n) for c, n in skipped})
+
+    def status_of(self, delivery_id: uuid.UUID) -> Any:
+        """The delivery's ``status``, ``channel``, ``not_before`` and ``lease_expires_at`` (or ``None``)."""
+        d = deliveries_table
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(d.c.status, d.c.channel, d.c.not_before, d.c.lease_expires_at).where(d.c.id == delivery_id)
+            ).first()
+
+    def close(self) -> None:
+        """Stop extending leases (sends still in flight will be re-driven when they run out)."""
+        self.leases.close()
+
+    # --- internals ---------------------------------------------------------------------------
 
     def _checkpoint(self, conn: Connection, messages: list[Message]) -> dict[uuid.UUID, SendDecision]:
         decisions: dict[uuid.UUID, SendDecision] = {}
@@ -285,11 +336,6 @@ class Executor:
         return decisions
 
     def _send(self, item: Claimed) -> DeliveryResult:
-        if item.channel is None:
-            return DeliveryResult.permanent(
-                f"no channel named {item.message.channel!r} is configured in this process",
-                error_class="UnknownChannel",
-            )
         try:
             result = item.channel.send(item.message)
         except Exception as exc:  # a channel bug must not lose the delivery
@@ -302,65 +348,86 @@ class Executor:
             )
         return result
 
+    def _patiently(self, fn: Callable[[], list[DeliveryOutcome]]) -> list[DeliveryOutcome]:
+        deadline = time.monotonic() + self.record_patience
+        pause = 0.05
+        while True:
+            try:
+                return fn()
+            except sa.exc.DBAPIError as exc:
+                if not _transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("database unavailable while recording attempts (%s); retrying in %.2fs",
+                            type(exc).__name__, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _record_alone(self, item: Sent) -> DeliveryOutcome:
+        try:
+            return self._patiently(lambda: self._record([item]))[0]
+        except Exception:
+            return self._unrecorded(item)
+
+    def _unrecorded(self, item: Sent) -> DeliveryOutcome:
+        message = item.claimed.message
+        log.exception("could not record attempt %d of delivery %s; it is re-sent when its lease runs out",
+                      item.claimed.attempts, message.delivery_id)
+        return DeliveryOutcome(delivery_id=message.delivery_id, status=Status.DISPATCHED, result=item.result,
+                               attempt=item.claimed.attempts)
+
+    def _retry_hint(self, hint: float | None) -> float | None:
+        """A provider's ``Retry-After`` made safe: finite, >= 0, at most ``max_retry_after``."""
+        if hint is None or not isinstance(hint, int | float) or math.isnan(hint) or hint < 0:
+            return None
+        return float(min(hint, self.max_retry_after))
+
+    def _next(self, item: Sent, hint: float | None, now: datetime) -> tuple[str, str | None, datetime | None]:
+        result = item.result
+        if result.outcome == "succeeded":
+            return Status.SUCCEEDED, None, None
+        detail = _clean(result.detail, 2000)
+        if result.outcome == "temporary" and item.claimed.attempts < item.max_attempts:
+            delay = max(backoff_seconds(item.claimed.attempts), hint or 0.0)
+            return Status.FAILED, f"temporary: {detail}", now + timedelta(seconds=delay)
+        if result.outcome == "temporary":
+            return Status.CANCELLED, f"retries_exhausted: {detail}", None
+        return Status.CANCELLED, f"{_clean(result.outcome, 20)}: {detail}", None
+
     def _record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
         now = self.clock.now()
-        d, n = deliveries_table, notifications_table
+        n = notifications_table
         attempts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         planned: list[tuple[Sent, str, datetime | None]] = []
         for item in sent:
             message, result = item.claimed.message, item.result
+            hint = self._retry_hint(result.retry_after)
+            status, reason, retry_at = self._next(item, hint, now)
+            # Provider text is stored as given, minus what a database refuses
+            # (NUL bytes, lone surrogates, over-long values).
+            provider_id = _clean(result.provider_message_id, 500)
             attempts.append({
                 "id": new_id(), "delivery_id": message.delivery_id, "number": item.claimed.attempts,
-                "outcome": result.outcome, "error_class": result.error_class,
-                "vendor_code": result.vendor_code, "detail": result.detail,
-                "provider_message_id": result.provider_message_id, "retry_after": result.retry_after,
+                "outcome": _clean(result.outcome, 20), "error_class": _clean(result.error_class, 200),
+                "vendor_code": _clean(result.vendor_code, 100), "detail": _clean(result.detail, 2000),
+                "provider_message_id": provider_id, "retry_after": hint,
                 "duration_ms": item.duration_ms, "started_at": item.started,
             })
-            retry_at = None
-            completed_at: datetime | None = now
-            if result.outcome == "succeeded":
-                status, reason = "succeeded", None
-            elif result.outcome == "temporary" and item.claimed.attempts < item.max_attempts:
-                status, reason, completed_at = "failed", f"temporary: {result.detail}", None
-                delay = max(backoff_seconds(item.claimed.attempts), result.retry_after or 0.0)
-                retry_at = now + timedelta(seconds=delay)
-            elif result.outcome == "temporary":
-                status, reason = "cancelled", f"retries_exhausted: {result.detail}"
-            else:
-                status, reason = "cancelled", f"{result.outcome}: {result.detail}"
             updates.append({
                 "b_id": message.delivery_id, "b_status": status, "b_reason": reason,
-                "b_completed_at": completed_at, "b_not_before": retry_at,
-                "b_provider_message_id": result.provider_message_id,
+                "b_completed_at": None if status == Status.FAILED else now, "b_not_before": retry_at,
+                "b_provider_message_id": provider_id, "b_holder": item.claimed.holder,
+                "b_attempt": item.claimed.attempts, "b_succeeded": status == Status.SUCCEEDED,
             })
             planned.append((item, status, retry_at))
-        # One statement for every row (executemany): the values differ per row,
-        # the shape does not. Only rows still ``dispatched`` are ours to change.
-        statement = (
-            sa.update(d)
-            .where(d.c.id == sa.bindparam("b_id"), d.c.status == "dispatched")
-            .values(
-                status=sa.bindparam("b_status"),
-                reason=sa.bindparam("b_reason"),
-                completed_at=sa.bindparam("b_completed_at"),
-                not_before=sa.func.coalesce(sa.bindparam("b_not_before", type_=d.c.not_before.type), d.c.not_before),
-                provider_message_id=sa.func.coalesce(
-                    sa.bindparam("b_provider_message_id", type_=d.c.provider_message_id.type),
-                    d.c.provider_message_id),
-                updated_at=now,
-            )
-        )
-        ids = [u["b_id"] for u in updates]
         with writer(self.engine).begin() as conn:
-            conn.execute(statement, updates)
-            actual = dict(conn.execute(sa.select(d.c.id, d.c.status).where(d.c.id.in_(ids))).all())
+            actual = deliveries.record(conn, updates, now=now)
             conn.execute(sa.insert(attempts_table), attempts)
             inbox = [
                 {"b_id": item.claimed.message.notification_id, "b_content": dict(item.claimed.message.fields)}
                 for item, status, _ in planned
-                if status == "succeeded" and actual.get(item.claimed.message.delivery_id) == "succeeded"
-                and item.claimed.channel is not None and item.claimed.channel.inbox
+                if status == Status.SUCCEEDED and actual.get(item.claimed.message.delivery_id) == Status.SUCCEEDED
+                and item.claimed.channel.inbox
             ]
             if inbox:
                 conn.execute(
@@ -376,89 +443,20 @@ class Executor:
             final_status = actual.get(message.delivery_id, status)
             outcomes.append(DeliveryOutcome(
                 delivery_id=message.delivery_id, status=final_status, result=item.result,
-                attempt=item.claimed.attempts, retry_at=retry_at if final_status == "failed" else None,
+                attempt=item.claimed.attempts, retry_at=retry_at if final_status == Status.FAILED else None,
             ))
         return outcomes
 
-    def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> list[Due]:
-        """Deliveries a crash or a failure left behind, now due again.
 
-        ``pending`` rows older than ``older_than`` (crash between commit and
-        delivery), ``failed`` rows whose retry time has come, and
-        ``dispatched`` rows stuck for longer than ``older_than`` (crash during
-        the send), which are put back to ``pending`` with a decision row.
-        """
-        now = self.clock.now()
-        cutoff = now - older_than
-        d = deliveries_table
-        with writer(self.engine).begin() as conn:
-            stuck = conn.execute(
-                sa.select(d.c.id).where(d.c.status == "dispatched", d.c.dispatched_at <= cutoff).limit(limit)
-            ).scalars().all()
-            if stuck:
-                conn.execute(
-                    sa.update(d).where(d.c.id.in_(stuck), d.c.status == "dispatched")
-                    .values(status="pending", updated_at=now)
-                )
-                conn.execute(sa.insert(decisions_table), [
-                    {"id": new_id(), "delivery_id": i, "at": now, "event": "recovered", "checkpoint": "recover",
-                     "detail": {"rule": "stuck_dispatched", "older_than_seconds": older_than.total_seconds()}}
-                    for i in stuck
-                ])
-            due = conn.execute(
-                sa.select(d.c.id, d.c.not_before).where(
-                    sa.or_(
-                        sa.and_(d.c.status == "pending", d.c.created_at <= cutoff,
-                                sa.or_(d.c.not_before.is_(None), d.c.not_before <= now)),
-                        sa.and_(d.c.status.in_(("failed", "deferred")), d.c.not_before <= now),
-                    )
-                ).order_by(d.c.id).limit(limit)
-            ).all()
-        seen = set(stuck)
-        return [Due(i) for i in stuck] + [Due(row.id) for row in due if row.id not in seen]
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """A connection lost or refused (worth retrying), as opposed to a statement the database rejects."""
+    return bool(exc.connection_invalidated) or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
 
 
-def apply_decision(
-    conn: Connection,
-    delivery_id: uuid.UUID,
-    decision: SendDecision,
-    now: datetime,
-    *,
-    checkpoint: str,
-    from_status: str | None = None,
-    undo_attempt: bool = False,
-) -> bool:
-    """Record a policy decision on a delivery: its status, reason and a decision row.
-
-    Args:
-        conn: inside the transaction that decided.
-        delivery_id: the delivery.
-        decision: the verdict.
-        now: the clock's time.
-        checkpoint: ``planning``, ``before_send``, ...
-        from_status: only apply if the delivery is in this status.
-        undo_attempt: give back the attempt counted by the claim (nothing was sent).
-    """
-    d = deliveries_table
-    values: dict[str, Any] = {"status": decision.status, "reason": decision.reason, "updated_at": now}
-    if decision.status == "deferred":
-        values["not_before"] = decision.until
-    else:
-        values["completed_at"] = now
-    if undo_attempt:
-        values["attempts"] = d.c.attempts - 1
-    where = [d.c.id == delivery_id]
-    if from_status is not None:
-        where.append(d.c.status == from_status)
-    if not conn.execute(sa.update(d).where(*where).values(**values)).rowcount:
-        return False
-    detail: dict[str, Any] = {"reason": decision.reason, **dict(decision.detail or {})}
-    if decision.rule:
-        detail["rule"] = decision.rule
-    if decision.until is not None:
-        detail["until"] = decision.until.isoformat()
-    conn.execute(sa.insert(decisions_table).values(
-        id=new_id(), delivery_id=delivery_id, at=now, event=decision.status,
-        checkpoint=checkpoint, detail=detail,
-    ))
-    return True
+def _clean(value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    text = text.replace("\x00", "")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
+from chimeway.deliveries import FINAL as DELIVERY_FINAL
 from chimeway.dispatch.base import Due
 from chimeway.errors import ChimewayError
 from chimeway.ids import new_id
@@ -67,7 +68,7 @@ __all__ = [
 
 WORKFLOW_QUEUE = "chimeway_workflows"
 PROGRESS_WORKER = "chimeway.workflow.ProgressionWorker"
-FINAL = ("succeeded", "cancelled", "suppressed")
+FINAL = tuple(sorted(DELIVERY_FINAL))
 
 
 @dataclass(kw_only=True)

@@ -29,12 +29,13 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import is_postgres, writer
+from chimeway.deliveries import CLAIMABLE
+from chimeway.deliveries import cancel as cancel_deliveries
 from chimeway.dispatch.base import Dispatcher
 from chimeway.dispatch.executor import DeliveryOutcome
 from chimeway.errors import InvalidWorkflowError, NotFoundError
 from chimeway.ids import as_uuid, new_id
 from chimeway.models import (
-    decisions_table,
     deliveries_table,
     events_table,
     notifications_table,
@@ -498,16 +499,9 @@ class Workflows:
             run_ids = [row.id for row in rows]
             open_ids = conn.execute(
                 sa.select(d.c.id).join(link, link.c.delivery_id == d.c.id)
-                .where(link.c.run_id.in_(run_ids), d.c.status.in_(("pending", "failed", "deferred")))
+                .where(link.c.run_id.in_(run_ids), d.c.status.in_(CLAIMABLE))
             ).scalars().all()
-            if open_ids:
-                conn.execute(sa.update(d).where(d.c.id.in_(open_ids), d.c.status.in_(("pending", "failed", "deferred")))
-                             .values(status="cancelled", reason="workflow_cancelled", completed_at=batch.now,
-                                     updated_at=batch.now))
-                conn.execute(sa.insert(decisions_table), [
-                    {"id": new_id(), "delivery_id": i, "at": batch.now, "event": "cancelled",
-                     "checkpoint": "workflow", "detail": {"reason": "workflow_cancelled", **by}}
-                    for i in open_ids
-                ])
+            cancel_deliveries(conn, open_ids, reason="workflow_cancelled", now=batch.now, checkpoint="workflow",
+                              detail=by)
             self.write(conn, batch)
         return len(rows)

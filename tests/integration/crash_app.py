@@ -3,6 +3,8 @@
 Usage: python crash_app.py DATABASE_URL MODE MARKER_FILE
   MODE after_commit: killed right after the commit, before delivering.
   MODE mid_send:     killed while the channel is sending (after the claim).
+
+The app's send lease lasts LEASE seconds (environment, default 60).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import event
@@ -37,7 +40,8 @@ class Hangs(Channel):
 
 def main() -> None:
     url, mode, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    app = Chimeway(engine=create_engine(url), channels={"rec": Hangs(marker)})
+    lease = timedelta(seconds=float(os.environ.get("LEASE", "60")))
+    app = Chimeway(engine=create_engine(url), channels={"rec": Hangs(marker)}, lease_ttl=lease)
     with Session(app.engine) as session:
         if mode == "after_commit":
             # Registered before Chimeway's own hook, so it runs first.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from support import OnlyRec
@@ -20,8 +20,9 @@ from chimeway.testing import FakeClock, RecordingChannel
 SCRIPT = Path(__file__).with_name("crash_app.py")
 
 
-def _run_until_killed(url: str, mode: str, marker: Path) -> None:
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), url, mode, str(marker)])
+def _run_until_killed(url: str, mode: str, marker: Path, lease: float = 60.0) -> None:
+    env = {**os.environ, "LEASE": str(lease)}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), url, mode, str(marker)], env=env)
     if mode == "mid_send":
         deadline = time.monotonic() + 60
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -37,27 +38,53 @@ def _statuses(engine: sa.Engine) -> list[str]:
         return list(conn.execute(sa.select(deliveries_table.c.status)).scalars())
 
 
-@pytest.mark.parametrize("mode", ["after_commit", "mid_send"])
-def test_recover_redrives_what_a_killed_process_left(any_url: str, any_engine: sa.Engine,
-                                                     tmp_path: Path, mode: str) -> None:
-    marker = tmp_path / "marker"
-    _run_until_killed(any_url, mode, marker)
-    expected = "pending" if mode == "after_commit" else "dispatched"
-    assert _statuses(any_engine) == [expected]
+def _lease(engine: sa.Engine) -> tuple[str, datetime]:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(deliveries_table.c.lease_holder, deliveries_table.c.lease_expires_at)).one()
+    return row.lease_holder, row.lease_expires_at
 
+
+def test_recover_redrives_a_pending_delivery_its_process_never_sent(any_url: str, any_engine: sa.Engine,
+                                                                    tmp_path: Path) -> None:
+    _run_until_killed(any_url, "after_commit", tmp_path / "marker")
+    assert _statuses(any_engine) == ["pending"]
     rec = RecordingChannel()
     app = Chimeway(engine=any_engine, channels={"rec": rec})
     # Young rows are left alone: their own process may still be delivering them.
     assert app.recover(older_than=timedelta(minutes=5)) == 0
-    assert _statuses(any_engine) == [expected]
+    assert _statuses(any_engine) == ["pending"]
+    assert app.recover(older_than=timedelta(0)) == 1
+    assert _statuses(any_engine) == ["succeeded"]
+    assert len(rec.sent) == 1
+    events = [t.event for t in app.explain(rec.sent[0].delivery_id).timeline]
+    assert events[-2:] == ["attempt", "succeeded"]
+    assert app.recover(older_than=timedelta(0)) == 0
+
+
+def test_recover_resends_once_the_killed_holders_lease_runs_out(any_url: str, any_engine: sa.Engine,
+                                                                tmp_path: Path) -> None:
+    _run_until_killed(any_url, "mid_send", tmp_path / "marker", lease=2.0)
+    assert _statuses(any_engine) == ["dispatched"]
+    holder, expires = _lease(any_engine)
+    assert holder and str(os.getpid()) not in holder.split(":")[1]
+
+    rec = RecordingChannel()
+    app = Chimeway(engine=any_engine, channels={"rec": rec})
+    if app.clock.now() < expires:
+        # However old the row, a live lease means its holder may still be sending.
+        assert app.recover(older_than=timedelta(0)) == 0
+        assert _statuses(any_engine) == ["dispatched"]
+        while app.clock.now() < expires:
+            time.sleep(0.1)
     assert app.recover(older_than=timedelta(0)) == 1
     assert _statuses(any_engine) == ["succeeded"]
     assert len(rec.sent) == 1
     explanation = app.explain(rec.sent[0].delivery_id)
     events = [t.event for t in explanation.timeline]
-    assert events[-2:] == ["attempt", "succeeded"]
-    if mode == "mid_send":
-        assert "recovered" in events and explanation.attempts == 2
+    assert events[-3:] == ["lease_expired", "attempt", "succeeded"] and explanation.attempts == 2
+    expired = next(t for t in explanation.timeline if t.event == "lease_expired")
+    assert expired.detail["holder"] == holder
+    assert expired.detail["summary"].startswith(f"re-sent: lease of {holder} expired at")
     assert app.recover(older_than=timedelta(0)) == 0
 
 

@@ -1,0 +1,457 @@
+"""The one owner of delivery state: statuses, allowed transitions, leases.
+
+Every change of a delivery's ``status`` goes through a function of this
+module, the way a job queue's engine declares every job transition. Writers
+name the statuses they move *from*; :func:`check_transition` refuses any
+move the table below does not allow, so a new writer cannot invent one::
+
+    pending ─────┐                 ┌─▶ succeeded ──▶ cancelled (provider bounce)
+    failed  ─────┼─ claim ─▶ dispatched ─▶ failed (retry at not_before)
+    deferred ────┘      ▲          ├─▶ cancelled (permanent, bounced, retries exhausted)
+                        │          └─▶ pending (its lease expired: re-driven)
+                        └──── lease expired, re-claimed through pending
+
+    pending / failed / deferred ─▶ deferred | suppressed | cancelled (policy, digests, workflows)
+
+Final statuses are ``succeeded``, ``cancelled`` and ``suppressed``.
+
+A ``dispatched`` delivery is a *lease*: ``lease_holder`` names the process
+sending it and ``lease_expires_at`` says until when. The holder extends the
+lease while the send is in flight (:class:`chimeway.dispatch.executor.LeaseKeeper`);
+when the holder dies the lease runs out and :func:`release_expired` puts the
+delivery back to ``pending`` (or ``cancelled`` once its attempts are spent),
+with a ``lease_expired`` decision that ``explain`` shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from chimeway.errors import InvalidTransitionError
+from chimeway.ids import new_id
+from chimeway.models import decisions_table, deliveries_table, notifications_table
+
+__all__ = [
+    "CLAIMABLE",
+    "FINAL",
+    "TRANSITIONS",
+    "ClaimedRow",
+    "Released",
+    "SendDecision",
+    "Status",
+    "apply_decision",
+    "cancel",
+    "check_transition",
+    "claim",
+    "extend_leases",
+    "record",
+    "release_expired",
+]
+
+
+class Status(StrEnum):
+    """A delivery's status, as stored and as ``explain`` shows it."""
+
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
+    DEFERRED = "deferred"
+
+
+FINAL: frozenset[str] = frozenset({Status.SUCCEEDED, Status.CANCELLED, Status.SUPPRESSED})
+"""Statuses a delivery never leaves by itself (a provider bounce may still cancel a success)."""
+
+CLAIMABLE: tuple[str, ...] = (Status.PENDING, Status.FAILED, Status.DEFERRED)
+"""Statuses an executor may claim once ``not_before`` has passed."""
+
+_STOPPED = frozenset({Status.DEFERRED, Status.SUPPRESSED, Status.CANCELLED})
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    Status.PENDING: frozenset({Status.DISPATCHED}) | _STOPPED,
+    Status.FAILED: frozenset({Status.DISPATCHED}) | _STOPPED,
+    Status.DEFERRED: frozenset({Status.DISPATCHED}) | _STOPPED,
+    Status.DISPATCHED: frozenset({Status.PENDING, Status.SUCCEEDED, Status.FAILED}) | _STOPPED,
+    Status.SUCCEEDED: frozenset({Status.CANCELLED}),
+    Status.CANCELLED: frozenset(),
+    Status.SUPPRESSED: frozenset(),
+}
+"""Status → the statuses it may move to."""
+
+
+def check_transition(from_statuses: Iterable[str], to: str) -> tuple[str, ...]:
+    """Refuse a move the state machine does not allow; returns the from-statuses.
+
+    Args:
+        from_statuses: the statuses the writer moves from.
+        to: the status it moves to.
+
+    Raises:
+        InvalidTransitionError: one of the moves is not allowed.
+    """
+    sources = tuple(from_statuses)
+    if to not in TRANSITIONS:
+        raise InvalidTransitionError(f"{to!r} is not a delivery status")
+    for source in sources:
+        if to not in TRANSITIONS.get(source, frozenset()):
+            raise InvalidTransitionError(f"a delivery cannot move from {source!r} to {to!r}")
+    return sources
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendDecision:
+    """A checkpoint's verdict that stops a delivery from being sent (now or at all).
+
+    Args:
+        status: ``suppressed`` (final), ``deferred`` (due again at ``until``)
+            or ``cancelled`` (final).
+        reason: the stored reason, e.g. ``cap_reached`` or ``quiet_hours``.
+        until: when a deferred delivery is due again.
+        rule: the rule that decided (shown by ``explain``).
+        detail: the rule's inputs (JSON values).
+    """
+
+    status: str
+    reason: str
+    until: datetime | None = None
+    rule: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+def _decision_row(delivery_id: uuid.UUID, at: datetime, event: str, checkpoint: str,
+                  detail: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": new_id(), "delivery_id": delivery_id, "at": at, "event": event,
+            "checkpoint": checkpoint, "detail": dict(detail)}
+
+
+def apply_decision(
+    conn: Connection,
+    delivery_id: uuid.UUID,
+    decision: SendDecision,
+    now: datetime,
+    *,
+    checkpoint: str,
+    from_status: str | None = None,
+    undo_attempt: bool = False,
+) -> bool:
+    """Record a checkpoint's decision on a delivery: its status, reason and a decision row.
+
+    Args:
+        conn: inside the transaction that decided.
+        delivery_id: the delivery.
+        decision: the verdict.
+        now: the clock's time.
+        checkpoint: ``planning``, ``before_send``, ...
+        from_status: only apply if the delivery is in this status (default:
+            any status the verdict may follow).
+        undo_attempt: give back the attempt counted by the claim (nothing was sent).
+
+    Returns:
+        whether the delivery was in a status the decision could apply to.
+    """
+    d = deliveries_table
+    sources = [from_status] if from_status is not None else [
+        s for s, targets in TRANSITIONS.items() if decision.status in targets and s not in FINAL
+    ]
+    check_transition(sources, decision.status)
+    values: dict[str, Any] = {"status": decision.status, "reason": decision.reason, "updated_at": now}
+    if decision.status == Status.DEFERRED:
+        values["not_before"] = decision.until
+    else:
+        values["completed_at"] = now
+    if undo_attempt:
+        values["attempts"] = d.c.attempts - 1
+    changed = conn.execute(
+        sa.update(d).where(d.c.id == delivery_id, d.c.status.in_(sources)).values(**values)
+    ).rowcount
+    if not changed:
+        return False
+    detail: dict[str, Any] = {"reason": decision.reason, **dict(decision.detail or {})}
+    if decision.rule:
+        detail["rule"] = decision.rule
+    if decision.until is not None:
+        detail["until"] = decision.until.isoformat()
+    conn.execute(sa.insert(decisions_table).values(
+        **_decision_row(delivery_id, now, decision.status, checkpoint, detail)))
+    return True
+
+
+def cancel(
+    conn: Connection,
+    ids: Sequence[uuid.UUID],
+    *,
+    reason: str,
+    now: datetime,
+    checkpoint: str,
+    from_statuses: Iterable[str] = CLAIMABLE,
+    detail: Mapping[str, Any] | None = None,
+    event: str | None = "cancelled",
+) -> list[uuid.UUID]:
+    """Cancel deliveries still in one of ``from_statuses``; returns those cancelled.
+
+    Each cancelled delivery gets a decision row (``event``, with ``reason`` and ``detail``).
+
+    Args:
+        conn: inside the caller's transaction.
+        ids: the deliveries.
+        reason: the stored reason (``workflow_cancelled``, ``bounced: ...``).
+        now: the clock's time.
+        checkpoint: who decided (``workflow``, ``provider_feedback``, ...).
+        from_statuses: statuses that may be cancelled.
+        detail: extra decision details (JSON values).
+        event: the decision row's event name; ``None`` writes no decision row.
+    """
+    if not ids:
+        return []
+    sources = check_transition(from_statuses, Status.CANCELLED)
+    d = deliveries_table
+    done = list(conn.execute(
+        sa.update(d).where(d.c.id.in_(list(ids)), d.c.status.in_(sources))
+        .values(status=Status.CANCELLED, reason=reason, completed_at=now, updated_at=now)
+        .returning(d.c.id)
+    ).scalars())
+    if done and event:
+        row_detail = {"reason": reason, **dict(detail or {})}
+        conn.execute(sa.insert(decisions_table),
+                     [_decision_row(i, now, event, checkpoint, row_detail) for i in done])
+    return done
+
+
+# --- leases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedRow:
+    """A delivery just claimed: what the executor needs to send it."""
+
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    event_id: uuid.UUID
+    tenant: str
+    channel: str
+    message: dict[str, Any]
+    attempts: int
+    created_at: datetime
+    recipient: dict[str, Any]
+    notifier_key: str
+
+
+_CLAIM_COLUMNS = ("id", "notification_id", "event_id", "tenant", "channel", "message", "attempts",
+                  "created_at")
+
+
+def claim(
+    conn: Connection,
+    ids: Sequence[uuid.UUID],
+    *,
+    holder: str,
+    now: datetime,
+    lease_until: datetime,
+    channels: Iterable[str],
+) -> list[ClaimedRow]:
+    """Claim due deliveries for one attempt each: ``dispatched`` under ``holder``'s lease.
+
+    Only deliveries in a claimable status, due, and on a channel this process
+    has (``channels``) are claimed; the rest are left as they are.
+
+    Args:
+        conn: the claim transaction.
+        ids: the deliveries wanted.
+        holder: who sends them (stored as ``lease_holder``).
+        now: the clock's time.
+        lease_until: when the lease runs out unless extended.
+        channels: channel names configured in this process.
+
+    Returns:
+        the claimed rows, in the order of ``ids``.
+    """
+    check_transition(CLAIMABLE, Status.DISPATCHED)
+    d, n = deliveries_table, notifications_table
+    statement = (
+        sa.update(d)
+        .where(
+            d.c.id.in_(list(ids)),
+            d.c.status.in_(CLAIMABLE),
+            sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
+            d.c.channel.in_(list(channels)),
+        )
+        .values(status=Status.DISPATCHED, attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now,
+                lease_holder=holder, lease_expires_at=lease_until)
+    )
+    wanted = [d.c[name] for name in _CLAIM_COLUMNS]
+    if conn.dialect.name == "postgresql":
+        # One round trip: PostgreSQL returns columns of the joined row too.
+        rows = conn.execute(
+            statement.where(n.c.id == d.c.notification_id).returning(*wanted, n.c.recipient, n.c.notifier_key)
+        ).all()
+    else:
+        # SQLite's RETURNING cannot name a joined table.
+        claimed_ids = conn.execute(statement.returning(d.c.id)).scalars().all()
+        rows = conn.execute(
+            sa.select(*wanted, n.c.recipient, n.c.notifier_key)
+            .join(n, n.c.id == d.c.notification_id).where(d.c.id.in_(claimed_ids))
+        ).all() if claimed_ids else []
+    by_id = {row.id: row for row in rows}
+    return [
+        ClaimedRow(id=row.id, notification_id=row.notification_id, event_id=row.event_id, tenant=row.tenant,
+                   channel=row.channel, message=row.message, attempts=row.attempts, created_at=row.created_at,
+                   recipient=row.recipient, notifier_key=row.notifier_key)
+        for row in (by_id.get(i) for i in dict.fromkeys(ids)) if row is not None
+    ]
+
+
+def extend_leases(conn: Connection, ids: Sequence[uuid.UUID], *, holder: str, until: datetime) -> int:
+    """Push out the leases ``holder`` still holds on ``ids``; returns how many it holds.
+
+    Args:
+        conn: a short transaction.
+        ids: deliveries this process is sending.
+        holder: this process's lease holder name.
+        until: the new expiry.
+    """
+    d = deliveries_table
+    return int(conn.execute(
+        sa.update(d).where(d.c.id.in_(list(ids)), d.c.status == Status.DISPATCHED, d.c.lease_holder == holder)
+        .values(lease_expires_at=until)
+    ).rowcount)
+
+
+def record(conn: Connection, updates: Sequence[Mapping[str, Any]], *, now: datetime) -> dict[uuid.UUID, str]:
+    """Write each attempt's result onto its delivery; returns every delivery's status afterwards.
+
+    Only the lease's holder, for the attempt it claimed, may change a
+    ``dispatched`` delivery — except that a success is always written while
+    the delivery is still ``dispatched`` (the message went out: nobody should
+    send it again). A result that loses (the delivery was cancelled, or its
+    lease expired and another holder took it) changes nothing; its attempt
+    row is still written by the caller.
+
+    Args:
+        conn: the record transaction.
+        updates: one mapping per attempt with ``b_id``, ``b_status``, ``b_reason``,
+            ``b_completed_at``, ``b_not_before``, ``b_provider_message_id``,
+            ``b_holder``, ``b_attempt`` and ``b_succeeded``.
+        now: the clock's time.
+    """
+    for update in updates:
+        check_transition([Status.DISPATCHED], update["b_status"])
+    d = deliveries_table
+    statement = (
+        sa.update(d)
+        .where(
+            d.c.id == sa.bindparam("b_id"),
+            d.c.status == Status.DISPATCHED,
+            sa.or_(
+                sa.and_(d.c.lease_holder == sa.bindparam("b_holder"), d.c.attempts == sa.bindparam("b_attempt")),
+                sa.bindparam("b_succeeded", type_=sa.Boolean) == sa.true(),
+            ),
+        )
+        .values(
+            status=sa.bindparam("b_status"),
+            reason=sa.bindparam("b_reason"),
+            completed_at=sa.bindparam("b_completed_at"),
+            not_before=sa.func.coalesce(sa.bindparam("b_not_before", type_=d.c.not_before.type), d.c.not_before),
+            provider_message_id=sa.func.coalesce(
+                sa.bindparam("b_provider_message_id", type_=d.c.provider_message_id.type),
+                d.c.provider_message_id),
+            updated_at=now,
+        )
+    )
+    # One statement for every row (executemany): the values differ per row, the shape does not.
+    conn.execute(statement, list(updates))
+    ids = [u["b_id"] for u in updates]
+    return {row.id: row.status for row in conn.execute(sa.select(d.c.id, d.c.status).where(d.c.id.in_(ids)))}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Released:
+    """Deliveries whose lease ran out, by what happened to them.
+
+    Args:
+        redrive: put back to ``pending``: to be sent again.
+        exhausted: cancelled: their attempts were spent.
+    """
+
+    redrive: tuple[uuid.UUID, ...] = ()
+    exhausted: tuple[uuid.UUID, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.redrive) + len(self.exhausted)
+
+
+def release_expired(
+    conn: Connection,
+    *,
+    now: datetime,
+    max_attempts: int,
+    ids: Sequence[uuid.UUID] | None = None,
+    limit: int = 1000,
+) -> Released:
+    """Take back deliveries whose lease has run out (their holder died or stalled).
+
+    Each goes back to ``pending`` with a ``lease_expired`` decision naming the
+    holder and the expiry — or, when it has used ``max_attempts`` attempts,
+    to ``cancelled`` with ``retries_exhausted`` (a message that kills every
+    process that sends it must not be retried forever).
+
+    Args:
+        conn: a write transaction.
+        now: the clock's time.
+        max_attempts: attempts a delivery may use.
+        ids: only these deliveries (default: any, oldest expiry first).
+        limit: at most this many.
+    """
+    d = deliveries_table
+    query = (sa.select(d.c.id, d.c.lease_holder, d.c.lease_expires_at, d.c.attempts)
+             .where(d.c.status == Status.DISPATCHED, d.c.lease_expires_at <= now))
+    if ids is not None:
+        query = query.where(d.c.id.in_(list(ids)))
+    else:
+        query = query.order_by(d.c.lease_expires_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        # Another rescuer holding some of them decides for those.
+        query = query.with_for_update(skip_locked=True)
+    rows = conn.execute(query).all()
+    if not rows:
+        return Released()
+    redrive = [row for row in rows if row.attempts < max_attempts]
+    exhausted = [row for row in rows if row.attempts >= max_attempts]
+    decisions: list[dict[str, Any]] = []
+    if redrive:
+        check_transition([Status.DISPATCHED], Status.PENDING)
+        conn.execute(
+            sa.update(d).where(d.c.id.in_([r.id for r in redrive]), d.c.status == Status.DISPATCHED)
+            .values(status=Status.PENDING, not_before=None, lease_expires_at=None, updated_at=now)
+        )
+        decisions += [_decision_row(r.id, now, "lease_expired", "lease", _lease_detail(r, resend=True))
+                      for r in redrive]
+    if exhausted:
+        check_transition([Status.DISPATCHED], Status.CANCELLED)
+        conn.execute(
+            sa.update(d).where(d.c.id.in_([r.id for r in exhausted]), d.c.status == Status.DISPATCHED)
+            .values(status=Status.CANCELLED, lease_expires_at=None, completed_at=now, updated_at=now,
+                    reason=f"retries_exhausted: the lease expired during attempt {max_attempts}")
+        )
+        decisions += [_decision_row(r.id, now, "lease_expired", "lease", _lease_detail(r, resend=False))
+                      for r in exhausted]
+    conn.execute(sa.insert(decisions_table), decisions)
+    return Released(redrive=tuple(r.id for r in redrive), exhausted=tuple(r.id for r in exhausted))
+
+
+def _lease_detail(row: Any, *, resend: bool) -> dict[str, Any]:
+    expired = row.lease_expires_at.isoformat() if row.lease_expires_at is not None else None
+    what = "re-sent" if resend else "not re-sent (attempts spent)"
+    return {
+        "reason": "lease_expired", "holder": row.lease_holder, "expired_at": expired, "attempt": row.attempts,
+        "summary": f"{what}: lease of {row.lease_holder} expired at {expired} during attempt {row.attempts}",
+    }
