@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import ForeignKey, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -116,9 +117,13 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @api.post("/users", status_code=201)
     async def create_user(new: NewUser, db: Session) -> dict[str, Any]:
-        async with db.begin():
-            user = User(username=new.username)
-            db.add(user)
+        try:
+            async with db.begin():
+                user = User(username=new.username)
+                db.add(user)
+        except IntegrityError:
+            # The unique index decides, so two racing requests cannot both win.
+            raise HTTPException(409, f"username {new.username!r} is already taken") from None
         return {"id": user.id, "username": user.username}
 
     @api.post("/comments", status_code=201)

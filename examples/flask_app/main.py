@@ -10,6 +10,8 @@ Run it (from the ``examples`` folder)::
     pip install "chimeway[flask]"
     DATABASE_URL=sqlite:///mentions.db flask --app flask_app.main:create_app init-db
     DATABASE_URL=sqlite:///mentions.db flask --app flask_app.main:create_app run
+
+A relative SQLite path is taken from the current folder (``./mentions.db``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import click
 from flask import Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import ForeignKey, String, Text, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from werkzeug.exceptions import HTTPException
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.errors import InvalidInputError, NotFoundError
@@ -80,6 +86,19 @@ def init_db() -> None:
     """Create the example's tables and migrate Chimeway's (a real app uses Alembic)."""
     db.create_all()
     chimeway().migrate()
+    url = db.engine.url.render_as_string(hide_password=True)
+    click.echo(f"Created the example's tables and migrated Chimeway's in {url}")
+
+
+def _database_url(url: str) -> str:
+    # Flask-SQLAlchemy puts a relative SQLite file in the app's instance
+    # folder; this example keeps it where it is run, as its README says.
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if (parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:")
+            and not os.path.isabs(path) and not path.startswith("file:")):
+        return parsed.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
+    return url
 
 
 def create_app(database_url: str | None = None) -> Flask:
@@ -90,8 +109,8 @@ def create_app(database_url: str | None = None) -> Flask:
             default ``$DATABASE_URL``.
     """
     app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = database_url or os.environ.get(
-        "DATABASE_URL", "sqlite:///mentions.db"
+    app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(
+        database_url or os.environ.get("DATABASE_URL", "sqlite:///mentions.db")
     )
     db.init_app(app)
     with app.app_context():
@@ -100,6 +119,10 @@ def create_app(database_url: str | None = None) -> Flask:
         app.extensions["chimeway"] = Chimeway(engine=db.engine)
     app.cli.command("init-db")(init_db)
 
+    @app.errorhandler(HTTPException)
+    def error_as_json(error: HTTPException) -> ResponseReturnValue:
+        return {"error": error.description}, error.code or 500
+
     @app.post("/users")
     def create_user() -> ResponseReturnValue:
         username = str((request.get_json(silent=True) or {}).get("username", ""))
@@ -107,7 +130,12 @@ def create_app(database_url: str | None = None) -> Flask:
             abort(400, "username must be 1-40 letters, digits or _")
         user = User(username=username)
         db.session.add(user)
-        db.session.commit()
+        try:
+            db.session.commit()
+        except IntegrityError:
+            # The unique index decides, so two racing requests cannot both win.
+            db.session.rollback()
+            abort(409, f"username {username!r} is already taken")
         return {"id": user.id, "username": user.username}, 201
 
     @app.post("/comments")

@@ -112,3 +112,11 @@ async def test_a_failed_request_leaves_no_notification(api: FastAPI, client: htt
     assert no_mentions["mentioned"] == [] and no_mentions["event_id"] is None
     with api.state.chimeway.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar_one() == 0
+
+
+async def test_a_taken_username_is_a_409_with_a_message(client: httpx.AsyncClient) -> None:
+    await _users(client, "zoe")
+    again = await client.post("/users", json={"username": "zoe"})
+    assert again.status_code == 409
+    assert again.json() == {"detail": "username 'zoe' is already taken"}
+    assert (await client.post("/users", json={"username": "yan"})).status_code == 201

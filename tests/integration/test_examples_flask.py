@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +118,30 @@ def test_a_request_that_fails_after_the_trigger_leaves_nothing(app: Flask, clien
     assert client.get(f"/users/{ids['eve']}/inbox").get_json()["items"] == []
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(events_table)) == 0
+
+
+def test_a_taken_username_is_a_409_with_a_message(client: FlaskClient) -> None:
+    _users(client, "zoe")
+    again = client.post("/users", json={"username": "zoe"})
+    assert again.status_code == 409
+    assert again.get_json() == {"error": "username 'zoe' is already taken"}
+    # The session was rolled back: the next request works.
+    assert client.post("/users", json={"username": "yan"}).status_code == 201
+
+
+def test_init_db_says_what_it_did_and_keeps_the_file_where_it_is_run(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "flask_app.main:create_app", "init-db"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(examples), "DATABASE_URL": "sqlite:///mentions.db"},
+    )
+    assert done.returncode == 0, done.stderr
+    database = tmp_path / "mentions.db"
+    assert done.stdout.strip() == (
+        f"Created the example's tables and migrated Chimeway's in sqlite:///{database}")
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        assert {"example_users", "chimeway_events"} <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
