@@ -1,5 +1,10 @@
-"""Channels: where messages go. ``Channel`` is the base class for your own."""
+"""Channels: where messages go.
 
+``Channel`` is the base class for your own; ``HTTPChannel`` for one that calls
+an HTTP API (pooled connections, response classification, ``Retry-After``).
+"""
+
+from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
 from chimeway.channels.base import Channel
 from chimeway.channels.discord import Discord
 from chimeway.channels.email import Email
@@ -21,6 +26,7 @@ __all__ = [
     "Discord",
     "Email",
     "Failover",
+    "HTTPChannel",
     "InApp",
     "Log",
     "Postmark",
@@ -32,6 +38,8 @@ __all__ = [
     "Sms",
     "Teams",
     "Webhook",
+    "classify_http",
+    "parse_retry_after",
     "sign_webhook",
     "verify_webhook",
 ]

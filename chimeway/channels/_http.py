@@ -1,4 +1,8 @@
-"""Shared plumbing for channels that speak HTTP: one pooled client, one classifier."""
+"""Shared plumbing for channels that speak HTTP: one pooled client, one classifier.
+
+``HTTPChannel``, ``classify_http`` and ``parse_retry_after`` are public as
+``chimeway.channels.HTTPChannel`` etc.; this module is where they live.
+"""
 
 from __future__ import annotations
 
@@ -119,7 +123,24 @@ def _short_body(response: httpx.Response, limit: int = 300) -> str:
 
 
 class HTTPChannel(Channel):
-    """A channel that owns one connection-pooled ``httpx.Client``.
+    """Base class for a channel that calls an HTTP API: pooled clients, classification, Retry-After.
+
+    Subclasses implement :meth:`send` with :meth:`request` (a transport error
+    comes back as a temporary ``DeliveryResult`` instead of raising) and
+    :meth:`classify` (2xx succeeded; 408/425/429/5xx temporary with the
+    ``Retry-After`` hint; other statuses permanent)::
+
+        class Pager(HTTPChannel):
+            required_fields = ("body",)
+
+            def send(self, message: Message) -> DeliveryResult:
+                response = self.request("POST", "/pages", json={"text": message.fields["body"]})
+                if isinstance(response, DeliveryResult):
+                    return response
+                return self.classify(response)
+
+    Connections are pooled per thread (``client``) and per event loop
+    (``async_client``); ``close()`` releases them.
 
     Args:
         base_url: the provider's API root (point it at a local server in tests).
@@ -150,6 +171,7 @@ class HTTPChannel(Channel):
 
     @property
     def client(self) -> httpx.Client:
+        """This thread's pooled ``httpx.Client`` (or the one passed as ``client=``)."""
         if self._shared_client is not None:
             return self._shared_client
         client: httpx.Client | None = getattr(self._local, "client", None)
@@ -183,7 +205,32 @@ class HTTPChannel(Channel):
         return client
 
     def url(self, path: str) -> str:
+        """``base_url`` joined with ``path``."""
         return f"{self.base_url}{path}"
+
+    def classify(
+        self,
+        response: httpx.Response,
+        *,
+        provider_message_id: str | None = None,
+        vendor_code: str | None = None,
+        detail: str | None = None,
+    ) -> DeliveryResult:
+        """The outcome an HTTP response means (see :func:`classify_http`).
+
+        Args:
+            response: the provider's response.
+            provider_message_id: the provider's id for the message, kept on success.
+            vendor_code: the provider's own error code, if it gave one.
+            detail: a short explanation to record instead of the response body.
+        """
+        return classify_http(response, provider_message_id=provider_message_id,
+                             vendor_code=vendor_code, detail=detail)
+
+    @staticmethod
+    def retry_after(response: httpx.Response) -> float | None:
+        """Seconds the response's ``Retry-After`` asks to wait, or ``None`` (see :func:`parse_retry_after`)."""
+        return parse_retry_after(response.headers.get("retry-after"))
 
     def request(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response | DeliveryResult:
         """Make one request; a transport error comes back as a temporary result."""

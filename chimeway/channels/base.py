@@ -10,11 +10,11 @@ Writing a custom channel::
         required_fields = ("body",)
 
         def send(self, message: Message) -> DeliveryResult:
-            try:
-                response = self.client.post(..., json={"text": message.fields["body"]})
-            except httpx.TransportError as exc:
-                return DeliveryResult.temporary(str(exc), error_class=type(exc).__name__)
-            return classify_http(response)
+            accepted = pager_api.page(message.fields["body"], key=str(message.delivery_id))
+            return DeliveryResult.ok() if accepted else DeliveryResult.temporary("busy")
+
+For an HTTP API, subclass :class:`chimeway.channels.HTTPChannel` instead:
+it pools connections and classifies responses and ``Retry-After``.
 
 An exception escaping ``send`` is recorded as a temporary failure with the
 exception's class name, so a bug in a channel never loses a delivery.
