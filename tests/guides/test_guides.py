@@ -14,6 +14,8 @@ import ast
 import doctest
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,23 @@ SYBIL = Sybil(parsers=[Parser()], path=str(GUIDES_DIR), patterns=["*.md"])
 
 def test_every_guide_is_run() -> None:
     assert {p.name for p in GUIDES} >= {"getting-started.md", "channels.md", "integrations.md"}
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda path: path.name)
+def test_guide_code_is_clean(guide: Path) -> None:
+    """What a reader copies imports no private module and no name it does not use."""
+    text = guide.read_text()
+    visible = [str(e.parsed) for e in SYBIL.parse(guide).examples()
+               if text.startswith("```", e.region.start) and isinstance(e.parsed, str)]
+    source = "\n".join(visible)
+    private = re.findall(r"^\s*(?:from|import)\s+(chimeway\S*\._\w+)", source, re.MULTILINE)
+    assert not private, f"{guide.name} imports private modules: {private}"
+    # The blocks share one namespace, so a name imported in one block may be used in another.
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F401",
+         "--output-format", "concise", "--stdin-filename", f"{guide.stem}.py", "-"],
+        input=source, capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, f"{guide.name}: unused imports\n{lint.stdout}"
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda path: path.name)
