@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,12 +15,18 @@ from sqlalchemy.orm import Session
 
 from chimeway.errors import ConfigurationError
 
+try:
+    import fcntl
+except ImportError:  # Windows: BEGIN IMMEDIATE alone orders SQLite writers there
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "connection_of",
     "create_engine",
     "is_postgres",
     "mask_url",
+    "schema_change",
     "writer",
 ]
 
@@ -104,3 +113,67 @@ def connection_of(target: Session | Connection) -> Connection:
     raise ConfigurationError(
         f"session must be a sqlalchemy Session or Connection, got {type(target).__name__}"
     )
+
+
+# Any constant will do; it only has to be the same in every process.
+_SCHEMA_LOCK_KEY = 0x43484D5753434821  # "CHMWSCH!"
+
+
+@contextmanager
+def schema_change(bind: Engine | Connection) -> Iterator[Connection]:
+    """A transaction in which only one process at a time changes Chimeway's schema.
+
+    PostgreSQL: a transaction-scoped advisory lock, released at commit or
+    rollback. SQLite: an exclusive ``flock`` on a ``<database>.migrate-lock``
+    file beside the database (waits as long as it takes, unlike the busy
+    timeout), and ``BEGIN IMMEDIATE`` on Chimeway's engines. The caller's
+    process must serialise its own threads; this only orders processes.
+
+    Args:
+        bind: an engine (a transaction is opened and committed) or a connection
+            (used in its current transaction).
+    """
+    with _sqlite_file_lock(bind):
+        if isinstance(bind, Engine):
+            with writer(bind).begin() as conn:
+                _advisory_lock(conn)
+                yield conn
+        else:
+            _advisory_lock(bind)
+            yield bind
+
+
+def _advisory_lock(conn: Connection) -> None:
+    if is_postgres(conn):
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+
+
+@contextmanager
+def _sqlite_file_lock(bind: Engine | Connection) -> Iterator[None]:
+    path = _sqlite_file(bind)
+    if path is None or fcntl is None:
+        yield
+        return
+    try:
+        handle = open(path + ".migrate-lock", "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        # A read-only directory: BEGIN IMMEDIATE still orders the writers.
+        yield
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def _sqlite_file(bind: Engine | Connection) -> str | None:
+    if bind.dialect.name != "sqlite":
+        return None
+    url = bind.engine.url
+    database = url.database or ""
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:"):].partition("?")[0]
+    return os.path.abspath(database)

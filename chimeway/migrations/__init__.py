@@ -8,6 +8,7 @@ environment (see guides/integrations.md).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import alembic.context
@@ -17,12 +18,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
+from chimeway.db import schema_change
 from chimeway.errors import DatabaseError
 
 __all__ = ["VERSION_TABLE", "alembic_config", "current_revision", "head_revision", "upgrade"]
 
 VERSION_TABLE = "chimeway_alembic_version"
 HERE = Path(__file__).parent
+# Alembic keeps its current environment in module globals (alembic.context,
+# alembic.op): two upgrades in one process must never overlap.
+_ALEMBIC = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -36,6 +41,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
     """Create or upgrade Chimeway's tables to ``revision``.
 
+    Safe to call from many threads and processes at once: threads take turns
+    (Alembic's state is global), processes are ordered by a database lock
+    (see :func:`chimeway.db.schema_change`), and whoever comes second finds
+    the schema at ``revision`` and does nothing.
+
     Args:
         bind: an engine (a transaction is opened) or a connection (used as is).
         revision: target revision, ``head`` by default.
@@ -44,11 +54,8 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
     # replace (and then clear) the caller's ``alembic.context``; put it back.
     outer = getattr(alembic.context, "_proxy", None)
     try:
-        if isinstance(bind, Engine):
-            with bind.begin() as conn:
-                command.upgrade(alembic_config(conn), revision)
-        else:
-            command.upgrade(alembic_config(bind), revision)
+        with _ALEMBIC, schema_change(bind) as conn:
+            command.upgrade(alembic_config(conn), revision)
     except Exception as exc:
         raise DatabaseError(f"migrating Chimeway's tables failed: {exc}") from exc
     finally:
