@@ -337,13 +337,19 @@ def wait_due(batch: Batch, program: Program, run: RunState) -> bool:
         return False
     op = program.ops[run.step]
     assert isinstance(op, WaitOp)
+    if op.signals:
+        # A signal recorded before the deadline wins, however late it is
+        # routed (a backlog of router jobs, a crash between commit and routing).
+        early = _unused_signal(batch.conn, run, op.signals, before=run.wait_until)
+        if early is not None and apply_signal(batch, program, run, early, routed_late=True):
+            return True
     reason = "timeout" if op.until else "wait_elapsed"
     run_from(batch, program, run, op.next, reason, {"waited_until": run.wait_until.isoformat()})
     return True
 
 
 def apply_signal(batch: Batch, program: Program, run: RunState, signal: SignalRow,
-                 *, before_wait: bool = False) -> bool:
+                 *, before_wait: bool = False, routed_late: bool = False) -> bool:
     """Apply a signal to a waiting run; ``False`` if its wait does not name it.
 
     Args:
@@ -352,6 +358,8 @@ def apply_signal(batch: Batch, program: Program, run: RunState, signal: SignalRo
         run: the run, locked by the caller.
         signal: the signal.
         before_wait: the signal arrived before the run entered this wait.
+        routed_late: found by the wait's own timer: recorded before the
+            deadline, not yet routed when it fell due.
     """
     if run.state != "waiting" or run.step is None or signal.id <= run.signal_mark:
         return False
@@ -363,6 +371,8 @@ def apply_signal(batch: Batch, program: Program, run: RunState, signal: SignalRo
                "signal_at": signal.created_at.isoformat()}
     if before_wait:
         context["arrived_before_wait"] = True
+    if routed_late:
+        context["recorded_before_deadline"] = True
     if signal.name in op.unless:
         batch.transition(run, "stopped", run.step, "signal_unless", context)
         return True
@@ -370,17 +380,21 @@ def apply_signal(batch: Batch, program: Program, run: RunState, signal: SignalRo
     return True
 
 
-def _unused_signal(conn: Connection, run: RunState, names: Sequence[str]) -> SignalRow | None:
+def _unused_signal(conn: Connection, run: RunState, names: Sequence[str], *,
+                   before: datetime | None = None) -> SignalRow | None:
     # A signal that came while the run was elsewhere (the recipient read the
     # in-app message before its delivery step finished) still counts once.
     s = signals_table
-    row = conn.execute(
+    query = (
         sa.select(s.c.id, s.c.name, s.c.actor, s.c.notification_id, s.c.created_at)
         .where(s.c.tenant == run.tenant, s.c.actor == run.recipient.id, s.c.name.in_(list(names)),
                s.c.id > run.signal_mark,
                sa.or_(s.c.notification_id.is_(None), s.c.notification_id == run.notification_id))
         .order_by(s.c.id).limit(1)
-    ).first()
+    )
+    if before is not None:
+        query = query.where(s.c.created_at < before)
+    row = conn.execute(query).first()
     if row is None:
         return None
     return SignalRow(id=row.id, name=row.name, actor=row.actor, notification_id=row.notification_id,

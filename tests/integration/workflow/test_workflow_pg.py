@@ -133,6 +133,34 @@ def test_a_read_racing_the_due_wait_has_exactly_one_outcome(pg_app: Any) -> None
     assert sum(outcomes.values()) == 30
 
 
+def test_a_signal_recorded_before_the_deadline_wins_however_late_it_is_routed(pg_app: Any) -> None:
+    app, clock, email, _ = pg_app("queue")
+    for i in range(20):
+        email.clear()
+        nid = _trigger(app, Race, f"late-{i}")
+        run_id = app.explain_run(notification_id=nid).run_id
+        clock.advance(minutes=29)
+        # Committed a minute before the deadline; its router job waits in a backlog.
+        with Session(app.engine) as session, session.begin():
+            app.track(session, "notification.read", actor="user:1", notification_id=nid)
+        clock.advance(minutes=2)
+
+        def timer(delay: float = (i % 5) * 0.002) -> int:
+            time.sleep(delay)
+            return app.work(queues=["chimeway_workflows"])
+
+        def router(delay: float = ((i + 2) % 5) * 0.002) -> int:
+            time.sleep(delay)
+            return app.work(queues=["chimeway_signals"])
+
+        _together([timer, router])
+        app.work()
+        left = [t for t in _transitions(app, run_id) if t.from_step == 1]
+        assert [t.reason for t in left] == ["signal_unless"], [t.reason for t in left]
+        assert app.explain_run(run_id).state == "stopped"
+        assert email.sent == [], "the escalation went out although the read came before the deadline"
+
+
 @pytest.mark.parametrize("dispatcher", ["sync", "queue"])
 def test_signals_of_another_tenant_or_actor_never_touch_a_run(pg_app: Any, dispatcher: str) -> None:
     app, _, _, _ = pg_app(dispatcher)
