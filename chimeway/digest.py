@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from chimeway.deliveries import SendDecision, apply_decision
 from chimeway.errors import InvalidNotifierError
 from chimeway.ids import new_id
+from chimeway.jsonvalues import key_hash, shown_key
 from chimeway.models import (
     decisions_table,
     deliveries_table,
@@ -151,7 +152,10 @@ def collect(
     cls = type(plan.notifier)
     tenant = str(plan.event["tenant"])
     params = dict(plan.event["params"])
-    key = digest.key_for(params)
+    # The batch key comes from the params as given (it may be derived from a
+    # secret) and is stored hashed; explain shows it computed from the stored params.
+    key = key_hash(digest.key_for(plan.params))
+    shown = shown_key(digest.key_for, params)
     d = digests_table
     where = (d.c.status == "open", d.c.tenant == tenant, d.c.notifier_key == cls.key,
              d.c.recipient_id == delivery.recipient.id, d.c.channel == delivery.channel,
@@ -177,12 +181,12 @@ def collect(
         # RETURNING, not rowcount: psycopg reports -1 for this statement.
         if conn.execute(stmt).first() is not None:
             _add_item(conn, digest_id, plan, delivery, params, now)
-            _set(delivery, _opened(key, flush_at, digest_id))
+            _set(delivery, _opened(shown, flush_at, digest_id))
             return
         # Another transaction opened the batch first; join it.
         row = conn.execute(query.with_for_update()).first()
     if row is None:
-        _set(delivery, _opened(key, now + digest.window, None))
+        _set(delivery, _opened(shown, now + digest.window, None))
         return
     count = row.item_count + 1
     if write:
@@ -193,7 +197,7 @@ def collect(
             status="suppressed", reason="digested",
             summary=f"suppressed: collected into the digest sent at {row.flush_at.isoformat()} ({count} events so far)",
             detail={"digest_id": str(row.id), "carrier_delivery_id": str(row.delivery_id),
-                    "digest_key": key, "items": count, "flush_at": row.flush_at.isoformat()},
+                    "digest_key": shown, "items": count, "flush_at": row.flush_at.isoformat()},
         ))
         return
     # The batch is full: this event's delivery carries the digest now.
@@ -223,7 +227,7 @@ def collect(
         "summary": f"digest of {included} events sent early: max_items={digest.max_items} reached"}})
 
 
-def _opened(key: str, flush_at: datetime, digest_id: uuid.UUID | None) -> _Outcome:
+def _opened(key: str | None, flush_at: datetime, digest_id: uuid.UUID | None) -> _Outcome:
     return _Outcome(
         status="deferred", reason="digest", until=flush_at,
         summary=f"deferred: digest window open until {flush_at.isoformat()}",

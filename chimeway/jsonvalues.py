@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from itertools import pairwise
 from typing import Any
 
 from chimeway.errors import ParamsNotJSONError
 
-__all__ = ["REDACTED", "check_json", "is_secret_key", "normalized_name", "redact"]
+__all__ = [
+    "REDACTED", "check_json", "is_secret_key", "key_hash", "normalized_name", "redact", "shown_key",
+]
 
 REDACTED = "[redacted]"
 
@@ -46,6 +49,35 @@ def is_secret_key(key: str) -> bool:
 def normalized_name(name: str) -> str:
     """``name`` in lowercase without separators: ``"Account-Number"`` → ``"accountnumber"``."""
     return _NOT_ALNUM.sub("", name.lower())
+
+
+def key_hash(key: str) -> str:
+    """How a key computed from raw params is stored: a SHA-256, never the key itself.
+
+    Dedupe and digest keys may be derived from secrets (an invite token);
+    stored as a hash they still match, and reveal nothing.
+
+    Args:
+        key: the key as the notifier's function returned it.
+    """
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def shown_key(fn: Callable[[Mapping[str, Any]], Any], stored_params: Mapping[str, Any]) -> str | None:
+    """A key as ``explain`` may show it: computed again from the stored (redacted) params.
+
+    A key derived from a secret shows as ``[redacted]``; one the function
+    cannot compute from redacted params shows as ``None``.
+
+    Args:
+        fn: the notifier's key function.
+        stored_params: the params as stored (redacted).
+    """
+    try:
+        value = fn(stored_params)
+    except Exception:
+        return None
+    return None if value is None else str(value)[:500]
 
 
 def check_json(value: Any, *, name: str = "params") -> None:

@@ -52,6 +52,7 @@ from chimeway.deliveries import SendDecision
 from chimeway.digest import Digest, check_carrier, collect, digest_of
 from chimeway.errors import ConfigurationError, InvalidNotifierError
 from chimeway.ids import new_id
+from chimeway.jsonvalues import key_hash, shown_key
 from chimeway.models import (
     cap_usage_table,
     dedupe_marks_table,
@@ -281,8 +282,10 @@ class Policy:
             elif resolution.rule == "critical":
                 d.decisions.append({"event": "allowed", "checkpoint": "planning", "detail": {
                     "rule": "preferences", "summary": resolution.why, **resolution.as_detail()}})
-        self._dedupe(conn, cls, tenant, params, [d for d in live if d.status == "pending"], now, write,
-                     plan.event_id)
+        # Keys come from the params as given (a key may be a token); they are
+        # stored hashed, and shown as computed from the redacted params.
+        self._dedupe(conn, cls, tenant, plan.params, params, [d for d in live if d.status == "pending"], now,
+                     write, plan.event_id)
         digest = digest_of(cls)
         if digest is not None:
             for d in live:
@@ -312,14 +315,16 @@ class Policy:
     # -- dedupe -----------------------------------------------------------------
 
     def _dedupe(self, conn: Connection, cls: type[Notifier], tenant: str, params: Mapping[str, Any],
-                live: Sequence[PlannedDelivery], now: datetime, write: bool, event_id: uuid.UUID) -> None:
+                stored_params: Mapping[str, Any], live: Sequence[PlannedDelivery], now: datetime, write: bool,
+                event_id: uuid.UUID) -> None:
         dedupe = dedupe_of(cls)
         if dedupe is None or not live:
             return
         raw = dedupe.key(params)
         if raw is None:
             return
-        key = str(raw)[:500]
+        key = key_hash(str(raw))
+        shown = shown_key(dedupe.key, stored_params)
         m = dedupe_marks_table
         # Sorted, so two triggers sharing recipients take the marks in one order.
         for recipient_id in sorted({d.recipient.id for d in live}):
@@ -347,9 +352,9 @@ class Policy:
                 if d.recipient.id == recipient_id:
                     self._stop(d, Verdict(
                         status="suppressed", reason="duplicate", rule="dedupe",
-                        summary=(f"suppressed: duplicate of event {first.event_id} (dedupe key {key!r}, "
+                        summary=(f"suppressed: duplicate of event {first.event_id} (dedupe key {shown!r}, "
                                  f"window {_human(dedupe.window)}, first at {first.at.isoformat()})"),
-                        detail={"dedupe_key": key, "window_seconds": dedupe.window.total_seconds(),
+                        detail={"dedupe_key": shown, "dedupe_key_hash": key, "window_seconds": dedupe.window.total_seconds(),
                                 "first_event_id": str(first.event_id), "first_at": first.at.isoformat(),
                                 "expires_at": first.expires_at.isoformat()},
                     ))

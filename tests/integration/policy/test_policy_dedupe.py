@@ -94,3 +94,27 @@ def test_racing_duplicates_let_exactly_one_through(pg_engine: sa.Engine) -> None
     assert sorted(reasons, key=str) == [None] + ["duplicate"] * 9
     assert len(email.sent) == 1
     app.close()
+
+
+class Invite(Comment):
+    key = "policy_test_invite"
+    dedupe_key = Dedupe(key=lambda params: params["invite_token"], window=timedelta(hours=1))
+
+
+def test_keys_come_from_the_raw_params_and_are_stored_hashed(app: Chimeway, any_engine: sa.Engine) -> None:
+    first = fire(app, Invite, {"invite_token": "tok-AAA", "post": "p", "text": "a"})
+    other = fire(app, Invite, {"invite_token": "tok-BBB", "post": "p", "text": "b"})
+    again = fire(app, Invite, {"invite_token": "tok-AAA", "post": "p", "text": "c"})
+    # Both tokens redact to the same stored value; the key must not.
+    assert delivery(app, first, "email").status == "succeeded"
+    assert delivery(app, other, "email").status == "succeeded"
+    assert delivery(app, again, "email").reason == "duplicate"
+    [(_, _, summary)] = summaries(app, delivery(app, again, "email").id)
+    assert "dedupe key '[redacted]'" in summary and "tok-AAA" not in summary
+    with any_engine.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(sa.text("SELECT * FROM chimeway_dedupe_marks"))
+                          for v in row)
+        decisions = " ".join(str(row.detail) for row in conn.execute(
+            sa.text("SELECT detail FROM chimeway_delivery_decisions")))
+    assert "tok-" not in stored and "tok-" not in decisions
+    assert "sha256:" in stored

@@ -184,3 +184,20 @@ def test_prune_drops_flushed_batches_and_expired_marks(app: Chimeway, clock: Fak
         deleted = prune(conn, clock.now(), keep=timedelta(days=1))
     assert (deleted["chimeway_digests"], deleted["chimeway_digest_items"]) == (1, 2)
     assert app.flush_digests() == 1
+
+
+class PerRoom(Activity):
+    key = "policy_test_per_room"
+    # A key derived from a secret-looking param: each secret its own batch.
+    digest = Digest(window=timedelta(hours=1), key=lambda params: params["room_token"])
+
+
+def test_digest_keys_come_from_the_raw_params_and_are_stored_hashed(app: Chimeway, any_engine: sa.Engine) -> None:
+    a = fire(app, PerRoom, {"room_token": "room-AAA", "who": "ann"})
+    b = fire(app, PerRoom, {"room_token": "room-BBB", "who": "bob"})
+    a2 = fire(app, PerRoom, {"room_token": "room-AAA", "who": "cat"})
+    assert (delivery(app, a, "email").status, delivery(app, b, "email").status) == ("deferred", "deferred")
+    assert (delivery(app, a2, "email").status, delivery(app, a2, "email").reason) == ("suppressed", "digested")
+    with any_engine.connect() as conn:
+        keys = list(conn.execute(sa.text("SELECT digest_key FROM chimeway_digests")).scalars())
+    assert len(set(keys)) == 2 and all(k.startswith("sha256:") and "room-" not in k for k in keys)
