@@ -12,6 +12,7 @@ from chimeway.cli._output import print_json, print_rows
 from chimeway.cli._target import describe_failure, load_app, open_app
 from chimeway.cli.jobs import add_jobs_parser
 from chimeway.cli.worker import add_worker_parser
+from chimeway.errors import ConfigurationError
 from chimeway.explain import Explanation, format_explanation
 from chimeway.queue import JobSummary
 
@@ -94,10 +95,24 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+RECOVER_NEEDS_APP = (
+    "chimeway recover needs --app MODULE:APP: it re-sends deliveries through your app's channels "
+    "and dispatcher, which a bare database URL does not have. Running workers recover by "
+    "themselves; see guides/dispatchers.md"
+)
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
+    if not getattr(args, "app", None):
+        raise ConfigurationError(RECOVER_NEEDS_APP)
     app = open_app(args)
-    count = app.recover(older_than=timedelta(seconds=args.older_than))
-    print(f"re-drove {count} deliveries")
+    report = app.recover_report(older_than=timedelta(seconds=args.older_than))
+    print(f"re-drove {report.redriven} deliveries"
+          + (f" ({report.lease_expired} whose send lease had run out)" if report.lease_expired else ""))
+    if report.exhausted:
+        print(f"cancelled {report.exhausted} whose lease ran out on their last attempt")
+    for channel, count in sorted(report.skipped.items()):
+        print(f"left {count} alone on channel {channel!r}: this app does not configure it")
     return 0
 
 
@@ -138,10 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("recover", help="re-drive deliveries left pending or failed and due")
+    p = sub.add_parser("recover", help="re-drive deliveries a crash left behind (needs --app)",
+                       description="Re-drive deliveries left behind: sends whose lease ran out, pending "
+                                   "deliveries older than --older-than, failed and deferred ones now due. "
+                                   "Deliveries on channels the app does not configure are left alone.")
     p.add_argument("--older-than", type=float, default=300.0, metavar="SECONDS",
                    help="how old a pending delivery must be (default 300)")
-    _add_target(p)
+    p.add_argument("--app", metavar="MODULE:APP",
+                   help="import your Chimeway app (e.g. myproject.notify:app); required")
+    p.add_argument("--database-url", metavar="URL", help="not enough on its own: recover needs --app")
     p.set_defaults(func=cmd_recover)
 
     add_worker_parser(sub)

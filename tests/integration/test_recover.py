@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from support import OnlyRec
 
 from chimeway import Chimeway, DeliveryResult
+from chimeway.db import create_engine
 from chimeway.models import deliveries_table
 from chimeway.testing import FakeClock, RecordingChannel
 
@@ -106,3 +107,48 @@ def test_recover_retries_failed_deliveries_when_due_then_gives_up(sqlite_engine:
     assert len(rec.calls) == 3
     clock.advance(hours=5)
     assert app.recover(older_than=timedelta(0)) == 0
+
+
+RECOVER_APP = '''
+import os
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.testing import RecordingChannel
+
+# This process has no "webhook" channel: it must leave such deliveries alone.
+app = Chimeway(os.environ["NOTIFY_DB"], channels={"rec": RecordingChannel()})
+'''
+
+
+def test_the_recover_command_refuses_without_an_app_and_never_cancels_what_it_cannot_send(
+        sqlite_url: str, tmp_path: Path) -> None:
+    from chimeway.channels import Webhook
+
+    class Hook(OnlyRec):
+        key = "test_recover_cli_hook"
+        channels = ["webhook"]
+        templates = {"webhook": {"body": "n={{ n }}"}}
+
+    # A queue-dispatcher app plans a webhook delivery; no worker ever runs it.
+    planner = Chimeway(sqlite_url, dispatcher="queue",
+                       channels={"webhook": Webhook(url="http://127.0.0.1:9/x", secret="s")})
+    with Session(planner.engine) as session, session.begin():
+        delivery_id = planner.trigger(session, Hook, {"n": 1}, idempotency_key="cli").delivery_ids[0]
+    planner.close()
+    env = {**os.environ, "NOTIFY_DB": sqlite_url, "PYTHONPATH": str(tmp_path)}
+    cli = [sys.executable, "-m", "chimeway.cli", "recover", "--older-than", "0"]
+
+    bare = subprocess.run([*cli, "--database-url", sqlite_url], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bare.returncode == 2
+    assert bare.stderr.strip().startswith("chimeway: error: chimeway recover needs --app")
+    assert "Traceback" not in bare.stderr
+
+    (tmp_path / "recover_app.py").write_text(RECOVER_APP)
+    done = subprocess.run([*cli, "--app", "recover_app:app"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "re-drove 0 deliveries" in done.stdout
+    assert "left 1 alone on channel 'webhook': this app does not configure it" in done.stdout
+    with create_engine(sqlite_url).connect() as conn:
+        status = conn.execute(sa.select(deliveries_table.c.status)
+                              .where(deliveries_table.c.id == delivery_id)).scalar_one()
+    assert status == "pending"
