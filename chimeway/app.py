@@ -37,7 +37,7 @@ from chimeway.planning import (
 )
 from chimeway.queue import JobHandle, JobQueue
 from chimeway.queue.worker import add_plugin
-from chimeway.verbs import AsyncVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
+from chimeway.verbs import AsyncVerbs, OperatingVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
 
 __all__ = ["Chimeway", "RecoverReport"]
 
@@ -61,7 +61,7 @@ class RecoverReport:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
-class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs):
+class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, OperatingVerbs):
     """A Chimeway application: one database, its channels and a dispatcher.
 
     The core verbs (trigger, inbox, explain, recover, jobs) are defined here;

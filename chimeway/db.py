@@ -11,7 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from chimeway.errors import ConfigurationError
 
@@ -22,6 +25,7 @@ except ImportError:  # Windows: BEGIN IMMEDIATE alone orders SQLite writers ther
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "JsonText",
     "connection_of",
     "create_engine",
     "is_postgres",
@@ -177,3 +181,38 @@ def _sqlite_file(bind: Engine | Connection) -> str | None:
     if database.startswith("file:"):
         database = database[len("file:"):].partition("?")[0]
     return os.path.abspath(database)
+
+
+class JsonText(sa.sql.expression.ColumnElement[str]):
+    """The text of one top-level key of a JSON column, as an index can hold it.
+
+    Compiles to ``(column ->> 'key')`` on PostgreSQL and
+    ``json_extract(column, '$.key')`` on SQLite, with the key written into the
+    SQL: an expression index is used only by a query that spells the
+    expression exactly the same way, never through a bound parameter.
+
+    Args:
+        column: a JSON column.
+        key: a plain identifier.
+    """
+
+    inherit_cache = True
+    type = sa.String()
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement),
+                           ("key", InternalTraversal.dp_string)]
+
+    def __init__(self, column: sa.ColumnElement[Any], key: str) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"JSON key must be an identifier, got {key!r}")
+        self.column = column
+        self.key = key
+
+
+@compiles(JsonText, "postgresql")
+def _json_text_pg(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.column, **kw)} ->> '{element.key}')"
+
+
+@compiles(JsonText, "sqlite")
+def _json_text_sqlite(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_extract({compiler.process(element.column, **kw)}, '$.{element.key}')"

@@ -12,6 +12,7 @@ move the table below does not allow, so a new writer cannot invent one::
                         └──── lease expired, re-claimed through pending
 
     pending / failed / deferred ─▶ deferred | suppressed | cancelled (policy, digests, workflows)
+    failed / cancelled ─▶ pending (an operator sends it again: :func:`resend`)
 
 Final statuses are ``succeeded``, ``cancelled`` and ``suppressed``.
 
@@ -42,6 +43,7 @@ from chimeway.models import decisions_table, deliveries_table, notifications_tab
 __all__ = [
     "CLAIMABLE",
     "FINAL",
+    "RESENDABLE",
     "TRANSITIONS",
     "ClaimedRow",
     "Released",
@@ -54,6 +56,7 @@ __all__ = [
     "extend_leases",
     "record",
     "release_expired",
+    "resend",
 ]
 
 
@@ -79,11 +82,11 @@ _STOPPED = frozenset({Status.DEFERRED, Status.SUPPRESSED, Status.CANCELLED})
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     Status.PENDING: frozenset({Status.DISPATCHED}) | _STOPPED,
-    Status.FAILED: frozenset({Status.DISPATCHED}) | _STOPPED,
+    Status.FAILED: frozenset({Status.DISPATCHED, Status.PENDING}) | _STOPPED,
     Status.DEFERRED: frozenset({Status.DISPATCHED}) | _STOPPED,
     Status.DISPATCHED: frozenset({Status.PENDING, Status.SUCCEEDED, Status.FAILED}) | _STOPPED,
     Status.SUCCEEDED: frozenset({Status.CANCELLED}),
-    Status.CANCELLED: frozenset(),
+    Status.CANCELLED: frozenset({Status.PENDING}),
     Status.SUPPRESSED: frozenset(),
 }
 """Status → the statuses it may move to."""
@@ -225,6 +228,38 @@ def cancel(
         conn.execute(sa.insert(decisions_table),
                      [_decision_row(i, now, event, checkpoint, row_detail) for i in done])
     return done
+
+
+RESENDABLE: tuple[str, ...] = (Status.FAILED, Status.CANCELLED)
+
+
+def resend(conn: Connection, delivery_id: uuid.UUID, *, now: datetime, detail: Mapping[str, Any]) -> str | None:
+    """Put a failed or cancelled delivery back to ``pending``, due now, with a ``resent`` decision.
+
+    Returns the status it left, or ``None`` when it was in neither.
+
+    Args:
+        conn: inside the caller's transaction.
+        delivery_id: the delivery.
+        now: the clock's time.
+        detail: the decision's details (who asked).
+    """
+    d = deliveries_table
+    sources = check_transition(RESENDABLE, Status.PENDING)
+    before = conn.execute(
+        sa.select(d.c.status).where(d.c.id == delivery_id, d.c.status.in_(sources))
+    ).scalar()
+    if before is None:
+        return None
+    changed = conn.execute(
+        sa.update(d).where(d.c.id == delivery_id, d.c.status == before)
+        .values(status=Status.PENDING, reason=None, not_before=None, completed_at=None, updated_at=now)
+    ).rowcount
+    if not changed:
+        return None
+    conn.execute(sa.insert(decisions_table).values(
+        **_decision_row(delivery_id, now, "resent", "operator", {"from_status": before, **dict(detail)})))
+    return str(before)
 
 
 # --- leases ----------------------------------------------------------------------------------

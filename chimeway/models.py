@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from chimeway.db import JsonText
 from chimeway.types import JSONType, UTCDateTime
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "PolicyLock",
     "Preference",
     "ProviderEvent",
+    "QueueState",
     "RecipientSettings",
     "Signal",
     "WorkerRow",
@@ -68,6 +70,7 @@ __all__ = [
     "policy_locks_table",
     "preferences_table",
     "provider_events_table",
+    "queue_states_table",
     "recipient_settings_table",
     "signals_table",
     "workers_table",
@@ -97,6 +100,10 @@ class Event(Base):
     __tablename__ = "chimeway_events"
     __table_args__ = (
         sa.UniqueConstraint("tenant", "idempotency_key", name="uq_chimeway_events_tenant_key"),
+        # Searches by notifier and by correlation id (events are never updated,
+        # so these cost one index entry per trigger).
+        sa.Index("ix_chimeway_events_notifier", "notifier_key", "id"),
+        sa.Index("ix_chimeway_events_correlation", "correlation_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -115,6 +122,8 @@ class Notification(Base):
     __tablename__ = "chimeway_notifications"
     __table_args__ = (
         sa.Index("ix_chimeway_notifications_inbox", "tenant", "recipient_id", "id"),
+        # The dashboard's search by recipient, with or without a tenant.
+        sa.Index("ix_chimeway_notifications_recipient", "recipient_id", "tenant"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -288,6 +297,17 @@ class Job(Base):
         return f"Job({', '.join(parts)})"
 
 
+class QueueState(Base):
+    """A queue an operator paused: workers claim nothing from it until it is resumed."""
+
+    __tablename__ = "chimeway_queue_states"
+
+    queue: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paused_by: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class WorkerRow(Base):
     __tablename__ = "chimeway_workers"
 
@@ -321,6 +341,24 @@ attempts_table = _table(Attempt)
 decisions_table = _table(DeliveryDecision)
 jobs_table = _table(Job)
 workers_table = _table(WorkerRow)
+queue_states_table = _table(QueueState)
+
+# The dashboard finds a delivery's jobs by the id in their args, and charts
+# jobs finished per minute; neither may scan the whole table.
+sa.Index(
+    "ix_chimeway_jobs_delivery",
+    JsonText(jobs_table.c.args, "delivery_id"),
+    postgresql_where=sa.text("worker = 'chimeway.deliver'"),
+    sqlite_where=sa.text("worker = 'chimeway.deliver'"),
+)
+sa.Index(
+    "ix_chimeway_jobs_finished",
+    jobs_table.c.attempted_at,
+    jobs_table.c.state,
+    jobs_table.c.queue,
+    postgresql_where=sa.text("state IN ('completed','retryable','discarded')"),
+    sqlite_where=sa.text("state IN ('completed','retryable','discarded')"),
+)
 cron_ticks_table = _table(CronTick)
 
 

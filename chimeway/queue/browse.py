@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chimeway.clock import Clock
 from chimeway.errors import InvalidInputError, NotFoundError
-from chimeway.models import ACTIVE_JOB_STATES
+from chimeway.models import ACTIVE_JOB_STATES, queue_states_table
 from chimeway.queue import sql
 from chimeway.queue.ops import JOB_STATES
 
@@ -223,6 +223,49 @@ class Browsing:
             rows = conn.execute(sa.select(w).order_by(w.c.heartbeat_at.desc()).limit(500)).all()
         return [WorkerStatus(id=r.id, node=r.node, queues={str(k): int(v) for k, v in (r.queues or {}).items()},
                              started_at=r.started_at, heartbeat_at=r.heartbeat_at) for r in rows]
+
+    # --- pausing ----------------------------------------------------------------------
+
+    def pause_queue(self, queue: str, *, by: str | None = None) -> None:
+        """Pause a queue: every worker stops claiming from it within one poll.
+
+        Jobs already running finish; jobs can still be enqueued.
+
+        Args:
+            queue: the queue name.
+            by: who paused it (shown by the dashboard).
+        """
+        self._set_paused(queue, self.clock.now(), by)
+
+    def resume_queue(self, queue: str) -> None:
+        """Resume a paused queue; workers claim from it again within one poll.
+
+        Args:
+            queue: the queue name.
+        """
+        self._set_paused(queue, None, None)
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """Paused queues and when each was paused."""
+        qs = queue_states_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(qs.c.queue, qs.c.paused_at).where(qs.c.paused_at.is_not(None)))
+            return {r.queue: r.paused_at for r in rows}
+
+    def _set_paused(self, queue: str, at: datetime | None, by: str | None) -> None:
+        if not isinstance(queue, str) or not queue or len(queue) > 100:
+            raise InvalidInputError(f"queue name must be 1-100 characters, got {queue!r}")
+        qs = queue_states_table
+        values = {"paused_at": at, "paused_by": by, "updated_at": self.clock.now()}
+        for _ in range(2):
+            try:
+                with self._writer.begin() as conn:
+                    changed = conn.execute(sa.update(qs).where(qs.c.queue == queue).values(**values)).rowcount
+                    if not changed:
+                        conn.execute(sa.insert(qs).values(queue=queue, **values))
+                return
+            except sa.exc.IntegrityError:
+                continue  # another caller inserted the row first: update it instead
 
     def _ids(self, where: JobFilter) -> list[int]:
         with self.engine.connect() as conn:

@@ -105,6 +105,8 @@ class Worker:
         self._free_since: dict[str, float | None] = dict.fromkeys(self.limits)
         self._plugins = list(_plugins.get(jobs, ()))
         self._plugin_due = [0.0] * len(self._plugins)
+        self._paused: frozenset[str] = frozenset()
+        self._paused_checked = float("-inf")
         self._pools = {
             q: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"chimeway-{q}")
             for q, n in self.limits.items()
@@ -201,8 +203,9 @@ class Worker:
             raise
 
     def _claim_into_free_slots(self) -> None:
+        self._check_paused()
         for queue, limit in self.limits.items():
-            if not self._more[queue]:
+            if not self._more[queue] or queue in self._paused:
                 continue
             with self._lock:
                 running = self._running[queue]
@@ -231,6 +234,21 @@ class Worker:
                 )
             for job in claimed:
                 self._pools[queue].submit(self._run, job)
+
+    def _check_paused(self) -> None:
+        # Once per poll interval, so a pause or resume takes effect within one poll.
+        now = time.monotonic()
+        if now < self._paused_checked + self.poll_interval:
+            return
+        self._paused_checked = now
+        paused = frozenset(self.jobs.paused_queues()) & frozenset(self.limits)
+        if paused != self._paused:
+            for queue in paused ^ self._paused:
+                event = "queue.paused" if queue in paused else "queue.resumed"
+                log_event(log, logging.INFO, event, f"worker {self.id}: queue {queue!r} "
+                          + ("paused" if queue in paused else "resumed"), worker_id=self.id, queue=queue)
+                self._more[queue] = True
+            self._paused = paused
 
     # --- the loop ------------------------------------------------------------------------
 

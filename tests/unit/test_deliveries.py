@@ -23,8 +23,9 @@ from chimeway.testing import FakeClock, RecordingChannel
 
 def test_every_status_is_in_the_table_and_final_ones_stay_final() -> None:
     assert set(TRANSITIONS) == set(Status)
-    for status in (Status.CANCELLED, Status.SUPPRESSED):
-        assert TRANSITIONS[status] == frozenset()
+    assert TRANSITIONS[Status.SUPPRESSED] == frozenset()
+    # A cancelled delivery moves again only when an operator sends it again (resend).
+    assert TRANSITIONS[Status.CANCELLED] == {Status.PENDING}
     # A success can only be undone by a provider's bounce report.
     assert TRANSITIONS[Status.SUCCEEDED] == {Status.CANCELLED}
     assert {Status.SUCCEEDED, Status.CANCELLED, Status.SUPPRESSED} == FINAL
