@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from chimeway import telemetry
 from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
@@ -129,7 +130,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         from chimeway.policy import Policy
 
         self.policy = Policy(clock=self.clock, channels=self.channels)
-        self.planning_checks.append(self.policy.planning_check)
+        self.planning_checks.append(telemetry.traced("chimeway.policy", self.policy.planning_check))
         self.planning_prepares.append(self.policy.prepare)
         self.executor.before_send.append(self.policy.before_send_batch)
         # The job queue exists with either dispatcher: user jobs, cron and
@@ -148,7 +149,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
 
         self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
                                    queue=self.queue, dispatcher=lambda: self.dispatcher)
-        self.planning_checks.append(self.workflows.planning_check)
+        self.planning_checks.append(telemetry.traced("chimeway.workflow", self.workflows.planning_check))
         self.executor.on_final = self._chain_final(self.executor.on_final, self.workflows.on_final)
         from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
         from chimeway.record_triggers import RecordTriggers
@@ -237,6 +238,13 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         Returns:
             One result per request, in order (``duplicate`` where the key was used).
         """
+        if telemetry.ENABLED:
+            return telemetry.trigger(self._trigger_many, notifier, requests, session)  # type: ignore[no-any-return]
+        return self._trigger_many(session, notifier, requests)
+
+    def _trigger_many(
+        self, session: Session | Connection, notifier: type[Notifier], requests: Sequence[TriggerRequest]
+    ) -> list[TriggerResult]:
         now = self.clock.now()
         plans = [
             plan(
@@ -253,14 +261,16 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             for request in requests
         ]
         conn = connection_of(session)
-        results = write_plans(conn, plans, self.planning_checks, self.planning_prepares)
+        with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
+            results = write_plans(conn, plans, self.planning_checks, self.planning_prepares)
         due = [
             Due(d.id, d.not_before)
             for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
             for d in the_plan.deliveries if d.status in ("pending", "deferred")
         ]
         if due:
-            self.dispatcher.planned(session, conn, due)
+            with telemetry.span("chimeway.dispatch", **{"chimeway.dispatcher": self.dispatcher.name}):
+                self.dispatcher.planned(session, conn, due)
         return results
 
     # -- reading ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``chimeway worker``: run every queue the app uses, say what it runs and what it leaves."""
+"""``chimeway worker``: run every queue the app uses, say what it runs and what it leaves; ``chimeway health``."""
 
 from __future__ import annotations
 
@@ -114,6 +114,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    args.shown_url = mask_url(app.engine.url)
+    check_sqlite(app.engine.url, create=False)
+    node = args.node or app.queue.node
+    now = app.clock.now()
+    beats = [w for w in app.queue.live_workers() if w.node == node]
+    fresh = [w for w in beats if (now - w.heartbeat_at).total_seconds() <= args.max_age]
+    if fresh:
+        age = min((now - w.heartbeat_at).total_seconds() for w in fresh)
+        print(f"ok: {len(fresh)} worker(s) on {node}, last heartbeat {age:.1f}s ago")
+        return 0
+    last = max((w.heartbeat_at for w in beats), default=None)
+    seen = f"last heartbeat {(now - last).total_seconds():.0f}s ago" if last else "no heartbeat recorded"
+    print(f"unhealthy: no worker on {node} has beaten in the last {args.max_age:g}s ({seen})")
+    return 1
+
+
 def add_log_options(parser: argparse.ArgumentParser, default_level: str = "info") -> None:
     parser.add_argument("--log-level", choices=LEVELS, default=default_level,
                         help=f"least severe log lines shown (default {default_level})")
@@ -140,3 +158,13 @@ def add_worker_parser(sub: Any) -> None:
                    help="how long running jobs get to finish on SIGTERM")
     add_log_options(p)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "health", help="exit 0 if a worker on this host has a fresh heartbeat (liveness probes)",
+        description="Checks the workers table: exit 0 when a worker on this host (or --node) "
+                    "beat within --max-age seconds, 1 otherwise; a database mistake exits 2.")
+    p.add_argument("--app", required=True, metavar="MODULE:APP", help="your Chimeway app")
+    p.add_argument("--node", help="the worker host name to look for (default: this host's)")
+    p.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS",
+                   help="how old the last heartbeat may be (default 30; workers beat every 5)")
+    p.set_defaults(func=cmd_health)

@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from chimeway import deliveries
+from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
@@ -230,7 +230,7 @@ class Executor:
         """
         started = self.clock.now()
         t0 = time.perf_counter()
-        result = self._send(item)
+        result = telemetry.attempt(self._send, item) if telemetry.ENABLED else self._send(item)
         return Sent(claimed=item, result=result, started=started,
                     duration_ms=(time.perf_counter() - t0) * 1000.0,
                     max_attempts=max_attempts or self.max_attempts)
@@ -257,6 +257,7 @@ class Executor:
                 outcomes = [self._record_alone(item) for item in sent]
         finally:
             self.leases.drop(item.claimed.message.delivery_id for item in sent)
+        telemetry.recorded(outcomes, sent)
         final = [o for o in outcomes if o.status in FINAL]
         if final and self.on_final is not None:
             try:

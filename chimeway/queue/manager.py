@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from chimeway import telemetry
 from chimeway.clock import Clock, SystemClock, utc
 from chimeway.db import connection_of, is_postgres, writer
 from chimeway.errors import (
@@ -321,9 +322,23 @@ class JobQueue(Operations, Browsing):
         return claimed
 
     def _execute(self, job: Claimed) -> Result:
-        info = job.info
+        if telemetry.ENABLED:
+            return self._execute_traced(job)
         if not self._listeners:
             return run_job(job, self._handles, self.clock.now, self.backoff)
+        return self._execute_observed(job)
+
+    def _execute_traced(self, job: Claimed) -> Result:
+        info = job.info
+        waited = (self.clock.now() - info.scheduled_at).total_seconds()
+        with telemetry.job_span(info.id, info.worker, info.queue, info.attempt, waited) as current:
+            result = (self._execute_observed(job) if self._listeners
+                      else run_job(job, self._handles, self.clock.now, self.backoff))
+            telemetry.job_finished(current, info.queue, result.state, result.error)
+        return result
+
+    def _execute_observed(self, job: Claimed) -> Result:
+        info = job.info
         self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
                             attempt=info.attempt))
         result = run_job(job, self._handles, self.clock.now, self.backoff)

@@ -210,9 +210,13 @@ def test_worker_runs_every_queue_and_logs_retries_discards_snoozes_and_rescues(p
     seen: list[dict[str, object]] = []
     try:
         _wait_for(proc, {"worker.started", "job.retry", "job.discard", "job.snooze", "job.rescue"}, seen)
+        alive = _run([*CLI, "health", "--app", "notify:app"], project)
+        assert alive.returncode == 0 and alive.stdout.startswith("ok: 1 worker(s) on "), alive
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
+    dead = _run([*CLI, "health", "--app", "notify:app"], project)
+    assert dead.returncode == 1 and dead.stdout.startswith("unhealthy: no worker on "), dead
     seen += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     by_event = {str(e["event"]): e for e in seen}
     started = by_event["worker.started"]
