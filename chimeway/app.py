@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 
 from chimeway import telemetry
@@ -23,6 +25,9 @@ from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
 from chimeway.dispatch.leases import DEFAULT_LEASE_TTL
 from chimeway.dispatch.queue import QueueDispatcher
 from chimeway.dispatch.sync import SyncDispatcher
+from chimeway.encryption import Encryption
+from chimeway.encryption import bind as bind_encryption
+from chimeway.encryption import unbind as unbind_encryption
 from chimeway.errors import ConfigurationError, InvalidInputError
 from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.feedback import FeedbackOutcome
@@ -38,6 +43,7 @@ from chimeway.planning import (
 )
 from chimeway.queue import JobHandle, JobQueue
 from chimeway.queue.worker import add_plugin
+from chimeway.reencrypt import reencrypt
 from chimeway.verbs import AsyncVerbs, OperatingVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
 
 __all__ = ["Chimeway", "RecoverReport"]
@@ -86,6 +92,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             by any running worker (default 60 s).
         max_retry_after: the longest wait a provider's ``Retry-After`` can
             impose before the next attempt (default 1 hour); longer hints are cut to it.
+        encryption_keys: Fernet keys, newest first: store params, rendered
+            messages, recipients and inbox content encrypted (see
+            guides/security.md). Every process of the app needs them.
     """
 
     def __init__(
@@ -100,11 +109,15 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         notify: bool = True,
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
         max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
+        encryption_keys: Sequence[str | bytes] | None = None,
     ) -> None:
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
+        self.encryption = Encryption(encryption_keys) if encryption_keys is not None else None
+        self._encrypted: weakref.WeakSet[Dialect] = weakref.WeakSet()
         self._owns_engine = engine is None
         self.engine: Engine = engine if engine is not None else create_engine(database_url or DEFAULT_DATABASE_URL)
+        self._encrypt_through(self.engine)
         self.clock: Clock = clock or SystemClock()
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
@@ -261,6 +274,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             for request in requests
         ]
         conn = connection_of(session)
+        self._encrypt_through(conn)
         with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
             results = write_plans(conn, plans, self.planning_checks, self.planning_prepares)
         due = [
@@ -285,6 +299,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             tenant: the tenant, or ``None``.
             session: run transitions in the caller's transaction instead of Chimeway's own.
         """
+        if session is not None:
+            self._encrypt_through(session)
         return Inbox(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant, session=session,
                      on_transition=self.workflows.signals.inbox_signal)
 
@@ -412,8 +428,38 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         return ingest(engine=self.engine, clock=self.clock, channels=self.channels, channel_name=channel,
                       headers=headers, body=body, url=url, on_signal=on_signal, tenant=tenant)
 
+    def reencrypt(self, *, batch: int = 500) -> int:
+        """Rewrite stored params, messages, recipients and inbox content under the first key.
+
+        Run it after putting a new key first in ``encryption_keys`` (then the
+        old key can go), or after turning encryption on for a database that
+        already holds rows. Safe while the app runs.
+
+        Args:
+            batch: rows per transaction.
+
+        Returns:
+            how many rows were rewritten.
+        """
+        return reencrypt(self.engine, batch=batch)
+
+    def _encrypt_through(self, bind: Engine | Connection | Session) -> None:
+        # The caller's session may come from another engine (an async one, a
+        # framework's): its connections must encrypt and decrypt too.
+        if self.encryption is None:
+            return
+        try:
+            dialect = (bind.get_bind() if isinstance(bind, Session) else bind).dialect
+        except sa_exc.UnboundExecutionError:
+            return
+        bind_encryption(dialect, self.encryption)
+        self._encrypted.add(dialect)
+
     def close(self) -> None:
         """Close channels' connection pools and, if Chimeway created it, the engine."""
+        if self.encryption is not None:
+            for dialect in list(self._encrypted):
+                unbind_encryption(dialect, self.encryption)
         self.executor.close()
         for channel in self.channels.values():
             channel.close()

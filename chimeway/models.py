@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chimeway.db import JsonText
-from chimeway.types import JSONType, UTCDateTime
+from chimeway.types import JSONType, SealedJSON, UTCDateTime
 
 __all__ = [
     "ACTIVE_JOB_STATES",
@@ -114,7 +114,7 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(sa.String(200))
     correlation_id: Mapped[str | None] = mapped_column(sa.String(200))
     cancellation_key: Mapped[str | None] = mapped_column(sa.String(500))
-    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    params: Mapped[dict[str, Any]] = mapped_column(SealedJSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -132,13 +132,13 @@ class Notification(Base):
     )
     tenant: Mapped[str] = mapped_column(sa.String(200), default="")
     recipient_id: Mapped[str] = mapped_column(sa.String(200))
-    recipient: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    recipient: Mapped[dict[str, Any]] = mapped_column(SealedJSON)
     notifier_key: Mapped[str] = mapped_column(sa.String(200))
     category: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Set when an in-app delivery succeeds: the row is then an inbox item.
     inbox_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    inbox_content: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    inbox_content: Mapped[dict[str, Any] | None] = mapped_column(SealedJSON)
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -168,7 +168,7 @@ class Delivery(Base):
     step: Mapped[int | None] = mapped_column(sa.Integer)
     status: Mapped[str] = mapped_column(sa.String(20))
     reason: Mapped[str | None] = mapped_column(sa.Text)
-    message: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    message: Mapped[dict[str, Any]] = mapped_column(SealedJSON)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(500), index=True)
@@ -495,7 +495,7 @@ class DigestItem(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     notification_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     delivery_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    params: Mapped[dict[str, Any]] = mapped_column(SealedJSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -47,6 +47,7 @@ from chimeway.models import (
 from chimeway.notifier import Notifier
 from chimeway.planning import PlannedDelivery, render_message
 from chimeway.queue import NewJob
+from chimeway.types import stored_values
 from chimeway.values import Recipient
 from chimeway.workflow.steps import DeliverOp, Program, StopOp, WaitOp
 
@@ -228,6 +229,7 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
     if conn.dialect.name != "postgresql" or len(rows) == 1:
         conn.execute(sa.insert(table), rows)
         return
+    rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
     names = ", ".join(rows[0])
     conn.execute(sa.text(
         f"INSERT INTO {table.name} ({names}) SELECT {names}"
