@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chimeway.deliveries import FINAL, Status
 from chimeway.errors import NotFoundError
 from chimeway.ids import as_uuid
 from chimeway.models import (
@@ -123,10 +124,15 @@ def _explain_rows(conn: Connection, rows: list[Any]) -> list[Explanation]:
                 if value is not None:
                     detail[key] = value
             timeline.append(TimelineEntry(at=att.started_at, event="attempt", detail=detail))
-        if row.status in ("succeeded", "cancelled", "suppressed") and row.completed_at is not None:
+        if row.status in FINAL and row.completed_at is not None:
             final: dict[str, Any] = {"reason": row.reason} if row.reason else {}
             timeline.append(TimelineEntry(at=row.completed_at, event=row.status, detail=final))
-        elif row.status in ("failed", "deferred") and row.not_before is not None:
+        elif row.status == Status.DISPATCHED and row.dispatched_at is not None:
+            # A send in flight: who holds its lease, and until when.
+            timeline.append(TimelineEntry(at=row.dispatched_at, event=Status.DISPATCHED, detail={
+                "attempt": row.attempts, "holder": row.lease_holder,
+                "lease_until": row.lease_expires_at.isoformat() if row.lease_expires_at else None}))
+        elif row.status in (Status.FAILED, Status.DEFERRED) and row.not_before is not None:
             timeline.append(TimelineEntry(at=row.updated_at, event=row.status, detail={
                 "reason": row.reason, "until": row.not_before.isoformat()}))
         order = {"planned": 0, "rendered": 1}

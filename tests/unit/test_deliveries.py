@@ -132,7 +132,11 @@ def test_a_live_lease_is_never_taken_over(sqlite_engine: sa.Engine) -> None:
     assert other.executor.claim([did]) == []
     assert not other.executor.release_expired()
     assert other.recover(older_than=timedelta(0)) == 0
-    assert other.explain(did).status == "dispatched"
+    explanation = other.explain(did)
+    assert explanation.status == "dispatched"
+    in_flight = explanation.timeline[-1]
+    assert in_flight.event == "dispatched" and in_flight.detail["holder"] == _dead.executor.leases.holder
+    assert in_flight.detail["lease_until"] == (clock.now() + timedelta(seconds=1)).isoformat()
     assert rec.calls == []
 
 
