@@ -37,12 +37,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from croniter import croniter
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock, utc
-from chimeway.db import writer
+from chimeway.db import insert, writer
 from chimeway.errors import ConfigurationError, InvalidInputError, InvalidScheduleError
 from chimeway.models import cron_ticks_table
 from chimeway.notifier import Notifier
@@ -470,10 +469,9 @@ def _claim_ticks(conn: Connection, name: str, ticks: list[datetime], now: dateti
     for ``ON CONFLICT DO NOTHING`` on every driver). On PostgreSQL a racing
     insert of the same tick waits for the other transaction and then skips.
     """
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     rows = [{"name": name, "tick_at": tick, "inserted_at": now} for tick in ticks]
     stmt = (
-        module.insert(cron_ticks_table)
+        insert(conn, cron_ticks_table)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["name", "tick_at"])
         .returning(cron_ticks_table.c.tick_at)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from chimeway.errors import ConfigurationError
+from chimeway.errors import ConfigurationError, InvalidInputError
+from chimeway.types import stored_values
 
 try:
     import fcntl
@@ -28,9 +33,17 @@ __all__ = [
     "JsonText",
     "connection_of",
     "create_engine",
+    "insert",
+    "insert_ignoring_conflict",
+    "insert_rows",
     "is_postgres",
+    "locked",
     "mask_url",
+    "rows_json",
     "schema_change",
+    "tenant_key",
+    "update_returning",
+    "update_rows",
     "writer",
 ]
 
@@ -216,3 +229,162 @@ def _json_text_pg(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(JsonText, "sqlite")
 def _json_text_sqlite(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
     return f"json_extract({compiler.process(element.column, **kw)}, '$.{element.key}')"
+# --- statements that differ between PostgreSQL and SQLite ---------------------------------------
+
+
+def tenant_key(tenant: str | None) -> str:
+    """How a tenant is stored: ``None`` is the empty string (so unique keys treat it as one tenant)."""
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str):
+        raise InvalidInputError(f"tenant must be a string or None, got {type(tenant).__name__}")
+    return tenant
+
+
+def insert(bind: Connection | str, table: sa.Table) -> Any:
+    """``INSERT`` for this backend, with its ``on_conflict_do_nothing``/``on_conflict_do_update``.
+
+    Args:
+        bind: the connection the statement will run on, or its dialect's name.
+        table: the table.
+    """
+    name = bind if isinstance(bind, str) else bind.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise InvalidInputError(f"database {name!r} is not supported (use PostgreSQL or SQLite)")
+
+
+def insert_ignoring_conflict(conn: Connection, table: sa.Table, values: Mapping[str, Any],
+                             conflict: Sequence[str]) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING``; returns whether the row went in.
+
+    ``RETURNING`` tells us, where ``rowcount`` is not reliable on every driver.
+
+    Args:
+        conn: inside the caller's transaction.
+        table: the table.
+        values: the row.
+        conflict: the columns of the unique constraint that may conflict.
+    """
+    pk = next(iter(table.primary_key.columns))
+    stmt = insert(conn, table).values(**values).on_conflict_do_nothing(index_elements=list(conflict))
+    return conn.execute(stmt.returning(pk)).first() is not None
+
+
+def locked(query: sa.Select[Any], conn: Connection, *, skip_locked: bool = False, of: Any = None) -> sa.Select[Any]:
+    """``query ... FOR UPDATE [SKIP LOCKED]`` on PostgreSQL.
+
+    SQLite has no row locks: Chimeway's write transactions take the database's
+    write lock at ``BEGIN IMMEDIATE`` (:func:`writer`), which orders them.
+
+    Args:
+        query: the select.
+        conn: the connection it will run on.
+        skip_locked: pass over rows another transaction holds.
+        of: lock only this table's rows (a query with joins).
+    """
+    if conn.dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=skip_locked, of=of)
+    return query
+
+
+def update_returning(conn: Connection, statement: sa.Update, columns: Sequence[Any], *,
+                     join: sa.Table, on: sa.ColumnElement[bool]) -> list[Any]:
+    """Run an ``UPDATE`` and return ``columns`` of the changed rows and of a joined table.
+
+    PostgreSQL does it in one round trip (``UPDATE ... FROM ... RETURNING``);
+    SQLite's ``RETURNING`` cannot name a joined table, so the changed keys are
+    read back with a join.
+
+    Args:
+        conn: inside the transaction.
+        statement: the update (of one table, by its primary key or any filter).
+        columns: what to return, from the updated and the joined table.
+        join: the joined table.
+        on: the join condition.
+    """
+    if conn.dialect.name == "postgresql":
+        return list(conn.execute(statement.where(on).returning(*columns)).all())
+    table = statement.table
+    assert isinstance(table, sa.Table)
+    pk = next(iter(table.primary_key.columns))
+    changed = conn.execute(statement.returning(pk)).scalars().all()
+    if not changed:
+        return []
+    return list(conn.execute(sa.select(*columns).join(join, on).where(pk.in_(changed))).all())
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows with one statement of fixed text, whatever their number.
+
+    On PostgreSQL the rows travel as one JSON document expanded by
+    ``json_populate_recordset`` (which casts each field to its column's
+    type), so neither SQLAlchemy nor the driver builds a statement or a
+    parameter list that grows with the batch. SQLite runs in-process, where
+    ``executemany`` is already cheap.
+
+    Args:
+        conn: the transaction's connection.
+        table: the table.
+        rows: dicts with the same keys.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or len(rows) == 1:
+        conn.execute(sa.insert(table), rows)
+        return
+    rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
+    names = ", ".join(rows[0])
+    conn.execute(sa.text(
+        f"INSERT INTO {table.name} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json))"
+    ), {"rows": rows_json(rows)})
+
+
+def update_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *, key: str = "id") -> None:
+    """Update many rows by ``key``, each with its own values, in one statement.
+
+    PostgreSQL: one ``UPDATE ... FROM json_populate_recordset(...)``; SQLite:
+    ``executemany``.
+
+    Args:
+        conn: the transaction's connection.
+        table: the table.
+        rows: dicts with the same keys, ``key`` among them.
+        key: the column that finds each row.
+    """
+    if not rows:
+        return
+    names = [name for name in rows[0] if name != key]
+    if conn.dialect.name != "postgresql":
+        conn.execute(
+            sa.update(table).where(table.c[key] == sa.bindparam(f"b_{key}"))
+            .values({name: sa.bindparam(f"b_{name}") for name in names}),
+            [{f"b_{k}": v for k, v in row.items()} for row in rows],
+        )
+        return
+    rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
+    conn.execute(sa.text(
+        f"UPDATE {table.name} SET " + ", ".join(f"{n} = v.{n}" for n in names)
+        + f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)) AS v"
+        + f" WHERE {table.name}.{key} = v.{key}"
+    ), {"rows": rows_json(rows)})
+
+
+def rows_json(rows: list[dict[str, Any]]) -> str:
+    """Rows as a JSON array for ``json_populate_recordset`` (ids and times as text).
+
+    Args:
+        rows: dicts of column values.
+    """
+    return json.dumps(rows, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -36,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chimeway.db import locked, update_returning
 from chimeway.errors import InvalidTransitionError
 from chimeway.ids import new_id
 from chimeway.models import decisions_table, deliveries_table, notifications_table
@@ -324,18 +325,8 @@ def claim(
                 lease_holder=holder, lease_expires_at=lease_until)
     )
     wanted = [d.c[name] for name in _CLAIM_COLUMNS]
-    if conn.dialect.name == "postgresql":
-        # One round trip: PostgreSQL returns columns of the joined row too.
-        rows = conn.execute(
-            statement.where(n.c.id == d.c.notification_id).returning(*wanted, n.c.recipient, n.c.notifier_key)
-        ).all()
-    else:
-        # SQLite's RETURNING cannot name a joined table.
-        claimed_ids = conn.execute(statement.returning(d.c.id)).scalars().all()
-        rows = conn.execute(
-            sa.select(*wanted, n.c.recipient, n.c.notifier_key)
-            .join(n, n.c.id == d.c.notification_id).where(d.c.id.in_(claimed_ids))
-        ).all() if claimed_ids else []
+    rows = update_returning(conn, statement, [*wanted, n.c.recipient, n.c.notifier_key],
+                            join=n, on=n.c.id == d.c.notification_id)
     by_id = {row.id: row for row in rows}
     return [
         ClaimedRow(id=row.id, notification_id=row.notification_id, event_id=row.event_id, tenant=row.tenant,
@@ -453,10 +444,8 @@ def release_expired(
         query = query.where(d.c.id.in_(list(ids)))
     else:
         query = query.order_by(d.c.lease_expires_at).limit(limit)
-    if conn.dialect.name == "postgresql":
-        # Another rescuer holding some of them decides for those.
-        query = query.with_for_update(skip_locked=True)
-    rows = conn.execute(query).all()
+    # Another rescuer holding some of them decides for those.
+    rows = conn.execute(locked(query, conn, skip_locked=True)).all()
     if not rows:
         return Released()
     redrive = [row for row in rows if row.attempts < max_attempts]

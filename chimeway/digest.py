@@ -26,9 +26,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from chimeway.db import insert, locked
 from chimeway.deliveries import SendDecision, apply_decision
 from chimeway.errors import InvalidNotifierError
 from chimeway.ids import new_id
@@ -173,8 +173,7 @@ def collect(
                   "recipient_id": delivery.recipient.id, "channel": delivery.channel,
                   "digest_key": key, "status": "open", "delivery_id": delivery.id, "item_count": 1,
                   "opened_at": now, "flush_at": flush_at, "flushed_at": None}
-        module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = module.insert(d).values(**values).on_conflict_do_nothing(
+        stmt = insert(conn, d).values(**values).on_conflict_do_nothing(
             index_elements=["tenant", "notifier_key", "recipient_id", "channel", "digest_key"],
             index_where=d.c.status == "open",
         ).returning(d.c.id)
@@ -348,9 +347,7 @@ def flush_due(conn: Connection, now: datetime, decorate: Decorate, *, limit: int
     """
     d = digests_table
     query = sa.select(d).where(d.c.status == "open", d.c.flush_at <= now).order_by(d.c.flush_at).limit(limit)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return [row.delivery_id for row in conn.execute(query).all()
+    return [row.delivery_id for row in conn.execute(locked(query, conn, skip_locked=True)).all()
             if _flush(conn, row, now, decorate, checkpoint="digest_flush")]
 
 
@@ -369,9 +366,7 @@ def check_carrier(conn: Connection, delivery_id: uuid.UUID, now: datetime, decor
     """
     d = digests_table
     query = sa.select(d).where(d.c.delivery_id == delivery_id, d.c.status == "open")
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(locked(query, conn)).first()
     if row is None:
         return None
     if row.flush_at > now:

@@ -36,12 +36,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import writer
+from chimeway.db import insert_ignoring_conflict, writer
 from chimeway.deliveries import CLAIMABLE, Status, cancel
 from chimeway.errors import ChimewayError, SignatureError, UnknownChannelError
 from chimeway.ids import new_id
 from chimeway.models import decisions_table, deliveries_table, provider_events_table
-from chimeway.planning import insert_ignoring_conflict
 from chimeway.values import Feedback
 
 __all__ = ["FeedbackOutcome", "SignalHook", "asgi_app", "ingest", "wsgi_app"]

@@ -19,11 +19,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, writer
+from chimeway.db import connection_of, tenant_key, writer
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.ids import as_uuid
 from chimeway.models import notifications_table
-from chimeway.planning import tenant_key
 
 __all__ = ["Inbox", "InboxItem", "InboxPage"]
 

@@ -16,10 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
+from chimeway.db import insert, tenant_key
 from chimeway.errors import (
     IdempotencyKeyError,
     InvalidInputError,
@@ -49,10 +49,8 @@ __all__ = [
     "PlanningPrepare",
     "TriggerRequest",
     "TriggerResult",
-    "insert_ignoring_conflict",
     "plan",
     "render_message",
-    "tenant_key",
     "write_plan",
     "write_plans",
 ]
@@ -124,15 +122,6 @@ class Plan:
     @property
     def event_id(self) -> uuid.UUID:
         return uuid.UUID(str(self.event["id"]))
-
-
-def tenant_key(tenant: str | None) -> str:
-    """How a tenant is stored: ``None`` is the empty string."""
-    if tenant is None:
-        return ""
-    if not isinstance(tenant, str):
-        raise InvalidInputError(f"tenant must be a string or None, got {type(tenant).__name__}")
-    return tenant
 
 
 def plan(
@@ -391,24 +380,16 @@ def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> set[uuid.U
         return set(conn.execute(_insert_event_statement(conn.dialect.name), events[0]).scalars())
     # One multi-row VALUES statement, so RETURNING names exactly the rows
     # that went in (executemany cannot say which rows a conflict skipped).
-    stmt = _dialect_insert(conn.dialect.name)(events_table).values(events)
+    stmt = insert(conn, events_table).values(events)
     stmt = stmt.on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"]).returning(events_table.c.id)
     return set(conn.execute(stmt).scalars())
 
 
 @lru_cache(maxsize=4)
 def _insert_event_statement(dialect: str) -> Any:
-    return (_dialect_insert(dialect)(events_table)
+    return (insert(dialect, events_table)
             .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"])
             .returning(events_table.c.id))
-
-
-def _dialect_insert(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return postgresql.insert
-    if dialect == "sqlite":
-        return sqlite.insert
-    raise InvalidInputError(f"database {dialect!r} is not supported (use PostgreSQL or SQLite)")
 
 
 def _delivery_row(the_plan: Plan, d: PlannedDelivery) -> dict[str, Any]:
@@ -456,19 +437,3 @@ def existing_result(conn: Connection, tenant: str, idempotency_key: str) -> Trig
         delivery_ids=tuple(r.id for r in rows),
         notification_ids=tuple(notification_ids),
     )
-
-
-def insert_ignoring_conflict(conn: Connection, table: sa.Table, values: Mapping[str, Any],
-                             conflict: Sequence[str]) -> bool:
-    """``INSERT ... ON CONFLICT DO NOTHING``; returns whether the row went in.
-
-    ``RETURNING`` tells us, where ``rowcount`` is not reliable on every driver.
-    """
-    pk = next(iter(table.primary_key.columns))
-    if conn.dialect.name == "postgresql":
-        pg_stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-        return conn.execute(pg_stmt.returning(pk)).first() is not None
-    if conn.dialect.name == "sqlite":
-        lite_stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-        return conn.execute(lite_stmt.returning(pk)).first() is not None
-    raise InvalidInputError(f"database {conn.dialect.name!r} is not supported (use PostgreSQL or SQLite)")

@@ -43,11 +43,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
+from chimeway.db import insert, tenant_key
 from chimeway.deliveries import SendDecision
 from chimeway.digest import Digest, check_carrier, collect, digest_of
 from chimeway.errors import ConfigurationError, InvalidNotifierError
@@ -61,7 +61,7 @@ from chimeway.models import (
     policy_locks_table,
 )
 from chimeway.notifier import Notifier, get_notifier
-from chimeway.planning import Plan, PlannedDelivery, tenant_key
+from chimeway.planning import Plan, PlannedDelivery
 from chimeway.preferences import (
     PreferenceEntry,
     Settings,
@@ -200,8 +200,7 @@ def _human(delta: timedelta) -> str:
 def _upsert_lock(conn: Connection, tenant: str, recipient_id: str, channel: str, now: datetime) -> None:
     # DO UPDATE (not DO NOTHING) so the statement takes the row lock on
     # PostgreSQL; racing transactions queue here until the holder commits.
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(policy_locks_table).values(
+    stmt = insert(conn, policy_locks_table).values(
         tenant=tenant, recipient_id=recipient_id, channel=channel, touched_at=now)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["tenant", "recipient_id", "channel"], set_={"touched_at": stmt.excluded.touched_at}))
@@ -330,8 +329,7 @@ class Policy:
         for recipient_id in sorted({d.recipient.id for d in live}):
             first: Any = None
             if write:
-                module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-                stmt = module.insert(m).values(
+                stmt = insert(conn, m).values(
                     tenant=tenant, notifier_key=cls.key, recipient_id=recipient_id, dedupe_key=key,
                     event_id=event_id,
                     at=now, expires_at=now + dedupe.window)

@@ -20,17 +20,15 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, writer
+from chimeway.db import connection_of, insert, tenant_key, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
 from chimeway.notifier import Notifier, possible_channels
-from chimeway.planning import tenant_key
 from chimeway.quiet_hours import QuietHours, check_timezone
 
 __all__ = [
@@ -181,8 +179,7 @@ def load_preferences(conn: Connection, tenant: str, recipient_ids: Iterable[str]
 
 def _upsert(conn: Connection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
             update: Sequence[str]) -> None:
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(table).values(**values)
+    stmt = insert(conn, table).values(**values)
     stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={k: stmt.excluded[k] for k in update})
     conn.execute(stmt)
 

@@ -31,12 +31,12 @@ from sqlalchemy.orm import Mapper, Session
 
 from chimeway.clock import Clock, utc
 from chimeway.cron import CronExpression, CronSchedule, Scheduler
-from chimeway.db import writer
+from chimeway.db import tenant_key, writer
 from chimeway.errors import InvalidInputError
 from chimeway.jsonvalues import check_json
 from chimeway.models import Job, events_table
 from chimeway.notifier import Notifier
-from chimeway.planning import TriggerRequest, TriggerResult, tenant_key
+from chimeway.planning import TriggerRequest, TriggerResult
 from chimeway.queue.manager import JobQueue
 from chimeway.queue.outcomes import JobInfo
 

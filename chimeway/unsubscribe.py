@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from chimeway.db import tenant_key
 from chimeway.errors import ConfigurationError, InvalidInputError, SignatureError
 from chimeway.notifier import Notifier
-from chimeway.planning import tenant_key
 from chimeway.preferences import ALL_CHANNELS, scope_of
 
 __all__ = ["DEFAULT_TOKEN_TTL", "UnsubscribeRequest", "build_url", "sign_token", "verify_token"]

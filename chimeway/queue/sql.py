@@ -11,9 +11,9 @@ import json
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from chimeway.db import insert
 from chimeway.models import ACTIVE_JOB_STATES, Job, WorkerRow
 
 __all__ = [
@@ -50,9 +50,8 @@ def insert_jobs(conn: Connection) -> Any:
     PostgreSQL and SQLite pick ``uq_chimeway_jobs_unique_key``; a duplicate
     unique job is skipped silently, even when two transactions race.
     """
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     return (
-        module.insert(jobs)
+        insert(conn, jobs)
         .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_ACTIVE_WHERE)
         .returning(c.id)
     )

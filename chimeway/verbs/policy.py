@@ -148,7 +148,7 @@ class PolicyVerbs(AppBase):
         Raises:
             SignatureError: the token was tampered with, signed with another secret, or expired.
         """
-        from chimeway.planning import tenant_key
+        from chimeway.db import tenant_key
         from chimeway.preferences import write_preference
         from chimeway.unsubscribe import verify_token
 

@@ -21,7 +21,6 @@ Every change of a run's state or step appends one transition with a reason:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
+from chimeway.db import insert_rows
 from chimeway.deliveries import FINAL as DELIVERY_FINAL
 from chimeway.dispatch.base import Due
 from chimeway.errors import ChimewayError
@@ -47,7 +47,6 @@ from chimeway.models import (
 from chimeway.notifier import Notifier
 from chimeway.planning import PlannedDelivery, render_message
 from chimeway.queue import NewJob
-from chimeway.types import stored_values
 from chimeway.values import Recipient
 from chimeway.workflow.steps import DeliverOp, Program, StopOp, WaitOp
 
@@ -59,9 +58,7 @@ __all__ = [
     "RunState",
     "SignalRow",
     "apply_signal",
-    "insert_rows",
     "load_run",
-    "rows_json",
     "run_from",
     "step_outcome",
     "wait_due",
@@ -208,50 +205,6 @@ class Batch:
             "created_at": self.now, "updated_at": self.now,
             "completed_at": self.now if d.status in ("cancelled", "suppressed") else None,
         }
-
-
-def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """Insert rows with one statement of fixed text, whatever their number.
-
-    On PostgreSQL the rows travel as one JSON document expanded by
-    ``json_populate_recordset`` (which casts each field to its column's
-    type), so neither SQLAlchemy nor the driver builds a statement or a
-    parameter list that grows with the batch. SQLite runs in-process, where
-    ``executemany`` is already cheap.
-
-    Args:
-        conn: the transaction's connection.
-        table: the table.
-        rows: dicts with the same keys.
-    """
-    if not rows:
-        return
-    if conn.dialect.name != "postgresql" or len(rows) == 1:
-        conn.execute(sa.insert(table), rows)
-        return
-    rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
-    names = ", ".join(rows[0])
-    conn.execute(sa.text(
-        f"INSERT INTO {table.name} ({names}) SELECT {names}"
-        f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json))"
-    ), {"rows": rows_json(rows)})
-
-
-def rows_json(rows: list[dict[str, Any]]) -> str:
-    """Rows as a JSON array for ``json_populate_recordset`` (ids and times as text).
-
-    Args:
-        rows: dicts of column values.
-    """
-    return json.dumps(rows, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,

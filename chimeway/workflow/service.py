@@ -28,7 +28,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import is_postgres, writer
+from chimeway.db import (
+    insert_ignoring_conflict,
+    insert_rows,
+    locked,
+    tenant_key,
+    update_rows,
+    writer,
+)
 from chimeway.deliveries import CLAIMABLE
 from chimeway.deliveries import cancel as cancel_deliveries
 from chimeway.dispatch.base import Dispatcher
@@ -44,7 +51,7 @@ from chimeway.models import (
     workflow_runs_table,
 )
 from chimeway.notifier import Notifier, get_notifier
-from chimeway.planning import Plan, insert_ignoring_conflict
+from chimeway.planning import Plan
 from chimeway.queue import JobQueue
 from chimeway.values import Recipient
 from chimeway.workflow.engine import (
@@ -53,9 +60,7 @@ from chimeway.workflow.engine import (
     WORKFLOW_QUEUE,
     Batch,
     RunState,
-    insert_rows,
     load_run,
-    rows_json,
     run_from,
     step_outcome,
     wait_due,
@@ -361,9 +366,7 @@ class Workflows:
                  .order_by(order if order is not None else r.c.id))
         if limit is not None:
             query = query.limit(limit)
-        if is_postgres(conn):
-            query = query.with_for_update(of=r, skip_locked=skip_locked)
-        return list(conn.execute(query).all())
+        return list(conn.execute(locked(query, conn, skip_locked=skip_locked, of=r)).all())
 
     def new_batch(self, conn: Connection, rows: Iterable[Any]) -> Batch:
         """A batch for progressions in ``conn`` over runs read by :meth:`locked_runs`.
@@ -414,24 +417,7 @@ class Workflows:
 
     @staticmethod
     def _update_runs(conn: Connection, runs: Iterable[RunState], now: datetime) -> None:
-        items = list(runs)
-        if not items:
-            return
-        r = workflow_runs_table
-        if conn.dialect.name != "postgresql":
-            conn.execute(
-                sa.update(r).where(r.c.id == sa.bindparam("b_id")).values(
-                    {name: sa.bindparam(f"b_{name}") for name in items[0].values(now)}),
-                [{"b_id": run.id, **{f"b_{k}": v for k, v in run.values(now).items()}} for run in items],
-            )
-            return
-        # One UPDATE ... FROM json_populate_recordset(...) instead of one statement per run.
-        names = list(items[0].values(now))
-        conn.execute(sa.text(
-            f"UPDATE {r.name} SET " + ", ".join(f"{n} = v.{n}" for n in names)
-            + f" FROM json_populate_recordset(NULL::{r.name}, CAST(:rows AS json)) AS v"
-            + f" WHERE {r.name}.id = v.id"
-        ), {"rows": rows_json([{"id": run.id, **run.values(now)} for run in items])})
+        update_rows(conn, workflow_runs_table, [{"id": run.id, **run.values(now)} for run in runs])
 
     def program(self, conn: Connection, run: RunState) -> Program | None:
         """The program a run follows: this process's, or the stored one it started with.
@@ -466,7 +452,6 @@ class Workflows:
         Returns:
             how many runs were cancelled.
         """
-        from chimeway.planning import tenant_key
 
         r, e = workflow_runs_table, events_table
         where: list[sa.ColumnElement[bool]] = [r.c.state.in_(ACTIVE)]

@@ -25,13 +25,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from chimeway.db import connection_of, is_postgres
+from chimeway.db import connection_of, locked, tenant_key, update_rows
 from chimeway.errors import InvalidInputError
 from chimeway.ids import as_uuid, new_id
 from chimeway.inbox import InboxItem
 from chimeway.jsonvalues import check_json, redact
 from chimeway.models import notifications_table, signals_table, workflow_runs_table
-from chimeway.planning import tenant_key
 from chimeway.queue import NewJob
 from chimeway.transactions import after_commit
 from chimeway.workflow.engine import SignalRow, apply_signal, load_run
@@ -205,10 +204,8 @@ class SignalRouter:
                      .where(s.c.routed_at.is_(None), *where).order_by(s.c.id))
             if limit is not None:
                 query = query.limit(limit)
-            if is_postgres(conn):
-                # Another router already holds these: it routes them.
-                query = query.with_for_update(skip_locked=True)
-            signals = conn.execute(query).all()
+            # Another router already holds some: it routes those.
+            signals = conn.execute(locked(query, conn, skip_locked=True)).all()
             if not signals:
                 return 0, 0
             pairs = sorted({(row.tenant, row.actor) for row in signals})
@@ -240,23 +237,12 @@ class SignalRouter:
 
 
 def mark_routed(conn: Connection, matched: dict[uuid.UUID, int], now: datetime) -> None:
-    """Set ``routed_at`` and ``matched`` on routed signals, in one statement on PostgreSQL.
+    """Set ``routed_at`` and ``matched`` on routed signals, in one statement.
 
     Args:
         conn: the routing transaction's connection.
         matched: signal id → how many runs it moved.
         now: the routing time.
     """
-    s = signals_table
-    if is_postgres(conn):
-        conn.execute(sa.text(
-            f"UPDATE {s.name} SET routed_at = :now, matched = v.matched"
-            " FROM unnest(CAST(:ids AS uuid[]), CAST(:counts AS integer[])) AS v(id, matched)"
-            f" WHERE {s.name}.id = v.id"
-        ), {"now": now, "ids": list(matched), "counts": list(matched.values())})
-        return
-    conn.execute(
-        sa.update(s).where(s.c.id == sa.bindparam("b_id"))
-        .values(routed_at=now, matched=sa.bindparam("b_matched")),
-        [{"b_id": sid, "b_matched": count} for sid, count in matched.items()],
-    )
+    update_rows(conn, signals_table, [{"id": sid, "routed_at": now, "matched": count}
+                                      for sid, count in matched.items()])

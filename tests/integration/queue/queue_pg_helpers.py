@@ -34,9 +34,28 @@ class Workers:
         return proc
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+        # A SIGTERM that lands while the process is still importing (a loaded
+        # machine) kills it before the worker installs its handler: wait
+        # until it has registered, as a supervisor's readiness check would.
+        self.wait_registered(proc, timeout)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err
+
+    def wait_registered(self, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+        from chimeway.db import create_engine
+
+        engine = create_engine(self.url)
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    ids = conn.execute(sa.text("SELECT id FROM chimeway_workers")).scalars().all()
+                if any(f":{proc.pid}:" in worker_id for worker_id in ids):
+                    return
+                time.sleep(0.05)
+        finally:
+            engine.dispose()
 
     def cleanup(self) -> None:
         for proc in self.procs:
