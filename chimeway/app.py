@@ -158,7 +158,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
                                      pending_after=lease_ttl)
         add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
         # Workflows last: their planning check must see the plan other checks left.
-        from chimeway.workflow import Workflows
+        from chimeway.workflow.service import Workflows
 
         self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
                                    queue=self.queue, dispatcher=lambda: self.dispatcher)

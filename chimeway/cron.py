@@ -48,6 +48,7 @@ from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
 from chimeway.queue.args import check_args
 from chimeway.queue.manager import JobQueue
+from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
 
 __all__ = [
     "CATCH_UP_LIMIT",
@@ -572,8 +573,6 @@ class ScheduledNotifiers:
 
 def workflow_sweep_schedule() -> CronSchedule:
     """The built-in schedule running the workflow ``ProgressionWorker`` sweep every minute."""
-    from chimeway.workflow.engine import PROGRESS_WORKER, WORKFLOW_QUEUE
-
     return CronSchedule(
         name="chimeway.workflow.sweep", cron=CronExpression("* * * * *"), worker=PROGRESS_WORKER,
         queue=WORKFLOW_QUEUE, kind="builtin", target="workflow progress sweep",

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from chimeway.errors import InvalidNotifierError
 from chimeway.values import Recipient
+from chimeway.workflow.steps import validate_workflow
 
 __all__ = ["Notifier", "Recipient", "get_notifier", "possible_channels", "registered_notifiers"]
 
@@ -82,8 +83,6 @@ class Notifier:
         _check_templates(cls)
         _check_sensitive(cls)
         if cls.workflow is not None:
-            from chimeway.workflow.steps import validate_workflow
-
             validate_workflow(cls)
         existing = _REGISTRY.get(key)
         if existing is not None and not _same_definition(existing, cls):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from chimeway.cron import ScheduledNotifiers, Scheduler
     from chimeway.policy import Policy
     from chimeway.record_triggers import RecordTriggers
-    from chimeway.workflow import Workflows
+    from chimeway.workflow.service import Workflows
 
 __all__ = ["AppBase"]
 

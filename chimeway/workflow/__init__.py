@@ -14,14 +14,15 @@
 
 One run per notification follows the steps; ``app.explain_run(run_id)``
 shows every transition and its reason. See guides/workflows.md.
+
+This package's top only holds the steps and what reads them; the engine
+(``chimeway.workflow.service``) sits above the planner and the dispatchers.
 """
 
 from __future__ import annotations
 
-from chimeway.workflow.engine import PROGRESS_WORKER, WORKFLOW_QUEUE
 from chimeway.workflow.explain import RunExplanation, RunTransition
-from chimeway.workflow.service import Workflows
-from chimeway.workflow.signals import SIGNAL_QUEUE, SIGNAL_WORKER
+from chimeway.workflow.names import PROGRESS_WORKER, SIGNAL_QUEUE, SIGNAL_WORKER, WORKFLOW_QUEUE
 from chimeway.workflow.steps import (
     Deliver,
     Step,
@@ -44,7 +45,6 @@ __all__ = [
     "Step",
     "Stop",
     "Wait",
-    "Workflows",
     "deliver",
     "stop",
     "validate_workflow",

@@ -48,12 +48,11 @@ from chimeway.notifier import Notifier
 from chimeway.planning import PlannedDelivery, render_message
 from chimeway.queue import NewJob
 from chimeway.values import Recipient
+from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
 from chimeway.workflow.steps import DeliverOp, Program, StopOp, WaitOp
 
 __all__ = [
     "FINAL",
-    "PROGRESS_WORKER",
-    "WORKFLOW_QUEUE",
     "Batch",
     "RunState",
     "SignalRow",
@@ -64,8 +63,6 @@ __all__ = [
     "wait_due",
 ]
 
-WORKFLOW_QUEUE = "chimeway_workflows"
-PROGRESS_WORKER = "chimeway.workflow.ProgressionWorker"
 FINAL = tuple(sorted(DELIVERY_FINAL))
 
 

@@ -56,8 +56,6 @@ from chimeway.queue import JobQueue
 from chimeway.values import Recipient
 from chimeway.workflow.engine import (
     FINAL,
-    PROGRESS_WORKER,
-    WORKFLOW_QUEUE,
     Batch,
     RunState,
     load_run,
@@ -65,6 +63,8 @@ from chimeway.workflow.engine import (
     step_outcome,
     wait_due,
 )
+from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
+from chimeway.workflow.signals import SignalRouter
 from chimeway.workflow.steps import (
     DeliverOp,
     Program,
@@ -104,9 +104,15 @@ class Workflows:
         self._definitions: set[tuple[str, int, str]] = set()
         self._programs: dict[str, Program | None] = {}
         queue.register(self.progression_worker, name=PROGRESS_WORKER, queue=WORKFLOW_QUEUE, max_attempts=20)
-        from chimeway.workflow.signals import SignalRouter
-
         self.signals = SignalRouter(self)
+
+    def dispatcher_name(self) -> str:
+        """The app's dispatcher's name (``sync`` routes signals right after commit)."""
+        return self._dispatcher().name
+
+    def writer(self) -> Engine:
+        """The engine whose transactions take SQLite's write lock at ``BEGIN``."""
+        return self._writer
 
     # --- planning ------------------------------------------------------------------
 

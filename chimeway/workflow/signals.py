@@ -17,31 +17,29 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from chimeway.clock import Clock
 from chimeway.db import connection_of, locked, tenant_key, update_rows
 from chimeway.errors import InvalidInputError
 from chimeway.ids import as_uuid, new_id
 from chimeway.inbox import InboxItem
 from chimeway.jsonvalues import check_json, redact
 from chimeway.models import notifications_table, signals_table, workflow_runs_table
-from chimeway.queue import NewJob
+from chimeway.queue import JobQueue, NewJob
 from chimeway.transactions import after_commit
-from chimeway.workflow.engine import SignalRow, apply_signal, load_run
+from chimeway.workflow.engine import Batch, RunState, SignalRow, apply_signal, load_run
+from chimeway.workflow.names import SIGNAL_QUEUE, SIGNAL_WORKER
+from chimeway.workflow.steps import Program
 
-if TYPE_CHECKING:
-    from chimeway.workflow.service import Workflows
+__all__ = ["SignalRouter", "mark_routed"]
 
-__all__ = ["SIGNAL_QUEUE", "SIGNAL_WORKER", "SignalRouter", "mark_routed"]
-
-SIGNAL_QUEUE = "chimeway_signals"
-SIGNAL_WORKER = "chimeway.workflow.SignalRouterWorker"
 MAX_NAME = 200
 # A router job also routes others still waiting, this many per transaction
 # for up to ROUTE_ROUNDS transactions, so a burst of signals is routed in
@@ -50,14 +48,35 @@ ROUTE_BATCH = 1000
 ROUTE_ROUNDS = 10
 
 
+class RunLocks(Protocol):
+    """What routing needs from the workflow engine: locked runs and a way to write their moves."""
+
+    engine: Engine
+    clock: Clock
+    queue: JobQueue
+    def dispatcher_name(self) -> str: ...
+
+    def writer(self) -> Engine: ...
+
+    def locked_runs(self, conn: Connection, where: Sequence[sa.ColumnElement[bool]], *,
+                    limit: int | None = None, order: Any = None, skip_locked: bool = False,
+                    with_params: bool = True) -> list[Any]: ...
+
+    def new_batch(self, conn: Connection, rows: Iterable[Any]) -> Batch: ...
+
+    def program(self, conn: Connection, run: RunState) -> Program | None: ...
+
+    def write(self, conn: Connection, batch: Batch) -> None: ...
+
+
 class SignalRouter:
     """Records signals and routes them to waiting runs.
 
     Args:
-        workflows: the app's workflow engine.
+        workflows: the app's workflow engine (which owns this router).
     """
 
-    def __init__(self, workflows: Workflows) -> None:
+    def __init__(self, workflows: RunLocks) -> None:
         self.workflows = workflows
         workflows.queue.register(self.router_worker, name=SIGNAL_WORKER, queue=SIGNAL_QUEUE, max_attempts=20)
 
@@ -124,7 +143,7 @@ class SignalRouter:
         return signal_id
 
     def _route_after(self, target: Session | Connection, conn: Connection, signal_id: uuid.UUID) -> None:
-        if self.workflows._dispatcher().name == "sync":
+        if self.workflows.dispatcher_name() == "sync":
             after_commit(target, lambda: self._route_quietly(signal_id))
         else:
             self.workflows.queue.insert_many(conn, [NewJob(worker=SIGNAL_WORKER, queue=SIGNAL_QUEUE,
@@ -199,7 +218,7 @@ class SignalRouter:
     def _route_counted(self, where: list[sa.ColumnElement[bool]], *, limit: int | None) -> tuple[int, int]:
         s, r = signals_table, workflow_runs_table
         wf = self.workflows
-        with wf._writer.begin() as conn:
+        with wf.writer().begin() as conn:
             query = (sa.select(s.c.id, s.c.tenant, s.c.actor, s.c.name, s.c.notification_id, s.c.created_at)
                      .where(s.c.routed_at.is_(None), *where).order_by(s.c.id))
             if limit is not None:

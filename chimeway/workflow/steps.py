@@ -29,13 +29,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chimeway.errors import InvalidWorkflowError
 from chimeway.values import Recipient
-
-if TYPE_CHECKING:
-    from chimeway.notifier import Notifier
 
 __all__ = [
     "Deliver",
@@ -415,11 +412,12 @@ _PROGRAMS: dict[tuple[str, int], Program] = {}
 _LOCK = threading.Lock()
 
 
-def validate_workflow(cls: type[Notifier]) -> Program:
+def validate_workflow(cls: Any) -> Program:
     """Check a notifier's ``workflow`` when its class is defined, and register it.
 
     Args:
-        cls: the ``Notifier`` subclass.
+        cls: the ``Notifier`` subclass (its ``key``, ``version``, ``workflow``,
+            ``templates`` and whether it overrides ``build``).
 
     Raises:
         InvalidWorkflowError: the steps are malformed, a delivering step has
