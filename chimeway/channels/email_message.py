@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import email.header
 import email.utils
 import functools
+import string
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "html_to_text",
     "parse_sender",
     "unsendable",
+    "unsubscribe_url",
 ]
 
 DELIVERY_ID_HEADER = "X-Chimeway-Delivery-Id"
@@ -93,18 +95,21 @@ class OutgoingEmail:
         slower for this fixed shape; the stdlib parser reads it back in tests.
         """
         lines = [
-            _header("From", _address(self.sender)),
-            _header("To", _address(self.to_address, self.to_name)),
+            _fold("From", _mailbox(self.sender)),
+            _fold("To", _mailbox(self.to_address, self.to_name)),
         ]
         if self.reply_to:
-            lines.append(_header("Reply-To", _address(self.reply_to)))
+            lines.append(_fold("Reply-To", _mailbox(self.reply_to)))
         lines += [
-            _header("Subject", _encoded(self.subject)),
+            _fold("Subject", _text(self.subject)),
             "Date: " + email.utils.formatdate(usegmt=True),
             "Message-ID: " + self.message_id,
             "MIME-Version: 1.0",
         ]
-        lines += [_header(name, _encoded(value)) for name, value in self.headers.items()]
+        lines += [
+            _fold(name, value.split() if name in _STRUCTURED else _text(value))
+            for name, value in self.headers.items()
+        ]
         if self.html is None:
             lines += [*_part_headers("plain"), "", _qp(self.text)]
         else:
@@ -140,38 +145,108 @@ def _qp(body: str) -> str:
     return encoded.replace("\n", "\r\n")
 
 
-def _address(address: str, name: str | None = None) -> str:
+# RFC 5322 §2.1.1: a line SHOULD be at most 78 characters and MUST be at
+# most 998. Every word of a header value is kept short enough to sit on a
+# folded line of its own, so folding always stays within both.
+_FOLD_AT = 78
+_LONGEST_WORD = _FOLD_AT - 2
+# RFC 2047 §2: an encoded-word is at most 75 characters. Q encoding, with the
+# characters §5(3) allows even inside a display name left as they are.
+_EW_LIMIT = 75
+_EW_START, _EW_END = "=?utf-8?q?", "?="
+_Q_LITERAL = frozenset(string.ascii_letters + string.digits + "!*+-/")
+# Headers whose values are URLs or tokens: never encoded-words (RFC 2047 §5).
+_STRUCTURED = frozenset({"List-Unsubscribe", "List-Unsubscribe-Post", DELIVERY_ID_HEADER})
+# "List-Unsubscribe: <" ... ">" must fit on one line.
+MAX_UNSUBSCRIBE_URL = 998 - len("List-Unsubscribe: <>")
+
+
+def _q(char: str) -> str:
+    if char in _Q_LITERAL:
+        return char
+    if char == " ":
+        return "_"
+    return "".join(f"={byte:02X}" for byte in char.encode("utf-8"))
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as RFC 2047 encoded-words of at most 75 characters, split between characters."""
+    room = _EW_LIMIT - len(_EW_START) - len(_EW_END)
+    words: list[str] = []
+    current = ""
+    for char in text:
+        piece = _q(char)
+        if current and len(current) + len(piece) > room:
+            words.append(_EW_START + current + _EW_END)
+            current = ""
+        current += piece
+    if current:
+        words.append(_EW_START + current + _EW_END)
+    return words
+
+
+def _needs_encoding(word: str) -> bool:
+    return (not word.isascii() or len(word) > _LONGEST_WORD or "=?" in word
+            or not word.isprintable())
+
+
+def _text(value: str) -> list[str]:
+    """An unstructured value (a subject) as words, encoding the runs that need it.
+
+    Adjacent words that need encoding go into one run with their spaces
+    inside, because a decoder drops the whitespace between encoded-words.
+    """
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in value.split():
+        if _needs_encoding(word):
+            run.append(word)
+            continue
+        if run:
+            tokens += _encoded_words(" ".join(run))
+            run = []
+        tokens.append(word)
+    if run:
+        tokens += _encoded_words(" ".join(run))
+    return tokens
+
+
+def _mailbox(address: str, name: str | None = None) -> list[str]:
+    """A mailbox (``Name <address>``) as words; a long or non-ASCII name is encoded."""
     if name is None:
         name, address = email.utils.parseaddr(address)
     if not name:
-        return address
-    if address.isascii():
-        return email.utils.formataddr((name, address), charset="utf-8")
-    # A non-ASCII address goes out under SMTPUTF8; only the name needs encoding.
-    return f"{_encoded(email.utils.quote(name) if name.isascii() else name)} <{address}>"
+        return [address]
+    if address.isascii() and not any(_needs_encoding(word) for word in name.split()):
+        return email.utils.formataddr((" ".join(name.split()), address)).split()
+    return [*_encoded_words(name), f"<{address}>"]
 
 
-def _encoded(value: str) -> str:
-    if value.isascii():
-        return value
-    return email.header.Header(value, "utf-8").encode(linesep="\r\n")
-
-
-def _header(name: str, value: str, width: int = 78) -> str:
-    """``Name: value``; a long plain value is folded at spaces to stay near ``width``."""
-    line = f"{name}: {value}"
-    if len(line) <= width or " " not in value or "\r\n" in value:
-        return line
-    out: list[str] = []
-    current = f"{name}:"
-    for word in value.split(" "):
-        if len(current) + 1 + len(word) > width and not current.endswith(":"):
-            out.append(current)
-            current = " " + word
+def _fold(name: str, tokens: list[str]) -> str:
+    """``Name: tokens...``, folded at the spaces between tokens to stay within 78 characters."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for token in tokens:
+        if len(line) + 1 + len(token) > _FOLD_AT and line != f"{name}:":
+            lines.append(line)
+            line = " " + token
         else:
-            current = f"{current} {word}"
-    out.append(current)
-    return "\r\n".join(out)
+            line = f"{line} {token}"
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+def unsubscribe_url(fields: Mapping[str, Any]) -> str | None:
+    """The ``unsubscribe_url`` field as it goes into ``List-Unsubscribe``, or ``None``.
+
+    One line, no angle brackets, non-ASCII characters percent-encoded (a URL
+    in a header can be neither folded nor encoded-words).
+    """
+    raw = fields.get("unsubscribe_url")
+    if not raw:
+        return None
+    url = _one_line(raw).replace("<", "").replace(">", "").replace(" ", "%20")
+    return urllib.parse.quote(url, safe="!#$%&'()*+,-./:;=?@[]~_")
 
 
 def _one_line(value: Any) -> str:
@@ -208,6 +283,12 @@ def email_problem(fields: Mapping[str, Any], recipient: Recipient) -> str | None
         return "missing required field for email: subject"
     if not (fields.get("text") or fields.get("body") or fields.get("html")):
         return "missing email body: one of the fields text, body or html"
+    if len(address) > 254:
+        return "recipient email address is longer than 254 characters"
+    unsubscribe = unsubscribe_url(fields)
+    if unsubscribe is not None and len(unsubscribe) > MAX_UNSUBSCRIBE_URL:
+        return (f"unsubscribe_url is {len(unsubscribe)} characters; a List-Unsubscribe header "
+                f"holds at most {MAX_UNSUBSCRIBE_URL}")
     return None
 
 
@@ -250,12 +331,11 @@ def build_email(
     text = str(text) if text else (html_to_text(html) if html else "")
     domain = message_id_domain or sender_address.rpartition("@")[2]
     headers: dict[str, str] = {DELIVERY_ID_HEADER: str(message.delivery_id)}
-    unsubscribe = fields.get("unsubscribe_url")
-    if unsubscribe:
-        url = _one_line(unsubscribe).replace("<", "").replace(">", "")
+    url = unsubscribe_url(fields)
+    if url:
         headers["List-Unsubscribe"] = f"<{url}>"
-        if not url.lower().startswith("mailto:"):
-            # RFC 8058 one-click applies to HTTPS links only.
+        if url.lower().startswith("https://"):
+            # RFC 8058 one-click is defined for HTTPS links only.
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     return OutgoingEmail(
         delivery_id=message.delivery_id,
