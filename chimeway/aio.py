@@ -26,10 +26,10 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlalchemy.orm import Session
@@ -40,22 +40,16 @@ from chimeway.explain import Explanation, Trace
 from chimeway.inbox import Inbox, InboxItem, InboxPage
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
-
-if TYPE_CHECKING:
-    from chimeway.app import Chimeway
+from chimeway.queue import JobQueue
 
 __all__ = [
     "SUPPORTED_ASYNC_DRIVERS",
     "AsyncInbox",
     "AsyncTarget",
+    "AsyncVerbs",
     "create_async_engine",
-    "explain",
-    "inbox",
     "run_worker",
     "sync_url",
-    "trace",
-    "track",
-    "trigger",
 ]
 
 T = TypeVar("T")
@@ -144,7 +138,28 @@ def _check_dialect(dialect: Dialect) -> None:
         )
 
 
-def _check_app(app: Chimeway) -> None:
+class SyncVerbs(Protocol):
+    """The sync verbs the async ones run: what :class:`AsyncVerbs` needs of the app.
+
+    Signatures are left open on purpose: each async verb forwards its
+    arguments unchanged, so the sync verb alone describes them.
+    """
+
+    engine: Engine
+    queue: JobQueue
+
+    def trigger(self, *args: Any, **kwargs: Any) -> TriggerResult: ...
+
+    def track(self, *args: Any, **kwargs: Any) -> uuid.UUID: ...
+
+    def inbox(self, *args: Any, **kwargs: Any) -> Inbox: ...
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation: ...
+
+    def trace(self, *args: Any, **kwargs: Any) -> Trace: ...
+
+
+def _check_app(app: SyncVerbs) -> None:
     if app.engine.dialect.is_async:
         raise ConfigurationError(
             "Chimeway's engine must be a sync engine (it delivers and explains outside the "
@@ -170,79 +185,6 @@ async def _in_transaction(target: AsyncTarget, fn: Callable[[Session | Connectio
     )
 
 
-async def trigger(
-    app: Chimeway,
-    target: AsyncTarget,
-    notifier: type[Notifier],
-    params: Mapping[str, Any] | None = None,
-    *,
-    idempotency_key: str,
-    tenant: str | None = None,
-    actor: str | None = None,
-    correlation_id: str | None = None,
-    cancellation_key: str | None = None,
-    **options: Any,
-) -> TriggerResult:
-    """``app.trigger`` inside the caller's async transaction; see ``Chimeway.trigger_async``.
-
-    Args:
-        app: the Chimeway app.
-        target: the caller's ``AsyncSession`` or ``AsyncConnection``.
-        notifier: the ``Notifier`` subclass.
-        params: JSON values for ``recipients()`` and templates.
-        idempotency_key: unique per tenant; a repeat returns ``duplicate=True``.
-        tenant: the tenant, or ``None``.
-        actor: who caused it.
-        correlation_id: ties it to a request or trace.
-        cancellation_key: a key ``cancel`` can find it by later.
-        **options: further keyword arguments of ``app.trigger``.
-    """
-    _check_app(app)
-    return await _in_transaction(target, lambda sync_target: app.trigger(
-        sync_target, notifier, params, idempotency_key=idempotency_key, tenant=tenant, actor=actor,
-        correlation_id=correlation_id, cancellation_key=cancellation_key, **options,
-    ))
-
-
-async def track(app: Chimeway, target: AsyncTarget, *args: Any, **kwargs: Any) -> Any:
-    """``app.track`` inside the caller's async transaction; see ``Chimeway.track_async``.
-
-    Args:
-        app: the Chimeway app.
-        target: the caller's ``AsyncSession`` or ``AsyncConnection``.
-        *args: positional arguments of ``app.track`` after the session.
-        **kwargs: keyword arguments of ``app.track``.
-    """
-    _check_app(app)
-    track_sync: Callable[..., Any] | None = getattr(app, "track", None)
-    if track_sync is None:
-        raise ConfigurationError("this version of Chimeway has no track()")
-    sync_track = track_sync
-    return await _in_transaction(target, lambda sync_target: sync_track(sync_target, *args, **kwargs))
-
-
-async def explain(app: Chimeway, delivery_id: uuid.UUID | str) -> Explanation:
-    """``app.explain`` on a worker thread.
-
-    Args:
-        app: the Chimeway app.
-        delivery_id: the delivery.
-    """
-    _check_app(app)
-    return await asyncio.to_thread(app.explain, delivery_id)
-
-
-async def trace(app: Chimeway, event_id: uuid.UUID | str) -> Trace:
-    """``app.trace`` on a worker thread.
-
-    Args:
-        app: the Chimeway app.
-        event_id: the event.
-    """
-    _check_app(app)
-    return await asyncio.to_thread(app.trace, event_id)
-
-
 # -- the inbox ---------------------------------------------------------------
 
 
@@ -260,7 +202,7 @@ class AsyncInbox:
     """
 
     def __init__(
-        self, app: Chimeway, recipient: str, tenant: str | None = None, *, session: AsyncTarget | None = None
+        self, app: SyncVerbs, recipient: str, tenant: str | None = None, *, session: AsyncTarget | None = None
     ) -> None:
         _check_app(app)
         if session is not None and not isinstance(session, AsyncSession | AsyncConnection):
@@ -342,22 +284,10 @@ class AsyncInbox:
         return await self._run(lambda box: box.mark_all_read())
 
 
-def inbox(app: Chimeway, recipient: str, tenant: str | None = None, *, session: AsyncTarget | None = None) -> AsyncInbox:
-    """An :class:`AsyncInbox`; see ``Chimeway.inbox_async``.
-
-    Args:
-        app: the Chimeway app.
-        recipient: the recipient id.
-        tenant: the tenant, or ``None``.
-        session: the caller's ``AsyncSession``/``AsyncConnection``, or ``None``.
-    """
-    return AsyncInbox(app, recipient, tenant, session=session)
-
-
 # -- the worker ----------------------------------------------------------------
 
 
-async def run_worker(jobs: Any, **options: Any) -> int:
+async def run_worker(jobs: JobQueue, **options: Any) -> int:
     """Run a blocking ``JobQueue.run_worker`` on its own thread until cancelled.
 
     Cancelling the awaiting task sets the worker's stop event, waits for its
@@ -409,3 +339,83 @@ async def run_worker(jobs: Any, **options: Any) -> int:
         await asyncio.wait([done])
         await asyncio.to_thread(thread.join)
         raise
+
+
+# -- the async verbs of Chimeway -------------------------------------------------------
+
+
+class AsyncVerbs:
+    """The async counterparts of ``Chimeway``'s verbs, mixed into it.
+
+    Each forwards its arguments to the sync verb of the same name (whose
+    docstring describes them), run inside the caller's async transaction or
+    on a worker thread.
+    """
+
+    @classmethod
+    def from_async_engine(cls, engine: AsyncEngine | URL | str, **options: Any) -> Self:
+        """An app over the database an ``AsyncEngine`` (or async URL) points at.
+
+        Chimeway delivers and explains outside the event loop, so it opens its
+        own sync engine on the same database (``sqlite+aiosqlite`` → ``sqlite``,
+        ``postgresql+psycopg``/``+asyncpg`` → ``postgresql+psycopg``) and
+        closes it on ``close()``.
+
+        Args:
+            engine: an ``AsyncEngine``, or an async database URL.
+            **options: the other ``Chimeway`` arguments (``channels``, ``dispatcher``, ...).
+        """
+        return cast(Any, cls)(sync_url(engine), **options)  # type: ignore[no-any-return]
+
+    async def trigger_async(self: SyncVerbs, session: AsyncTarget, notifier: type[Notifier],
+                            params: Mapping[str, Any] | None = None, **options: Any) -> TriggerResult:
+        """``trigger`` inside the caller's ``AsyncSession``/``AsyncConnection`` transaction.
+
+        Same arguments, rows and guarantees as ``trigger``: rollback leaves
+        nothing; after the async commit the dispatcher delivers without
+        blocking the event loop.
+        """
+        _check_app(self)
+        return await _in_transaction(session, lambda target: self.trigger(target, notifier, params, **options))
+
+    async def track_async(self: SyncVerbs, session: AsyncTarget, name: str, **options: Any) -> uuid.UUID:
+        """``track`` inside the caller's ``AsyncSession``/``AsyncConnection`` transaction (same arguments)."""
+        _check_app(self)
+        return await _in_transaction(session, lambda target: self.track(target, name, **options))
+
+    def inbox_async(self: SyncVerbs, recipient: str, tenant: str | None = None, *,
+                    session: AsyncTarget | None = None) -> AsyncInbox:
+        """``inbox`` with awaitable methods (an :class:`AsyncInbox`).
+
+        Args:
+            recipient: the recipient id.
+            tenant: the tenant, or ``None``.
+            session: run in the caller's ``AsyncSession``/``AsyncConnection``
+                transaction instead of Chimeway's own (on a worker thread).
+        """
+        return AsyncInbox(self, recipient, tenant, session=session)
+
+    async def explain_async(self: SyncVerbs, delivery_id: uuid.UUID | str) -> Explanation:
+        """``explain`` on a worker thread, without blocking the event loop."""
+        _check_app(self)
+        return await asyncio.to_thread(self.explain, delivery_id)
+
+    async def trace_async(self: SyncVerbs, event_id: uuid.UUID | str) -> Trace:
+        """``trace`` on a worker thread, without blocking the event loop."""
+        _check_app(self)
+        return await asyncio.to_thread(self.trace, event_id)
+
+    async def run_worker(self: SyncVerbs, **options: Any) -> int:
+        """Run a job-queue worker on its own thread until this task is cancelled.
+
+        Cancellation stops the worker gracefully (running jobs get
+        ``shutdown_grace`` seconds) and is then re-raised.
+
+        Args:
+            **options: keyword arguments of ``JobQueue.run_worker`` (``queues``,
+                ``poll_interval``, ``shutdown_grace``, ...).
+
+        Returns:
+            how many jobs the worker ran.
+        """
+        return await run_worker(self.queue, **options)

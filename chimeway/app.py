@@ -15,9 +15,11 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 
 from chimeway import telemetry
+from chimeway.aio import AsyncVerbs
 from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
+from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
 from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
@@ -30,8 +32,9 @@ from chimeway.encryption import bind as bind_encryption
 from chimeway.encryption import unbind as unbind_encryption
 from chimeway.errors import ConfigurationError, InvalidInputError
 from chimeway.explain import Explanation, Trace, explain, trace
-from chimeway.feedback import FeedbackOutcome
+from chimeway.feedback import FeedbackOutcome, ingest
 from chimeway.inbox import Inbox
+from chimeway.migrations import upgrade
 from chimeway.notifier import Notifier
 from chimeway.planning import (
     PlanningCheck,
@@ -41,10 +44,13 @@ from chimeway.planning import (
     plan,
     write_plans,
 )
+from chimeway.policy import Policy
 from chimeway.queue import JobHandle, JobQueue
 from chimeway.queue.worker import add_plugin
+from chimeway.record_triggers import RecordTriggers
 from chimeway.reencrypt import reencrypt
-from chimeway.verbs import AsyncVerbs, OperatingVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
+from chimeway.verbs import OperatingVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
+from chimeway.workflow.service import Workflows
 
 __all__ = ["Chimeway", "RecoverReport"]
 
@@ -140,7 +146,6 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         # Policy and other layers append here; both run on every path.
         self.planning_checks: list[PlanningCheck] = []
         self.planning_prepares: list[PlanningPrepare] = []
-        from chimeway.policy import Policy
 
         self.policy = Policy(clock=self.clock, channels=self.channels)
         self.planning_checks.append(telemetry.traced("chimeway.policy", self.policy.planning_check))
@@ -158,14 +163,11 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
                                      pending_after=lease_ttl)
         add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
         # Workflows last: their planning check must see the plan other checks left.
-        from chimeway.workflow.service import Workflows
 
         self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
                                    queue=self.queue, dispatcher=lambda: self.dispatcher)
         self.planning_checks.append(telemetry.traced("chimeway.workflow", self.workflows.planning_check))
         self.executor.on_final = self._chain_final(self.executor.on_final, self.workflows.on_final)
-        from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
-        from chimeway.record_triggers import RecordTriggers
 
         self.scheduler = Scheduler(self.queue, self.clock)
         self.scheduled_notifiers = ScheduledNotifiers(self.scheduler, self.trigger)
@@ -187,7 +189,6 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
 
     def migrate(self) -> None:
         """Create or upgrade Chimeway's tables (Alembic, revision ``head``)."""
-        from chimeway.migrations import upgrade
 
         upgrade(self.engine)
 
@@ -419,7 +420,6 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             tenant: when this endpoint serves one tenant, only that tenant's
                 deliveries are matched.
         """
-        from chimeway.feedback import ingest
 
         def on_signal(conn: Connection, name: str, payload: Mapping[str, Any]) -> None:
             self.track(conn, name, actor=payload["actor"], tenant=payload["tenant"],

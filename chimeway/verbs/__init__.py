@@ -1,9 +1,8 @@
 """The verbs of ``Chimeway``, grouped by concept; ``chimeway.app`` combines them."""
 
-from chimeway.verbs.aio import AsyncVerbs
 from chimeway.verbs.operating import OperatingVerbs
 from chimeway.verbs.policy import PolicyVerbs
 from chimeway.verbs.scheduling import SchedulingVerbs
 from chimeway.verbs.workflows import WorkflowVerbs
 
-__all__ = ["AsyncVerbs", "OperatingVerbs", "PolicyVerbs", "SchedulingVerbs", "WorkflowVerbs"]
+__all__ = ["OperatingVerbs", "PolicyVerbs", "SchedulingVerbs", "WorkflowVerbs"]

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy.engine import Engine
 
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
+from chimeway.cron import ScheduledNotifiers, Scheduler
 from chimeway.dispatch.base import Dispatcher
+from chimeway.policy import Policy
 from chimeway.queue import JobQueue
-
-if TYPE_CHECKING:
-    from chimeway.cron import ScheduledNotifiers, Scheduler
-    from chimeway.policy import Policy
-    from chimeway.record_triggers import RecordTriggers
-    from chimeway.workflow.service import Workflows
+from chimeway.record_triggers import RecordTriggers
+from chimeway.workflow.service import Workflows
 
 __all__ = ["AppBase"]
 

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from chimeway.db import connection_of, writer
+from chimeway.clock import utc
+from chimeway.db import connection_of, tenant_key, writer
+from chimeway.digest import flush_due
 from chimeway.dispatch.base import Due
 from chimeway.errors import ConfigurationError
 from chimeway.notifier import Notifier
 from chimeway.planning import plan
+from chimeway.policy import Cap, PreviewItem, preview
+from chimeway.preferences import Preferences, RecipientSettingsHandle, write_preference
+from chimeway.unsubscribe import UnsubscribeRequest, build_url, sign_token, verify_token
 from chimeway.verbs.base import AppBase
-
-if TYPE_CHECKING:
-    from chimeway.policy import Cap as _Cap
-    from chimeway.policy import PreviewItem as _PreviewItem
-    from chimeway.preferences import Preferences as _Preferences
-    from chimeway.preferences import RecipientSettingsHandle as _RecipientSettingsHandle
-    from chimeway.unsubscribe import UnsubscribeRequest as _UnsubscribeRequest
 
 __all__ = ["PolicyVerbs"]
 
@@ -34,7 +32,7 @@ class PolicyVerbs(AppBase):
         *,
         secret: str | bytes | None = None,
         unsubscribe_base_url: str | None = None,
-        caps: Iterable[_Cap] | None = None,
+        caps: Iterable[Cap] | None = None,
         quiet_hours_exempt: Iterable[str] | None = None,
         token_ttl: timedelta | None = None,
     ) -> None:
@@ -48,8 +46,6 @@ class PolicyVerbs(AppBase):
             quiet_hours_exempt: channels quiet hours never hold (default ``{"in_app"}``).
             token_ttl: how long unsubscribe links work (default one year).
         """
-        from chimeway.policy import Cap
-        from chimeway.unsubscribe import build_url
 
         if secret is not None:
             self.secret = secret
@@ -81,7 +77,7 @@ class PolicyVerbs(AppBase):
 
     def preferences(
         self, recipient: str, tenant: str | None = None, *, session: Session | Connection | None = None
-    ) -> _Preferences:
+    ) -> Preferences:
         """One recipient's channel preferences: ``.set(...)``, ``.get()``, ``.effective(Notifier)``.
 
         Args:
@@ -89,14 +85,13 @@ class PolicyVerbs(AppBase):
             tenant: the tenant, or ``None``.
             session: write in the caller's transaction instead of Chimeway's own.
         """
-        from chimeway.preferences import Preferences
 
         return Preferences(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant,
                            session=session, channels=self.channels)
 
     def recipient_settings(
         self, recipient: str, tenant: str | None = None, *, session: Session | Connection | None = None
-    ) -> _RecipientSettingsHandle:
+    ) -> RecipientSettingsHandle:
         """One recipient's time zone and quiet hours: ``.set(timezone=..., quiet_hours=(...))``.
 
         Args:
@@ -104,7 +99,6 @@ class PolicyVerbs(AppBase):
             tenant: the tenant, or ``None``.
             session: write in the caller's transaction instead of Chimeway's own.
         """
-        from chimeway.preferences import RecipientSettingsHandle
 
         return RecipientSettingsHandle(engine=self.engine, clock=self.clock, recipient=recipient,
                                        tenant=tenant, session=session)
@@ -129,7 +123,6 @@ class PolicyVerbs(AppBase):
             channel: the channel; ``None`` means every channel.
             base_url: the page that calls :meth:`unsubscribe` (default: the configured one).
         """
-        from chimeway.unsubscribe import build_url, sign_token
 
         url = base_url or self.policy.unsubscribe_base_url
         if not url:
@@ -138,7 +131,7 @@ class PolicyVerbs(AppBase):
                            category=category, channel=channel, now=self.clock.now(), ttl=self.policy.token_ttl)
         return build_url(url, token)
 
-    def unsubscribe(self, token: str, *, session: Session | Connection | None = None) -> _UnsubscribeRequest:
+    def unsubscribe(self, token: str, *, session: Session | Connection | None = None) -> UnsubscribeRequest:
         """Verify an unsubscribe token and store the opt-out it carries.
 
         Args:
@@ -148,9 +141,6 @@ class PolicyVerbs(AppBase):
         Raises:
             SignatureError: the token was tampered with, signed with another secret, or expired.
         """
-        from chimeway.db import tenant_key
-        from chimeway.preferences import write_preference
-        from chimeway.unsubscribe import verify_token
 
         now = self.clock.now()
         request = verify_token(self.secret, token, now=now)
@@ -174,7 +164,6 @@ class PolicyVerbs(AppBase):
         Returns:
             how many digests were handed to the dispatcher.
         """
-        from chimeway.digest import flush_due
 
         with writer(self.engine).begin() as conn:
             ids = flush_due(conn, self.clock.now(), self.policy.decorate_fields, limit=limit)
@@ -190,7 +179,7 @@ class PolicyVerbs(AppBase):
         *,
         at: Any = None,
         tenant: str | None = None,
-    ) -> list[_PreviewItem]:
+    ) -> list[PreviewItem]:
         """What a trigger would do, per recipient × channel, writing and sending nothing.
 
         Args:
@@ -200,8 +189,6 @@ class PolicyVerbs(AppBase):
             at: the moment to simulate (an aware ``datetime``; default: now).
             tenant: the tenant, or ``None``.
         """
-        from chimeway.clock import utc
-        from chimeway.policy import preview
 
         when = utc(at) if at is not None else self.clock.now()
         the_plan = plan(notifier, params if params is not None else {}, idempotency_key="preview", tenant=tenant,

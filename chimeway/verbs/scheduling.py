@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from chimeway.cron import CronExpression, CronSchedule, FiredTick, job_target
 from chimeway.errors import InvalidInputError
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
 from chimeway.queue import JobHandle
+from chimeway.record_triggers import RecordTrigger, ScanResult, build
 from chimeway.verbs.base import AppBase
-
-if TYPE_CHECKING:
-    from chimeway.cron import CronSchedule as _CronSchedule
-    from chimeway.cron import FiredTick as _FiredTick
-    from chimeway.record_triggers import RecordTrigger as _RecordTrigger
-    from chimeway.record_triggers import ScanResult as _ScanResult
 
 __all__ = ["SchedulingVerbs"]
 
@@ -41,7 +37,7 @@ class SchedulingVerbs(AppBase):
         name: str | None = None,
         catch_up: timedelta | None = None,
         queue: str | None = None,
-    ) -> _CronSchedule:
+    ) -> CronSchedule:
         """Run a job (or trigger a notifier) on a cron schedule, once per tick across all workers.
 
         Args:
@@ -64,8 +60,6 @@ class SchedulingVerbs(AppBase):
             InvalidInputError: ``args`` are not JSON, or the target is unusable.
         """
         import inspect
-
-        from chimeway.cron import CronExpression, CronSchedule, job_target
 
         if isinstance(target, type) and issubclass(target, Notifier):
             if args:
@@ -98,7 +92,7 @@ class SchedulingVerbs(AppBase):
         tenant: str | None = None,
         name: str | None = None,
         catch_up: timedelta | None = None,
-    ) -> _CronSchedule:
+    ) -> CronSchedule:
         """Trigger ``notifier`` on its ``schedule`` (a cron expression on the class).
 
         Each tick triggers it once with ``params_for_schedule(tick)`` and the
@@ -131,7 +125,7 @@ class SchedulingVerbs(AppBase):
         on_error: Callable[[Any, BaseException], object] | None = None,
         max_attempts: int = 3,
         queue: str = "default",
-    ) -> _RecordTrigger:
+    ) -> RecordTrigger:
         """Trigger ``notifier`` once for every row of ``model`` matching ``where``.
 
         On each ``cron`` tick a scan job pages through the matching rows by
@@ -160,7 +154,6 @@ class SchedulingVerbs(AppBase):
         Raises:
             InvalidInputError: a field is unusable; the message names it.
         """
-        from chimeway.record_triggers import build
 
         trigger = build(name, model=model, where=where, notifier=notifier, params=params,
                         idempotency_key=idempotency_key, tenant=tenant, on_error=on_error, cron=cron,
@@ -182,7 +175,7 @@ class SchedulingVerbs(AppBase):
         """
         return self.record_triggers.run_one(session, name, row)
 
-    def scan_record_trigger(self, name: str, *, now: Any = None) -> _ScanResult:
+    def scan_record_trigger(self, name: str, *, now: Any = None) -> ScanResult:
         """Run one scan of record trigger ``name`` in this thread (what its scan job does).
 
         Args:
@@ -191,7 +184,7 @@ class SchedulingVerbs(AppBase):
         """
         return self.record_triggers.scan(name, now=now)
 
-    def run_scheduler(self, now: Any = None) -> list[_FiredTick]:
+    def run_scheduler(self, now: Any = None) -> list[FiredTick]:
         """Fire every cron tick due at ``now`` that no worker has fired yet.
 
         Workers call this about once a second; call it yourself in tests and

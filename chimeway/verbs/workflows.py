@@ -5,16 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.verbs.base import AppBase
-
-if TYPE_CHECKING:
-    from chimeway.app import Chimeway
-    from chimeway.workflow.explain import RunExplanation as _RunExplanation
+from chimeway.workflow.explain import RunExplanation, explain_run
 
 __all__ = ["WorkflowVerbs"]
 
@@ -50,19 +47,6 @@ class WorkflowVerbs(AppBase):
         """
         return self.workflows.signals.track(session, name, actor=actor, tenant=tenant, payload=payload,
                                             notification_id=notification_id)
-
-    async def track_async(self, session: Any, name: str, **kwargs: Any) -> uuid.UUID:
-        """:meth:`track` inside the caller's ``AsyncSession``/``AsyncConnection`` transaction.
-
-        Args:
-            session: the caller's ``AsyncSession`` or ``AsyncConnection``.
-            name: the signal name.
-            **kwargs: the keyword arguments of :meth:`track`.
-        """
-        from chimeway import aio
-
-        result: uuid.UUID = await aio.track(cast("Chimeway", self), session, name, **kwargs)
-        return result
 
     def progress_due(self, *, limit: int = 500, stale_after: timedelta = timedelta(seconds=60)) -> int:
         """Advance every workflow run that is due (the ``ProgressionWorker`` sweep).
@@ -117,18 +101,16 @@ class WorkflowVerbs(AppBase):
 
     def explain_run(
         self, run_id: uuid.UUID | str | None = None, *, notification_id: uuid.UUID | str | None = None
-    ) -> _RunExplanation:
+    ) -> RunExplanation:
         """A workflow run's steps and transitions: why it waited, what stopped it, where it branched.
 
         Args:
             run_id: the run.
             notification_id: explain the run of this notification instead.
         """
-        from chimeway.workflow.explain import explain_run
 
         with self.engine.connect() as conn:
             return explain_run(conn, run_id, notification_id=notification_id)
-
 
     @staticmethod
     def _chain_final(
