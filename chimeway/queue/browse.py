@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from chimeway.clock import Clock
+from chimeway.db import JsonText
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.models import ACTIVE_JOB_STATES, queue_states_table
 from chimeway.queue import sql
@@ -209,12 +210,16 @@ class Browsing:
         Args:
             delivery_id: the delivery's id.
         """
+        # Spelt exactly as ix_chimeway_jobs_delivery is, literals included, so the index serves
+        # it; sorted here, since "ORDER BY id ... LIMIT" tempts the planner into a backward scan
+        # of the whole table in search of the few rows that match.
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(_jobs).where(c.args["delivery_id"].as_string() == str(delivery_id))
-                .order_by(c.id.desc()).limit(20)
+                sa.select(_jobs).where(JsonText(c.args, "delivery_id") == str(delivery_id),
+                                       c.worker == sa.literal_column("'chimeway.deliver'"))
+                .limit(200)
             ).all()
-        return [_summary(r) for r in rows]
+        return [_summary(r) for r in sorted(rows, key=lambda r: r.id, reverse=True)[:20]]
 
     def live_workers(self) -> list[WorkerStatus]:
         """Registered workers, most recent heartbeat first (dead ones linger until rescued)."""

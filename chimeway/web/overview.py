@@ -1,7 +1,8 @@
 """The overview page: each queue's jobs by state, its oldest due job, a chart of the last hour, workers.
 
-Counts stop at :data:`COUNT_CAP` per queue and state (shown as "100,000+"),
-so the page costs the same with millions of finished jobs.
+Counts stop at :data:`COUNT_CAP` per queue and waiting or running state, and
+at :data:`FINISHED_CAP` for finished states (shown as "10,000+"), so the
+page costs the same with millions of finished jobs.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from chimeway.web.http import Response
 if TYPE_CHECKING:
     from chimeway.web.dashboard import Dashboard, View
 
-__all__ = ["COUNT_CAP", "QueueRow", "register"]
+__all__ = ["COUNT_CAP", "FINISHED_CAP", "QueueRow", "cap_for", "register"]
 
 COUNT_CAP = 100_000
+FINISHED_CAP = 10_000
 DUE_STATES = ("available", "scheduled", "retryable")
 FINISHED = ("completed", "retryable", "discarded")
 MINUTES = 60
@@ -81,11 +83,17 @@ class QueueRow:
         return {"bars": bars, "top": top, "completed": sum(self.completed), "failed": sum(self.failed)}
 
 
+def cap_for(state: str) -> int:
+    """Where counting stops for jobs in ``state``."""
+    return FINISHED_CAP if state in ("completed", "cancelled", "discarded") else COUNT_CAP
+
+
 def _capped_counts(conn: Connection, queues: list[str]) -> dict[tuple[str, str], int]:
     columns = []
     for queue in queues:
         for state in JOB_STATES:
-            capped = sa.select(sa.literal(1)).where(c.queue == queue, c.state == state).limit(COUNT_CAP).subquery()
+            capped = (sa.select(sa.literal(1)).where(c.queue == queue, c.state == state)
+                      .limit(cap_for(state)).subquery())
             columns.append(sa.select(sa.func.count()).select_from(capped).scalar_subquery())
     if not columns:
         return {}
@@ -137,7 +145,7 @@ def overview(view: View) -> Response:
     workers = view.app.queue.live_workers()
     stale = view.app.queue.stale_after
     return view.render(
-        "overview.html", queues=queue_rows(view), states=JOB_STATES, cap=COUNT_CAP,
+        "overview.html", queues=queue_rows(view), states=JOB_STATES, caps={s: cap_for(s) for s in JOB_STATES},
         workers=[(w, now - w.heartbeat_at <= stale) for w in workers],
     )
 

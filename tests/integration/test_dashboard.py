@@ -229,3 +229,26 @@ def test_workers_honour_a_pause_within_one_poll(sqlite_url: str) -> None:
         stop.set()
         worker.join(timeout=30)
     app.close()
+
+
+def test_a_deliverys_jobs_are_found_through_their_index(any_engine: sa.Engine) -> None:
+    from chimeway.queue import JobQueue
+
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append((statement, parameters))
+
+    queue = JobQueue(any_engine)
+    sa.event.listen(any_engine, "before_cursor_execute", keep)
+    assert queue.for_delivery("01a2019b-0000-7000-8000-000000000000") == []
+    sa.event.remove(any_engine, "before_cursor_execute", keep)
+    [(statement, parameters)] = [s for s in seen if "chimeway_jobs" in s[0]]
+    with any_engine.connect() as conn:
+        if any_engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + statement, parameters).scalars())
+        else:
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
+                                                                         parameters))
+    assert "ix_chimeway_jobs_delivery" in plan, plan
