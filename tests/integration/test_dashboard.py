@@ -20,6 +20,7 @@ from chimeway import Chimeway, Notifier, Recipient
 from chimeway.channels import Webhook
 from chimeway.queue import JobFilter
 from chimeway.web import Dashboard, Request
+from chimeway.workflow import deliver, wait
 
 ROLE_HEADER = "x-test-role"
 
@@ -252,3 +253,34 @@ def test_a_deliverys_jobs_are_found_through_their_index(any_engine: sa.Engine) -
             plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
                                                                          parameters))
     assert "ix_chimeway_jobs_delivery" in plan, plan
+
+
+class Nudge(Notifier):
+    key = "dash_nudge"
+    templates = {"in_app": {"title": "Order {{ order_id }}"}, "webhook": {"body": "order {{ order_id }}"}}
+    workflow = [deliver("in_app"), wait(minutes=30, unless="notification.read"), deliver("webhook")]
+
+    def recipients(self, params: dict[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:3")]
+
+
+def test_workflow_runs_listed_explained_and_cancelled(sqlite_url: str) -> None:
+    from chimeway.testing import RecordingChannel
+
+    app = Chimeway(sqlite_url, channels={"webhook": RecordingChannel()})
+    with Session(app.engine) as session, session.begin():
+        app.trigger(session, Nudge, {"order_id": 5}, idempotency_key="n5", tenant="acme")
+    client = _client(app)
+    admin = {ROLE_HEADER: "admin"}
+    listing = client.get("/ops/workflows?state=waiting&notifier=dash_nudge", headers=admin).text
+    run_id = re.search(r'href="/ops/workflows/([0-9a-f-]{36})"', listing).group(1)  # type: ignore[union-attr]
+    run = client.get(f"/ops/workflows/{run_id}", headers=admin).text
+    assert "Waiting until" in run and "notification.read" in run and "Cancel this run" in run
+    assert "No runs match" in client.get("/ops/workflows?state=completed", headers=admin).text
+    token = str(client.cookies.get("chimeway_csrf"))
+    done = client.post(f"/ops/workflows/{run_id}/cancel", headers=admin, data={"csrf": token},
+                       follow_redirects=False)
+    assert done.status_code == 303 and "n=1" in done.headers["location"]
+    assert app.explain_run(run_id).state == "cancelled"
+    assert "Cancel this run" not in client.get(f"/ops/workflows/{run_id}", headers=admin).text
+    app.close()
