@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -40,13 +40,16 @@ from chimeway.db import locked, update_returning
 from chimeway.errors import InvalidTransitionError
 from chimeway.ids import new_id
 from chimeway.models import decisions_table, deliveries_table, notifications_table
+from chimeway.values import Recipient
 
 __all__ = [
     "CLAIMABLE",
     "FINAL",
+    "INITIAL",
     "RESENDABLE",
     "TRANSITIONS",
     "ClaimedRow",
+    "PlannedDelivery",
     "Released",
     "SendDecision",
     "Status",
@@ -55,6 +58,7 @@ __all__ = [
     "check_transition",
     "claim",
     "extend_leases",
+    "new_rows",
     "record",
     "release_expired",
     "resend",
@@ -132,7 +136,7 @@ class SendDecision:
     detail: Mapping[str, Any] | None = None
 
 
-def _decision_row(delivery_id: uuid.UUID, at: datetime, event: str, checkpoint: str,
+def _decision_row(delivery_id: uuid.UUID, at: datetime, event: str, checkpoint: str | None,
                   detail: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": new_id(), "delivery_id": delivery_id, "at": at, "event": event,
             "checkpoint": checkpoint, "detail": dict(detail)}
@@ -261,6 +265,69 @@ def resend(conn: Connection, delivery_id: uuid.UUID, *, now: datetime, detail: M
     conn.execute(sa.insert(decisions_table).values(
         **_decision_row(delivery_id, now, "resent", "operator", {"from_status": before, **dict(detail)})))
     return str(before)
+
+
+# --- new deliveries ----------------------------------------------------------------------------
+
+
+INITIAL: frozenset[str] = frozenset({Status.PENDING, Status.DEFERRED, Status.SUPPRESSED, Status.CANCELLED})
+"""Statuses a delivery may be planned in."""
+
+
+@dataclass(kw_only=True)
+class PlannedDelivery:
+    """A delivery planned but not written yet: checkpoints may still stop it.
+
+    Args:
+        id: the delivery id.
+        notification_id: its notification.
+        recipient: who receives it.
+        channel: the channel name.
+        fields: the rendered message.
+        status: ``pending``, or ``deferred``/``suppressed``/``cancelled`` once a checkpoint decided.
+        reason: why, when not ``pending``.
+        step: the workflow step that planned it.
+        not_before: when a deferred delivery is due.
+        decisions: decision rows to write with it (``event``, ``checkpoint``, ``detail``).
+    """
+
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    recipient: Recipient
+    channel: str
+    fields: dict[str, Any]
+    status: str = Status.PENDING
+    reason: str | None = None
+    step: int | None = None
+    not_before: datetime | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def new_rows(planned: Iterable[tuple[PlannedDelivery, uuid.UUID, str]], now: datetime
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The delivery rows and decision rows of planned deliveries.
+
+    Args:
+        planned: each delivery with its event id and (stored) tenant.
+        now: the planning time (``created_at``).
+
+    Returns:
+        delivery rows, decision rows.
+    """
+    deliveries: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
+    for d, event_id, tenant in planned:
+        if d.status not in INITIAL:
+            raise InvalidTransitionError(f"a delivery cannot be planned as {d.status!r}")
+        deliveries.append({
+            "id": d.id, "notification_id": d.notification_id, "event_id": event_id, "tenant": tenant,
+            "recipient_id": d.recipient.id, "channel": d.channel, "step": d.step, "status": d.status,
+            "reason": d.reason, "message": d.fields, "attempts": 0, "not_before": d.not_before,
+            "created_at": now, "updated_at": now, "completed_at": now if d.status in FINAL else None,
+        })
+        decisions += [_decision_row(d.id, now, item["event"], item.get("checkpoint"), item.get("detail", {}))
+                      for item in d.decisions]
+    return deliveries, decisions
 
 
 # --- leases ----------------------------------------------------------------------------------

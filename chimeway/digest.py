@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.db import insert, locked
-from chimeway.deliveries import SendDecision, apply_decision
+from chimeway.deliveries import PlannedDelivery, SendDecision, apply_decision
 from chimeway.errors import InvalidNotifierError
 from chimeway.ids import new_id
 from chimeway.jsonvalues import key_hash, shown_key
@@ -41,7 +41,7 @@ from chimeway.models import (
     notifications_table,
 )
 from chimeway.notifier import Notifier, get_notifier
-from chimeway.planning import Plan, PlannedDelivery, render_message
+from chimeway.planning import Plan, render_message
 from chimeway.templates import render_fields
 from chimeway.values import Recipient
 

@@ -20,11 +20,14 @@ from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
 from chimeway.db import insert, tenant_key
+from chimeway.deliveries import PlannedDelivery, new_rows
 from chimeway.errors import (
     IdempotencyKeyError,
     InvalidInputError,
     InvalidNotifierError,
     InvalidRecipientError,
+    InvalidWorkflowError,
+    TemplateRenderError,
     UnknownChannelError,
 )
 from chimeway.ids import new_id
@@ -41,6 +44,13 @@ from chimeway.models import (
 from chimeway.notifier import Notifier
 from chimeway.templates import render_fields
 from chimeway.values import Recipient
+from chimeway.workflow.steps import (
+    DeliverOp,
+    Program,
+    overrides_build,
+    program_for,
+    validate_workflow,
+)
 
 __all__ = [
     "Plan",
@@ -97,20 +107,6 @@ class TriggerRequest:
 
 
 @dataclass(kw_only=True)
-class PlannedDelivery:
-    id: uuid.UUID
-    notification_id: uuid.UUID
-    recipient: Recipient
-    channel: str
-    fields: dict[str, Any]
-    status: str = "pending"
-    reason: str | None = None
-    step: int | None = None
-    not_before: datetime | None = None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(kw_only=True)
 class Plan:
     event: dict[str, Any]
     notifications: list[dict[str, Any]]
@@ -118,6 +114,11 @@ class Plan:
     notifier: Notifier
     # The caller's params as given; the event row stores them redacted.
     params: Mapping[str, Any] = field(default_factory=dict)
+    # A workflow notifier's program, checked against the configured channels.
+    program: Program | None = None
+    # Messages of the first workflow step, rendered while checking every step:
+    # (recipient id, step index) → fields, so the engine does not render them again.
+    rendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -169,8 +170,10 @@ def plan(
         raise InvalidInputError(f"params must be a dict, got {type(params).__name__}")
     check_json(params)
 
+    program = _program(notifier_cls, channels)
     notifier = notifier_cls()
     recipients = _recipients(notifier, params, recipients_override)
+    rendered: dict[tuple[str, int], dict[str, Any]] = {}
     event_id = new_id()
     event = {
         "id": event_id,
@@ -198,6 +201,10 @@ def plan(
             "category": notifier_cls.category,
             "created_at": now,
         })
+        if program is not None:
+            # The workflow decides what is sent, step by step.
+            rendered.update(_check_steps(notifier, program, params, recipient))
+            continue
         names = (select_channels or _default_channels)(notifier, params, recipient)
         for channel_name in _unique(names):
             channel = channels.get(channel_name)
@@ -224,7 +231,44 @@ def plan(
                 })
             deliveries.append(planned)
     return Plan(event=event, notifications=notifications, deliveries=deliveries, notifier=notifier,
-                params=params)
+                params=params, program=program, rendered=rendered)
+
+
+def _program(cls: type[Notifier], channels: Mapping[str, Channel]) -> Program | None:
+    """A workflow notifier's program, with every channel it can use configured."""
+    if cls.workflow is None:
+        return None
+    program = program_for(cls.key, cls.version) or validate_workflow(cls)
+    missing = sorted({op.channel for op in program.ops if isinstance(op, DeliverOp) and op.channel not in channels})
+    if missing:
+        raise InvalidWorkflowError(
+            f"notifier {cls.key!r}: the workflow delivers over {', '.join(map(repr, missing))}, "
+            f"but no channel is configured with that name (configured: {', '.join(sorted(channels))})"
+        )
+    return program
+
+
+def _check_steps(notifier: Notifier, program: Program, params: Mapping[str, Any],
+                 recipient: Recipient) -> dict[tuple[str, int], dict[str, Any]]:
+    """Render every deliver step's templates for one recipient; keep the first step's messages.
+
+    A template that cannot render (a variable missing from ``params``) fails
+    the trigger now, naming the step, rather than when the step runs. Steps
+    of a notifier with its own ``build()`` are built when they run, not here.
+    """
+    first = program.ops[0] if program.ops else None
+    builds = overrides_build(type(notifier))
+    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    for op in program.ops:
+        if not isinstance(op, DeliverOp) or (builds and op is not first):
+            continue
+        try:
+            fields = render_message(notifier, params, recipient, op.channel)
+        except TemplateRenderError as exc:
+            raise TemplateRenderError(f"workflow step {op.path} ({op.channel}): {exc}") from exc
+        if op is first and op.to_ref is None:
+            kept[(recipient.id, op.index)] = fields
+    return kept
 
 
 def render_message(
@@ -350,12 +394,13 @@ def write_plans(
                 for check in checks:
                     check(conn, the_plan)
         notifications = [n for p in fresh for n in p.notifications]
-        deliveries = [_delivery_row(p, d) for p in fresh for d in p.deliveries]
-        decisions = [
-            {"id": new_id(), "delivery_id": d.id, "at": p.event["created_at"], "event": item["event"],
-             "checkpoint": item.get("checkpoint"), "detail": item.get("detail", {})}
-            for p in fresh for d in p.deliveries for item in d.decisions
-        ]
+        deliveries: list[dict[str, Any]] = []
+        decisions: list[dict[str, Any]] = []
+        for p in fresh:
+            rows, decided = new_rows(((d, p.event_id, p.event["tenant"]) for d in p.deliveries),
+                                     p.event["created_at"])
+            deliveries += rows
+            decisions += decided
         for table, rows in ((notifications_table, notifications), (deliveries_table, deliveries),
                             (decisions_table, decisions)):
             for chunk in _chunks(rows, BATCH):
@@ -390,28 +435,6 @@ def _insert_event_statement(dialect: str) -> Any:
     return (insert(dialect, events_table)
             .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"])
             .returning(events_table.c.id))
-
-
-def _delivery_row(the_plan: Plan, d: PlannedDelivery) -> dict[str, Any]:
-    event = the_plan.event
-    now = event["created_at"]
-    return {
-        "id": d.id,
-        "notification_id": d.notification_id,
-        "event_id": event["id"],
-        "tenant": event["tenant"],
-        "recipient_id": d.recipient.id,
-        "channel": d.channel,
-        "step": d.step,
-        "status": d.status,
-        "reason": d.reason,
-        "message": d.fields,
-        "attempts": 0,
-        "not_before": d.not_before,
-        "created_at": now,
-        "updated_at": now,
-        "completed_at": now if d.status in ("cancelled", "suppressed") else None,
-    }
 
 
 def _chunks(rows: list[Any], size: int) -> list[list[Any]]:

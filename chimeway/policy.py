@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import insert, tenant_key
-from chimeway.deliveries import SendDecision
+from chimeway.deliveries import PlannedDelivery, SendDecision
 from chimeway.digest import Digest, check_carrier, collect, digest_of
 from chimeway.errors import ConfigurationError, InvalidNotifierError
 from chimeway.ids import new_id
@@ -61,7 +61,7 @@ from chimeway.models import (
     policy_locks_table,
 )
 from chimeway.notifier import Notifier, get_notifier
-from chimeway.planning import Plan, PlannedDelivery
+from chimeway.planning import Plan
 from chimeway.preferences import (
     PreferenceEntry,
     Settings,

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 from chimeway.channels.base import Channel
 from chimeway.db import insert_rows
 from chimeway.deliveries import FINAL as DELIVERY_FINAL
+from chimeway.deliveries import PlannedDelivery, new_rows
 from chimeway.dispatch.base import Due
 from chimeway.errors import ChimewayError
 from chimeway.ids import new_id
@@ -45,7 +46,7 @@ from chimeway.models import (
     workflow_transitions_table,
 )
 from chimeway.notifier import Notifier
-from chimeway.planning import PlannedDelivery, render_message
+from chimeway.planning import render_message
 from chimeway.queue import NewJob
 from chimeway.values import Recipient
 from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
@@ -142,6 +143,8 @@ class Batch:
     known_notifications: dict[tuple[uuid.UUID, str], uuid.UUID] = field(default_factory=dict)
     # Rows the planner inserts itself after the checks (looked up, not written).
     planned_notifications: list[dict[str, Any]] = field(default_factory=list)
+    # Messages the planner already rendered: (recipient id, step) → fields.
+    rendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def due(self) -> list[Due]:
@@ -184,24 +187,11 @@ class Batch:
         conn = self.conn
         insert_rows(conn, notifications_table, self.notifications)
         if not skip_deliveries:
-            insert_rows(conn, deliveries_table, [self._delivery_row(d) for d in self.deliveries])
-            insert_rows(conn, decisions_table, [
-                {"id": new_id(), "delivery_id": d.id, "at": self.now, "event": item["event"],
-                 "checkpoint": item.get("checkpoint"), "detail": item.get("detail", {})}
-                for d in self.deliveries for item in d.decisions
-            ])
+            rows, decisions = new_rows(((d, *self.delivery_events[d.id]) for d in self.deliveries), self.now)
+            insert_rows(conn, deliveries_table, rows)
+            insert_rows(conn, decisions_table, decisions)
         insert_rows(conn, workflow_deliveries_table, self.links)
         insert_rows(conn, workflow_transitions_table, self.transitions)
-
-    def _delivery_row(self, d: PlannedDelivery) -> dict[str, Any]:
-        event_id, tenant = self.delivery_events[d.id]
-        return {
-            "id": d.id, "notification_id": d.notification_id, "event_id": event_id, "tenant": tenant,
-            "recipient_id": d.recipient.id, "channel": d.channel, "step": d.step, "status": d.status,
-            "reason": d.reason, "message": d.fields, "attempts": 0, "not_before": d.not_before,
-            "created_at": self.now, "updated_at": self.now,
-            "completed_at": self.now if d.status in ("cancelled", "suppressed") else None,
-        }
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,
@@ -375,7 +365,9 @@ def _deliver(batch: Batch, run: RunState, op: DeliverOp) -> tuple[dict[str, dict
             planned.status, planned.reason = "cancelled", f"notifier_unavailable: {run.notifier_key}"
         else:
             try:
-                planned.fields = render_message(notifier, params, recipient, op.channel)
+                known = batch.rendered.pop((recipient.id, op.index), None)
+                planned.fields = known if known is not None else render_message(notifier, params, recipient,
+                                                                                  op.channel)
                 problem = channel.validate(planned.fields, recipient) if channel is not None else None
             except ChimewayError as exc:
                 problem = f"render_failed: {exc}"

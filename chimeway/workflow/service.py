@@ -70,7 +70,6 @@ from chimeway.workflow.steps import (
     Program,
     program_for,
     program_from_spec,
-    validate_workflow,
 )
 
 __all__ = ["Workflows"]
@@ -127,11 +126,10 @@ class Workflows:
             plan: the plan being written.
         """
         cls = type(plan.notifier)
-        if cls.workflow is None:
+        program = plan.program
+        if program is None:
             return
         try:
-            program = program_for(cls.key, cls.version) or validate_workflow(cls)
-            self._check_channels(cls, program)
             self._ensure_definition(conn, cls, program)
         except InvalidWorkflowError:
             # The event row is already in the caller's transaction: take it
@@ -144,7 +142,7 @@ class Workflows:
         params = plan.params
         batch = Batch(conn=conn, now=now, channels=self.channels, notifier=lambda _key: plan.notifier,
                       params=lambda _eid: params, check_signals=False,
-                      planned_notifications=plan.notifications)
+                      planned_notifications=plan.notifications, rendered=dict(plan.rendered))
         new_runs = []
         for notification in plan.notifications:
             run = RunState(
@@ -175,15 +173,6 @@ class Workflows:
         batch.write(skip_deliveries=True)
         if batch.jobs:
             self.queue.insert_many(conn, batch.jobs)
-
-    def _check_channels(self, cls: type[Notifier], program: Program) -> None:
-        missing = sorted({op.channel for op in program.ops
-                          if isinstance(op, DeliverOp) and op.channel not in self.channels})
-        if missing:
-            raise InvalidWorkflowError(
-                f"notifier {cls.key!r}: the workflow delivers over {', '.join(map(repr, missing))}, "
-                f"but no channel is configured with that name (configured: {', '.join(sorted(self.channels))})"
-            )
 
     def _ensure_definition(self, conn: Connection, cls: type[Notifier], program: Program) -> None:
         key = (cls.key, cls.version, program.fingerprint)

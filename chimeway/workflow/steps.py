@@ -432,8 +432,7 @@ def validate_workflow(cls: Any) -> Program:
         program = compile_workflow(list(steps) if isinstance(steps, tuple) else steps)
     except InvalidWorkflowError as exc:
         raise InvalidWorkflowError(f"{where}: {exc}") from None
-    builds = "build" in {name for klass in cls.__mro__[:-1] for name in vars(klass)
-                         if klass.__name__ != "Notifier"}
+    builds = overrides_build(cls)
     for op in program.ops:
         if isinstance(op, DeliverOp) and not builds and op.channel not in cls.templates:
             raise InvalidWorkflowError(
@@ -450,6 +449,15 @@ def validate_workflow(cls: Any) -> Program:
             )
         _PROGRAMS[key] = program
     return program
+
+
+def overrides_build(cls: Any) -> bool:
+    """Whether a notifier class defines its own ``build()`` (instead of templates only).
+
+    Args:
+        cls: the ``Notifier`` subclass.
+    """
+    return "build" in {name for klass in cls.__mro__[:-1] for name in vars(klass) if klass.__name__ != "Notifier"}
 
 
 def program_for(key: str, version: int) -> Program | None:

@@ -353,3 +353,50 @@ def test_the_built_in_cron_schedule_runs_the_sweep(make_app: Callable[..., Harne
     h.app.work()
     assert h.app.explain_run(notification_id=nid).step == 3
     assert len(h.email.sent) == 1
+
+
+def test_a_later_steps_missing_template_variable_fails_the_trigger_naming_the_step(
+        sqlite_engine: sa.Engine) -> None:
+    from chimeway import Chimeway
+    from chimeway.errors import TemplateRenderError
+
+    class Reminder(Notifier):
+        key = "wf_missing_later_var"
+        templates = {"in_app": {"body": "hi {{ who }}"}, "email": {"body": "still waiting, {{ manager }}"}}
+        workflow = [deliver("in_app"), wait(minutes=10), deliver("email")]
+
+        def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+            return [Recipient(id="user:1")]
+
+    app = Chimeway(engine=sqlite_engine, channels={"email": RecordingChannel()})
+    with Session(app.engine) as session, session.begin():
+        with pytest.raises(TemplateRenderError, match=r"workflow step 2 \(email\).*manager"):
+            app.trigger(session, Reminder, {"who": "ann"}, idempotency_key="later")
+        # Nothing was written: the caller's transaction goes on and commits its own work.
+        session.execute(sa.text("SELECT 1"))
+    with app.engine.connect() as conn:
+        for table in (events_table, deliveries_table, workflow_runs_table):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+
+
+def test_the_first_step_is_rendered_once(sqlite_engine: sa.Engine) -> None:
+    from chimeway import Chimeway
+
+    built: list[str] = []
+
+    class Built(Notifier):
+        key = "wf_built_once"
+        workflow = [deliver("in_app"), wait(minutes=10), deliver("email")]
+
+        def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+            return [Recipient(id="user:1"), Recipient(id="user:2")]
+
+        def build(self, params: Mapping[str, Any], recipient: Recipient, channel: str) -> dict[str, Any]:
+            built.append(f"{recipient.id}/{channel}")
+            return {"body": f"hello {recipient.id}"}
+
+    app = Chimeway(engine=sqlite_engine, channels={"email": RecordingChannel()})
+    with Session(app.engine) as session, session.begin():
+        result = app.trigger(session, Built, {}, idempotency_key="once")
+    assert sorted(built) == ["user:1/in_app", "user:2/in_app"]
+    assert len(result.delivery_ids) == 2
