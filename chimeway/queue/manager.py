@@ -27,6 +27,7 @@ from chimeway.queue import sql
 from chimeway.queue.args import UniqueSpec, check_args, unique_key
 from chimeway.queue.backoff import default_backoff
 from chimeway.queue.browse import Browsing
+from chimeway.queue.draining import DRAIN_BATCH, Draining
 from chimeway.queue.ops import JOB_STATES, Operations, QueueCounts
 from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
@@ -38,12 +39,11 @@ __all__ = ["BUILTIN_QUEUES", "JOB_STATES", "JobQueue", "QueueCounts"]
 log = logging.getLogger("chimeway.queue")
 
 BUILTIN_QUEUES = ("chimeway_delivery", "chimeway_signals", "chimeway_workflows", "default")
-DRAIN_BATCH = 10
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class JobQueue(Operations, Browsing):
+class JobQueue(Operations, Browsing, Draining):
     """A durable job queue in Chimeway's tables (Oban's model).
 
     Args:
@@ -57,6 +57,9 @@ class JobQueue(Operations, Browsing):
             ``15 + 2**n`` with 10% jitter.
         stale_after: a worker whose heartbeat is older than this is dead and
             its executing jobs are rescued.
+        inline: run your own jobs right after the transaction that enqueued
+            them commits, in the committing thread (a testing mode; see
+            ``chimeway.testing.inline_jobs``).
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class JobQueue(Operations, Browsing):
         *,
         backoff: Callable[[int], float] = default_backoff,
         stale_after: timedelta = timedelta(seconds=60),
+        inline: bool = False,
     ) -> None:
         self.engine = engine
+        self.inline = inline
         self.clock: Clock = clock or SystemClock()
         self.node = node or socket.gethostname()
         self.notify = notify and is_postgres(engine)
@@ -209,7 +214,10 @@ class JobQueue(Operations, Browsing):
         conn = connection_of(session)
         job_id = conn.execute(sql.insert_jobs(conn), row).scalar()
         self._announce(conn, {row["queue"]})
-        return None if job_id is None else int(job_id)
+        if job_id is None:
+            return None
+        self._inline_after(session, [int(job_id)], [row["worker"]])
+        return int(job_id)
 
     def insert_many(
         self, session: Session | Connection, jobs: Iterable[NewJob | Mapping[str, Any]]
@@ -232,6 +240,7 @@ class JobQueue(Operations, Browsing):
         conn = connection_of(session)
         ids = sql.bulk_insert(conn, rows)
         self._announce(conn, {r["queue"] for r in rows})
+        self._inline_after(session, ids, {r["worker"] for r in rows})
         return ids
 
     def _row(self, job: NewJob, now: datetime) -> dict[str, Any]:

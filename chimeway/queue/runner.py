@@ -1,6 +1,12 @@
 """Running one claimed job and turning what happened into the row's next state.
 
 This module decides outcomes only; it never touches the database.
+
+A job function may *return* an exception instead of raising it (Oban's
+``{:error, reason}``, ``{:cancel, reason}`` and ``{:snooze, seconds}``):
+``return Cancel("gone")`` cancels, ``return Snooze(60)`` snoozes,
+``return Retry(...)`` or any other returned ``Exception`` fails the attempt,
+exactly as raising it would.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ class Result:
     values: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
     error: str | None = None
+    # What the function returned, or the exception that ended it (for tests
+    # that run one job by hand; the queue itself records only the above).
+    value: Any = None
+    exception: BaseException | None = None
 
 
 def _entry(info: JobInfo, now: datetime, error: str, exc: BaseException | None) -> dict[str, Any]:
@@ -72,25 +82,27 @@ def run_job(
         kwargs["job"] = info
     started = time.perf_counter()
     try:
-        handle.fn(**kwargs)
+        value = handle.fn(**kwargs)
+        if isinstance(value, Exception):
+            raise value
     except Cancel as exc:
         at = now()
         errors = [*job.errors, _entry(info, at, f"cancelled: {exc.reason}", None)]
         return Result("cancelled", {"cancelled_at": at, "errors": errors},
-                      time.perf_counter() - started, exc.reason)
+                      time.perf_counter() - started, exc.reason, exception=exc)
     except Snooze as exc:
         at = now()
         meta = {**job.meta, "snoozed": int(job.meta.get("snoozed", 0)) + 1}
         values = {"scheduled_at": at + timedelta(seconds=exc.seconds),
                   "attempt": info.attempt - 1, "meta": meta}
-        return Result("scheduled", values, time.perf_counter() - started, str(exc))
+        return Result("scheduled", values, time.perf_counter() - started, str(exc), exception=exc)
     except Retry as exc:
         duration = time.perf_counter() - started
         return _fail(job, now(), f"Retry: {exc.reason}", exc, backoff, duration, after=exc.after)
     except Exception as exc:
         duration = time.perf_counter() - started
         return _fail(job, now(), f"{type(exc).__name__}: {exc}", exc, backoff, duration)
-    return Result("completed", {}, time.perf_counter() - started)
+    return Result("completed", {}, time.perf_counter() - started, value=value)
 
 
 def _fail(
@@ -107,10 +119,10 @@ def _fail(
     info = job.info
     errors = [*job.errors, _entry(info, at, error, exc)]
     if discard or info.attempt >= info.max_attempts:
-        return Result("discarded", {"discarded_at": at, "errors": errors}, duration, error)
+        return Result("discarded", {"discarded_at": at, "errors": errors}, duration, error, exception=exc)
     delay = max(backoff(info.attempt), after or 0.0)
     return Result("retryable", {"scheduled_at": at + timedelta(seconds=delay), "errors": errors},
-                  duration, error)
+                  duration, error, exception=exc)
 
 
 def crashed(job: Claimed, at: datetime, exc: BaseException, backoff: Callable[[int], float]) -> Result:

@@ -263,3 +263,36 @@ CANCEL_ONE = (
     .where(c.id == sa.bindparam("job_id"), c.state.in_(ACTIVE_JOB_STATES))
     .values(state="cancelled", cancelled_at=sa.bindparam("now", type_=c.cancelled_at.type))
 )
+
+# Claiming given jobs (a test's inline mode runs the jobs its commit made):
+# the same transition as CLAIM, for the ones that are still due.
+CLAIM_IDS = (
+    sa.update(jobs)
+    .where(
+        c.id.in_(sa.bindparam("ids", expanding=True)),
+        c.state.in_(DUE_STATES),
+        c.scheduled_at <= sa.bindparam("now", type_=c.scheduled_at.type),
+    )
+    .values(
+        state="executing",
+        attempt=c.attempt + 1,
+        attempted_at=sa.bindparam("now", type_=c.attempted_at.type),
+        attempted_by=sa.bindparam("by"),
+    )
+    .returning(*claim_columns)
+)
+
+# Draining with scheduled jobs: make waiting jobs due now (those of the given
+# queues due by ``until``), except the ones this drain has already run.
+STAGE = (
+    sa.update(jobs)
+    .where(
+        c.queue.in_(sa.bindparam("queues", expanding=True)),
+        c.state.in_(("scheduled", "retryable")),
+        c.scheduled_at <= sa.bindparam("until", type_=c.scheduled_at.type),
+        c.id.not_in(sa.bindparam("ran", expanding=True)),
+    )
+    .values(state="available", scheduled_at=sa.bindparam("now", type_=c.scheduled_at.type))
+)
+
+ENQUEUED_STATES = ("available", "scheduled")

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from chimeway.errors import InvalidInputError, ParamsNotJSONError, UnknownQueueError
 from chimeway.queue import JobQueue, NewJob
+from chimeway.testing import assert_enqueued, refute_enqueued
 
 
 def noop(**_: Any) -> None:
@@ -25,9 +26,8 @@ def test_enqueue_in_a_session_commits_with_it(q: JobQueue, sqlite_engine: sa.Eng
     with Session(sqlite_engine) as session, session.begin():
         job_id = h.enqueue(session, user_id=1)
     assert job_id is not None
-    row = q.get(job_id)
-    assert (row.state, row.queue, row.worker, row.args) == ("available", "default", "noop",
-                                                          {"user_id": 1})
+    job = assert_enqueued(q, worker=h, args={"user_id": 1}, queue="default", scheduled_in=0)
+    assert (job.id, job.state, job.args) == (job_id, "available", {"user_id": 1})
 
 
 def test_rollback_leaves_no_job(q: JobQueue, sqlite_engine: sa.Engine) -> None:
@@ -37,6 +37,7 @@ def test_rollback_leaves_no_job(q: JobQueue, sqlite_engine: sa.Engine) -> None:
         h.enqueue(session, user_id=1)
         session.rollback()
     assert job_count(sqlite_engine) == 0
+    refute_enqueued(q, worker=h)
     assert q.work() == 0
 
 

@@ -19,7 +19,7 @@ from chimeway.errors import (
 )
 from chimeway.models import CronTick, Job
 from chimeway.queue import JobInfo
-from chimeway.testing import FakeClock
+from chimeway.testing import FakeClock, all_enqueued, assert_enqueued, drain
 
 
 def at(*args: int) -> datetime:
@@ -76,7 +76,7 @@ def test_two_apps_on_one_database_fire_each_tick_once(sqlite_url: str, clock: Fa
             now = at(2026, 1, 5, 9, minute)
             fired += a.run_scheduler(now) + b.run_scheduler(now)
         assert sorted(t.at for t in fired) == [at(2026, 1, 5, 9, m) for m in range(10)]
-        assert len(jobs_of(a, "test.tick")) == 10
+        assert len(all_enqueued(a, worker="test.tick")) == 10
 
 
 def test_missed_ticks_default_to_the_latest_only(app: Chimeway, clock: FakeClock) -> None:
@@ -93,7 +93,7 @@ def test_missed_ticks_within_the_window_are_caught_up(app: Chimeway, clock: Fake
     clock.advance(hours=3, minutes=2)
     fired = [t.at for t in app.run_scheduler()]
     assert fired == [at(2026, 1, 5, 11, 35) + timedelta(minutes=5 * i) for i in range(6)]
-    assert len(jobs_of(app, "test.job")) == 7
+    assert len(all_enqueued(app, worker="test.job")) == 7
 
 
 def test_a_new_schedule_does_not_fire_a_stale_tick(app: Chimeway, clock: FakeClock) -> None:
@@ -139,7 +139,8 @@ def test_plain_function_target(app: Chimeway, clock: FakeClock) -> None:
     assert schedule.worker == f"{cleanup.__module__}.{cleanup.__qualname__}"
     clock.set(at(2026, 1, 6, 0, 0))
     app.run_scheduler()
-    app.work()
+    assert_enqueued(app, worker=cleanup, args={"days": 30, "tick": "2026-01-06T00:00:00+00:00"}, queue="default")
+    assert drain(app, "default").completed == 1
     assert calls == [(30, "2026-01-06T00:00:00+00:00")]
 
 
