@@ -37,8 +37,7 @@ from chimeway.inbox import Inbox
 from chimeway.migrations import upgrade
 from chimeway.notifier import Notifier
 from chimeway.planning import (
-    PlanningCheck,
-    PlanningPrepare,
+    Checkpoint,
     TriggerRequest,
     TriggerResult,
     plan,
@@ -139,21 +138,26 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
                 )
         configured.setdefault("in_app", InApp())
         self.channels: dict[str, Channel] = configured
-        self.executor = Executor(
-            engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts,
-            lease_ttl=lease_ttl, max_retry_after=max_retry_after,
-        )
-        # Policy and other layers append here; both run on every path.
-        self.planning_checks: list[PlanningCheck] = []
-        self.planning_prepares: list[PlanningPrepare] = []
-
         self.policy = Policy(clock=self.clock, channels=self.channels)
-        self.planning_checks.append(telemetry.traced("chimeway.policy", self.policy.planning_check))
-        self.planning_prepares.append(self.policy.prepare)
-        self.executor.before_send.append(self.policy.before_send_batch)
         # The job queue exists with either dispatcher: user jobs, cron and
         # workflow timers run on it even when deliveries are sync.
         self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)
+        self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
+                                   queue=self.queue, dispatcher=lambda: self.dispatcher)
+        # The pipeline, declared once in the order it runs. At planning, in the
+        # caller's transaction: the policy rules over the planned deliveries,
+        # then the runs of workflow notifiers (whose first step is planned
+        # there). Before each send, in the claim transaction: the same rules.
+        # When a delivery is final: the workflow it belongs to advances.
+        self.planning: tuple[Checkpoint, ...] = (
+            telemetry.traced("chimeway.policy", self.policy.at_planning),
+            telemetry.traced("chimeway.workflow", self.workflows.start_runs),
+        )
+        self.executor = Executor(
+            engine=self.engine, channels=self.channels, clock=self.clock, max_attempts=max_attempts,
+            lease_ttl=lease_ttl, max_retry_after=max_retry_after,
+            before_send=(self.policy.before_send,), on_final=self.workflows.on_final,
+        )
         self.delivery_jobs = DeliveryJobs(self.executor, self.queue, max_attempts=max_attempts)
         self.dispatcher: Dispatcher = self._make_dispatcher(dispatcher)
         # Every worker re-drives what crashes left behind: sends whose lease
@@ -162,12 +166,6 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         self.rescue = DeliveryRescue(self.delivery_jobs, include_open=self.dispatcher.name == "sync",
                                      pending_after=lease_ttl)
         add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
-        # Workflows last: their planning check must see the plan other checks left.
-
-        self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
-                                   queue=self.queue, dispatcher=lambda: self.dispatcher)
-        self.planning_checks.append(telemetry.traced("chimeway.workflow", self.workflows.planning_check))
-        self.executor.on_final = self._chain_final(self.executor.on_final, self.workflows.on_final)
 
         self.scheduler = Scheduler(self.queue, self.clock)
         self.scheduled_notifiers = ScheduledNotifiers(self.scheduler, self.trigger)
@@ -277,7 +275,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         conn = connection_of(session)
         self._encrypt_through(conn)
         with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
-            results = write_plans(conn, plans, self.planning_checks, self.planning_prepares)
+            results = write_plans(conn, plans, self.planning)
         due = [
             Due(d.id, d.not_before)
             for the_plan, result in zip(plans, results, strict=True) if not result.duplicate

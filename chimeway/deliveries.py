@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.db import locked, update_returning
+from chimeway.decisions import Decision
 from chimeway.errors import InvalidTransitionError
 from chimeway.ids import new_id
 from chimeway.models import decisions_table, deliveries_table, notifications_table
@@ -51,16 +52,17 @@ __all__ = [
     "ClaimedRow",
     "PlannedDelivery",
     "Released",
-    "SendDecision",
     "Status",
     "apply_decision",
     "cancel",
     "check_transition",
     "claim",
+    "decide",
     "extend_leases",
     "new_rows",
     "record",
     "release_expired",
+    "replace_message",
     "resend",
 ]
 
@@ -116,26 +118,6 @@ def check_transition(from_statuses: Iterable[str], to: str) -> tuple[str, ...]:
     return sources
 
 
-@dataclass(frozen=True, kw_only=True)
-class SendDecision:
-    """A checkpoint's verdict that stops a delivery from being sent (now or at all).
-
-    Args:
-        status: ``suppressed`` (final), ``deferred`` (due again at ``until``)
-            or ``cancelled`` (final).
-        reason: the stored reason, e.g. ``cap_reached`` or ``quiet_hours``.
-        until: when a deferred delivery is due again.
-        rule: the rule that decided (shown by ``explain``).
-        detail: the rule's inputs (JSON values).
-    """
-
-    status: str
-    reason: str
-    until: datetime | None = None
-    rule: str | None = None
-    detail: Mapping[str, Any] | None = None
-
-
 def _decision_row(delivery_id: uuid.UUID, at: datetime, event: str, checkpoint: str | None,
                   detail: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": new_id(), "delivery_id": delivery_id, "at": at, "event": event,
@@ -145,14 +127,14 @@ def _decision_row(delivery_id: uuid.UUID, at: datetime, event: str, checkpoint: 
 def apply_decision(
     conn: Connection,
     delivery_id: uuid.UUID,
-    decision: SendDecision,
+    decision: Decision,
     now: datetime,
     *,
     checkpoint: str,
     from_status: str | None = None,
     undo_attempt: bool = False,
 ) -> bool:
-    """Record a checkpoint's decision on a delivery: its status, reason and a decision row.
+    """Record a decision on a written delivery: its status, reason and a decision row.
 
     Args:
         conn: inside the transaction that decided.
@@ -184,14 +166,53 @@ def apply_decision(
     ).rowcount
     if not changed:
         return False
-    detail: dict[str, Any] = {"reason": decision.reason, **dict(decision.detail or {})}
-    if decision.rule:
-        detail["rule"] = decision.rule
-    if decision.until is not None:
-        detail["until"] = decision.until.isoformat()
     conn.execute(sa.insert(decisions_table).values(
-        **_decision_row(delivery_id, now, decision.status, checkpoint, detail)))
+        **_decision_row(delivery_id, now, decision.event, checkpoint, decision.detail())))
     return True
+
+
+def replace_message(conn: Connection, delivery_id: uuid.UUID, fields: Mapping[str, Any], *, now: datetime,
+                    checkpoint: str, decision: Decision,
+                    from_statuses: Iterable[str] = (Status.DEFERRED, Status.DISPATCHED)) -> bool:
+    """Replace a delivery's rendered message (a digest rendered into its carrier), with its decision row.
+
+    The status stays; the reason becomes the decision's.
+
+    Args:
+        conn: inside the transaction.
+        delivery_id: the delivery.
+        fields: the new message.
+        now: the clock's time.
+        checkpoint: who rendered it.
+        decision: why (a decision that lets the delivery through).
+        from_statuses: only while the delivery is in one of these.
+    """
+    d = deliveries_table
+    changed = conn.execute(
+        sa.update(d).where(d.c.id == delivery_id, d.c.status.in_(list(from_statuses)))
+        .values(message=dict(fields), reason=decision.reason, updated_at=now)
+    ).rowcount
+    conn.execute(sa.insert(decisions_table).values(
+        **_decision_row(delivery_id, now, decision.event, checkpoint, decision.detail())))
+    return bool(changed)
+
+
+def decide(planned: PlannedDelivery, decision: Decision, *, checkpoint: str) -> None:
+    """Record a decision on a delivery not written yet (its row and decision rows go in together).
+
+    Args:
+        planned: the planned delivery.
+        decision: what was decided; one that lets it through (``pending``) only adds the explanation.
+        checkpoint: ``planning``, ``workflow``, ...
+    """
+    if decision.stops:
+        if decision.status not in INITIAL:
+            raise InvalidTransitionError(f"a delivery cannot be planned as {decision.status!r}")
+        planned.status = decision.status
+        planned.reason = decision.reason
+    if decision.until is not None:
+        planned.not_before = decision.until
+    planned.decisions.append({"event": decision.event, "checkpoint": checkpoint, "detail": decision.detail()})
 
 
 def cancel(
@@ -296,7 +317,7 @@ class PlannedDelivery:
     recipient: Recipient
     channel: str
     fields: dict[str, Any]
-    status: str = Status.PENDING
+    status: str = Status.PENDING.value
     reason: str | None = None
     step: int | None = None
     not_before: datetime | None = None

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.db import insert, locked
-from chimeway.deliveries import PlannedDelivery, SendDecision, apply_decision
+from chimeway.decisions import Decision
+from chimeway.deliveries import PlannedDelivery, apply_decision, replace_message
 from chimeway.errors import InvalidNotifierError
 from chimeway.ids import new_id
 from chimeway.jsonvalues import key_hash, shown_key
 from chimeway.models import (
-    decisions_table,
     deliveries_table,
     digest_items_table,
     digests_table,
@@ -46,6 +46,8 @@ from chimeway.templates import render_fields
 from chimeway.values import Recipient
 
 __all__ = ["Decorate", "Digest", "check_carrier", "collect", "digest_of", "flush_due"]
+
+RULE = "digest"
 
 # Adds channel-specific fields (the unsubscribe link) to a freshly rendered digest.
 Decorate = Callable[[dict[str, Any], Recipient, str, type[Notifier], str], dict[str, Any]]
@@ -116,15 +118,6 @@ def digest_of(notifier: type[Notifier]) -> Digest | None:
     return value
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Outcome:
-    status: str
-    reason: str
-    summary: str
-    until: datetime | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-
 def collect(
     conn: Connection,
     *,
@@ -134,11 +127,11 @@ def collect(
     now: datetime,
     write: bool,
     decorate: Decorate,
-) -> None:
+) -> list[Decision]:
     """Put one planned delivery into its batch (or, read-only, say what would happen).
 
-    Sets the delivery's status, reason, ``not_before`` and decisions; an
-    early flush also replaces its fields with the rendered digest.
+    Returns the decisions about the delivery, in order; an early flush also
+    replaces its fields with the rendered digest.
 
     Args:
         conn: the caller's connection, inside its transaction.
@@ -180,71 +173,53 @@ def collect(
         # RETURNING, not rowcount: psycopg reports -1 for this statement.
         if conn.execute(stmt).first() is not None:
             _add_item(conn, digest_id, plan, delivery, params, now)
-            _set(delivery, _opened(shown, flush_at, digest_id))
-            return
+            return [_opened(shown, flush_at, digest_id)]
         # Another transaction opened the batch first; join it.
         row = conn.execute(query.with_for_update()).first()
     if row is None:
-        _set(delivery, _opened(shown, now + digest.window, None))
-        return
+        return [_opened(shown, now + digest.window, None)]
     count = row.item_count + 1
     if write:
         _add_item(conn, row.id, plan, delivery, params, now)
         conn.execute(sa.update(d).where(d.c.id == row.id).values(item_count=count))
     if count < digest.max_items:
-        _set(delivery, _Outcome(
-            status="suppressed", reason="digested",
+        return [Decision(
+            status="suppressed", reason="digested", rule=RULE,
             summary=f"suppressed: collected into the digest sent at {row.flush_at.isoformat()} ({count} events so far)",
-            detail={"digest_id": str(row.id), "carrier_delivery_id": str(row.delivery_id),
+            inputs={"digest_id": str(row.id), "carrier_delivery_id": str(row.delivery_id),
                     "digest_key": shown, "items": count, "flush_at": row.flush_at.isoformat()},
-        ))
-        return
+        )]
     # The batch is full: this event's delivery carries the digest now.
     if not write:
-        _set(delivery, _Outcome(status="pending", reason="digest_full", summary=(
-            f"sent now: digest reached max_items={digest.max_items}"), detail={"digest_id": str(row.id)}))
-        return
+        return [Decision(status="pending", reason="digest_full", rule=RULE,
+                         summary=f"sent now: digest reached max_items={digest.max_items}",
+                         inputs={"digest_id": str(row.id)})]
     rendered = _render(conn, row.id, row.channel, cls, _recipient_of(conn, delivery.notification_id, plan),
                        tenant, decorate)
     conn.execute(sa.update(d).where(d.c.id == row.id).values(
         status="flushed", flushed_at=now, delivery_id=delivery.id))
-    apply_decision(conn, row.delivery_id, SendDecision(
-        status="suppressed", reason="digested", rule="digest",
-        detail={"summary": f"suppressed: the digest filled up and was sent by delivery {delivery.id}",
-                "digest_id": str(row.id), "carrier_delivery_id": str(delivery.id)},
+    apply_decision(conn, row.delivery_id, Decision(
+        status="suppressed", reason="digested", rule=RULE,
+        summary=f"suppressed: the digest filled up and was sent by delivery {delivery.id}",
+        inputs={"digest_id": str(row.id), "carrier_delivery_id": str(delivery.id)},
     ), now, checkpoint="planning", from_status="deferred")
     if rendered is None:
-        _set(delivery, _Outcome(status="suppressed", reason="digest_all_read", summary=(
-            "suppressed: every event in the digest was already read in the inbox"),
-            detail={"digest_id": str(row.id)}))
-        return
+        return [Decision(status="suppressed", reason="digest_all_read", rule=RULE,
+                         summary="suppressed: every event in the digest was already read in the inbox",
+                         inputs={"digest_id": str(row.id)})]
     fields, included, excluded = rendered
     delivery.fields = fields
-    delivery.decisions.append({"event": "digest_flushed", "checkpoint": "planning", "detail": {
-        "rule": "digest", "reason": "max_items", "digest_id": str(row.id), "count": included,
-        "left_out_read": excluded,
-        "summary": f"digest of {included} events sent early: max_items={digest.max_items} reached"}})
+    return [Decision(status="pending", reason="max_items", rule=RULE, event_name="digest_flushed",
+                     summary=f"digest of {included} events sent early: max_items={digest.max_items} reached",
+                     inputs={"digest_id": str(row.id), "count": included, "left_out_read": excluded})]
 
 
-def _opened(key: str | None, flush_at: datetime, digest_id: uuid.UUID | None) -> _Outcome:
-    return _Outcome(
-        status="deferred", reason="digest", until=flush_at,
+def _opened(key: str | None, flush_at: datetime, digest_id: uuid.UUID | None) -> Decision:
+    return Decision(
+        status="deferred", reason="digest", rule=RULE, until=flush_at,
         summary=f"deferred: digest window open until {flush_at.isoformat()}",
-        detail={"digest_key": key, **({"digest_id": str(digest_id)} if digest_id else {})},
+        inputs={"digest_key": key, **({"digest_id": str(digest_id)} if digest_id else {})},
     )
-
-
-def _set(delivery: PlannedDelivery, outcome: _Outcome) -> None:
-    delivery.status = outcome.status
-    delivery.reason = outcome.reason if outcome.status != "pending" else None
-    if outcome.until is not None:
-        delivery.not_before = outcome.until
-    detail: dict[str, Any] = {"rule": "digest", "reason": outcome.reason, "summary": outcome.summary,
-                              **outcome.detail}
-    if outcome.until is not None:
-        detail["until"] = outcome.until.isoformat()
-    delivery.decisions.append({"event": outcome.status if outcome.status != "pending" else "allowed",
-                               "checkpoint": "planning", "detail": detail})
 
 
 def _add_item(conn: Connection, digest_id: uuid.UUID, plan: Plan, delivery: PlannedDelivery,
@@ -299,34 +274,29 @@ def _flush(conn: Connection, row: Any, now: datetime, decorate: Decorate, *, che
     try:
         cls = get_notifier(row.notifier_key)
     except InvalidNotifierError:
-        _close(conn, row.delivery_id, SendDecision(
-            status="cancelled", reason="digest_unknown_notifier", rule="digest",
-            detail={"summary": f"cancelled: notifier {row.notifier_key!r} is not registered here"}),
-            now, checkpoint)
+        _close(conn, row.delivery_id, Decision(
+            status="cancelled", reason="digest_unknown_notifier", rule=RULE,
+            summary=f"cancelled: notifier {row.notifier_key!r} is not registered here"), now, checkpoint)
         return False
     recipient = _recipient_of(conn, conn.execute(
         sa.select(dd.c.notification_id).where(dd.c.id == row.delivery_id)).scalar_one())
     rendered = _render(conn, row.id, row.channel, cls, recipient, row.tenant, decorate)
     if rendered is None:
-        _close(conn, row.delivery_id, SendDecision(
-            status="suppressed", reason="digest_all_read", rule="digest",
-            detail={"summary": "suppressed: every event in the digest was already read in the inbox",
-                    "digest_id": str(row.id)}), now, checkpoint)
+        _close(conn, row.delivery_id, Decision(
+            status="suppressed", reason="digest_all_read", rule=RULE,
+            summary="suppressed: every event in the digest was already read in the inbox",
+            inputs={"digest_id": str(row.id)}), now, checkpoint)
         return False
     fields, included, excluded = rendered
-    conn.execute(sa.update(dd).where(dd.c.id == row.delivery_id, dd.c.status.in_(("deferred", "dispatched")))
-                 .values(message=fields, reason="digest_ready", updated_at=now))
-    conn.execute(sa.insert(decisions_table).values(
-        id=new_id(), delivery_id=row.delivery_id, at=now, event="digest_flushed", checkpoint=checkpoint,
-        detail={"rule": "digest", "reason": "window_ended", "digest_id": str(row.id), "count": included,
-                "left_out_read": excluded,
-                "summary": f"digest of {included} events rendered at window end"
-                           + (f" ({excluded} already read left out)" if excluded else "")},
-    ))
+    replace_message(conn, row.delivery_id, fields, now=now, checkpoint=checkpoint, decision=Decision(
+        status="pending", reason="window_ended", rule=RULE, event_name="digest_flushed",
+        summary=f"digest of {included} events rendered at window end"
+                + (f" ({excluded} already read left out)" if excluded else ""),
+        inputs={"digest_id": str(row.id), "count": included, "left_out_read": excluded}))
     return True
 
 
-def _close(conn: Connection, delivery_id: uuid.UUID, decision: SendDecision, now: datetime,
+def _close(conn: Connection, delivery_id: uuid.UUID, decision: Decision, now: datetime,
            checkpoint: str) -> None:
     # A carrier is ``deferred`` when flushed by a sweep and ``dispatched``
     # when flushed inside the claim that was about to send it.
@@ -351,7 +321,7 @@ def flush_due(conn: Connection, now: datetime, decorate: Decorate, *, limit: int
             if _flush(conn, row, now, decorate, checkpoint="digest_flush")]
 
 
-def check_carrier(conn: Connection, delivery_id: uuid.UUID, now: datetime, decorate: Decorate) -> SendDecision | None:
+def check_carrier(conn: Connection, delivery_id: uuid.UUID, now: datetime, decorate: Decorate) -> Decision | None:
     """Pre-send check for a delivery that carries a digest.
 
     An open batch whose window has not ended holds it back; one whose window
@@ -370,16 +340,15 @@ def check_carrier(conn: Connection, delivery_id: uuid.UUID, now: datetime, decor
     if row is None:
         return None
     if row.flush_at > now:
-        return SendDecision(status="deferred", reason="digest", until=row.flush_at, rule="digest",
-                            detail={"summary": f"deferred: digest window open until {row.flush_at.isoformat()}",
-                                    "digest_id": str(row.id)})
+        return Decision(status="deferred", reason="digest", until=row.flush_at, rule=RULE,
+                        summary=f"deferred: digest window open until {row.flush_at.isoformat()}",
+                        inputs={"digest_id": str(row.id)})
     if not _flush(conn, row, now, decorate, checkpoint="before_send"):
         # The carrier was suppressed or cancelled inside _flush; keep it there.
-        return SendDecision(status="suppressed", reason="digest_all_read", rule="digest",
-                            detail={"summary": "suppressed: every event in the digest was already read",
-                                    "digest_id": str(row.id)})
+        return Decision(status="suppressed", reason="digest_all_read", rule=RULE,
+                        summary="suppressed: every event in the digest was already read",
+                        inputs={"digest_id": str(row.id)})
     # The claimed message still holds the single-event text; a short deferral
     # makes the next claim (a queue snooze or the next sweep) read the digest.
-    return SendDecision(status="deferred", reason="digest_ready", until=now + timedelta(seconds=1),
-                        rule="digest", detail={"summary": "digest rendered at send time; sent on the next pass",
-                                               "digest_id": str(row.id)})
+    return Decision(status="deferred", reason="digest_ready", until=now + timedelta(seconds=1), rule=RULE,
+                    summary="digest rendered at send time; sent on the next pass", inputs={"digest_id": str(row.id)})

@@ -129,7 +129,7 @@ def _explain_rows(conn: Connection, rows: list[Any]) -> list[Explanation]:
             timeline.append(TimelineEntry(at=row.completed_at, event=row.status, detail=final))
         elif row.status == Status.DISPATCHED and row.dispatched_at is not None:
             # A send in flight: who holds its lease, and until when.
-            timeline.append(TimelineEntry(at=row.dispatched_at, event=Status.DISPATCHED, detail={
+            timeline.append(TimelineEntry(at=row.dispatched_at, event=Status.DISPATCHED.value, detail={
                 "attempt": row.attempts, "holder": row.lease_holder,
                 "lease_until": row.lease_expires_at.isoformat() if row.lease_expires_at else None}))
         elif row.status in (Status.FAILED, Status.DEFERRED) and row.not_before is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -20,7 +19,8 @@ from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
 from chimeway.db import insert, tenant_key
-from chimeway.deliveries import PlannedDelivery, new_rows
+from chimeway.decisions import Decision
+from chimeway.deliveries import PlannedDelivery, decide, new_rows
 from chimeway.errors import (
     IdempotencyKeyError,
     InvalidInputError,
@@ -53,10 +53,9 @@ from chimeway.workflow.steps import (
 )
 
 __all__ = [
+    "Checkpoint",
     "Plan",
     "PlannedDelivery",
-    "PlanningCheck",
-    "PlanningPrepare",
     "TriggerRequest",
     "TriggerResult",
     "plan",
@@ -221,14 +220,11 @@ def plan(
                 channel=channel_name,
                 fields=fields,
             )
-            reason = channel.validate(fields, recipient)
-            if reason is not None:
-                planned.status = "cancelled"
-                planned.reason = f"invalid_message: {reason}"
-                planned.decisions.append({
-                    "event": "cancelled", "checkpoint": "planning",
-                    "detail": {"rule": "channel_validation", "reason": reason},
-                })
+            problem = channel.validate(fields, recipient)
+            if problem is not None:
+                decide(planned, Decision(status="cancelled", reason=f"invalid_message: {problem}",
+                                         rule="channel_validation", inputs={"problem": problem}),
+                       checkpoint="planning")
             deliveries.append(planned)
     return Plan(event=event, notifications=notifications, deliveries=deliveries, notifier=notifier,
                 params=params, program=program, rendered=rendered)
@@ -343,23 +339,21 @@ def _unique(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-PlanningCheck = Callable[[Connection, "Plan"], None]
+Checkpoint = Callable[[Connection, Sequence["Plan"]], None]
+"""A planning checkpoint: runs over every fresh plan of one call, in the caller's transaction."""
 
-
-PlanningPrepare = Callable[[Connection, Sequence["Plan"]], AbstractContextManager[None]]
 BATCH = 500
 
 
-def write_plan(conn: Connection, plan_: Plan, checks: Sequence[PlanningCheck] = ()) -> TriggerResult:
+def write_plan(conn: Connection, plan_: Plan, checkpoints: Sequence[Checkpoint] = ()) -> TriggerResult:
     """Write one plan; see :func:`write_plans`."""
-    return write_plans(conn, [plan_], checks)[0]
+    return write_plans(conn, [plan_], checkpoints)[0]
 
 
 def write_plans(
     conn: Connection,
     plans: Sequence[Plan],
-    checks: Sequence[PlanningCheck] = (),
-    prepare: Sequence[PlanningPrepare] = (),
+    checkpoints: Sequence[Checkpoint] = (),
 ) -> list[TriggerResult]:
     """Write plans' rows on the caller's connection, detecting duplicates.
 
@@ -376,9 +370,9 @@ def write_plans(
         conn: the caller's connection, inside its transaction.
         plans: plans from :func:`plan` (a key repeated within the call is a
             duplicate of its first use).
-        checks: planning checkpoints, run per fresh plan.
-        prepare: hooks given every fresh plan before the checks (to read
-            what the checks need for all of them at once).
+        checkpoints: run in order over every fresh plan at once (the policy
+            rules, then workflow runs); they may set a planned delivery's
+            status, reason and decisions, or add deliveries.
     """
     if not plans:
         return []
@@ -387,12 +381,8 @@ def write_plans(
         inserted.update(_insert_events(conn, [p.event for p in chunk]))
     fresh = [p for p in plans if p.event_id in inserted]
     if fresh:
-        with ExitStack() as stack:
-            for hook in prepare:
-                stack.enter_context(hook(conn, fresh))
-            for the_plan in fresh:
-                for check in checks:
-                    check(conn, the_plan)
+        for checkpoint in checkpoints:
+            checkpoint(conn, fresh)
         notifications = [n for p in fresh for n in p.notifications]
         deliveries: list[dict[str, Any]] = []
         decisions: list[dict[str, Any]] = []

@@ -37,7 +37,8 @@ from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.db import writer
-from chimeway.deliveries import FINAL, Released, SendDecision, Status, apply_decision
+from chimeway.decisions import Decision
+from chimeway.deliveries import FINAL, Released, Status, apply_decision
 from chimeway.dispatch.base import Due
 from chimeway.dispatch.leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from chimeway.ids import new_id
@@ -50,9 +51,7 @@ __all__ = [
     "DeliveryOutcome",
     "Executor",
     "Recoverable",
-    "SendDecision",
     "Sent",
-    "apply_decision",
     "backoff_seconds",
 ]
 
@@ -83,7 +82,7 @@ class DeliveryOutcome:
     retry_at: datetime | None = None
 
 
-BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, SendDecision]]
+BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, Decision]]
 
 
 def backoff_seconds(attempt: int, *, base: float = 15.0, cap: float = 3600.0) -> float:
@@ -149,7 +148,7 @@ class Executor:
         clock: Clock,
         max_attempts: int = 5,
         on_final: Callable[[Sequence[DeliveryOutcome]], None] | None = None,
-        before_send: list[BeforeSend] | None = None,
+        before_send: Sequence[BeforeSend] = (),
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
         max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
         record_patience: float = RECORD_PATIENCE,
@@ -161,7 +160,7 @@ class Executor:
         self.on_final = on_final
         # Pre-send checkpoints, run inside the claim transaction over every
         # claimed message at once: preferences may have changed since planning.
-        self.before_send: list[BeforeSend] = before_send if before_send is not None else []
+        self.before_send: tuple[BeforeSend, ...] = tuple(before_send)
         self.leases = LeaseKeeper(engine, clock, lease_ttl)
         self.max_retry_after = max_retry_after.total_seconds()
         self.record_patience = record_patience
@@ -327,8 +326,8 @@ class Executor:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _checkpoint(self, conn: Connection, messages: list[Message]) -> dict[uuid.UUID, SendDecision]:
-        decisions: dict[uuid.UUID, SendDecision] = {}
+    def _checkpoint(self, conn: Connection, messages: list[Message]) -> dict[uuid.UUID, Decision]:
+        decisions: dict[uuid.UUID, Decision] = {}
         for check in self.before_send:
             undecided = [m for m in messages if m.delivery_id not in decisions]
             if not undecided:
@@ -373,7 +372,7 @@ class Executor:
         message = item.claimed.message
         log.exception("could not record attempt %d of delivery %s; it is re-sent when its lease runs out",
                       item.claimed.attempts, message.delivery_id)
-        return DeliveryOutcome(delivery_id=message.delivery_id, status=Status.DISPATCHED, result=item.result,
+        return DeliveryOutcome(delivery_id=message.delivery_id, status=Status.DISPATCHED.value, result=item.result,
                                attempt=item.claimed.attempts)
 
     def _retry_hint(self, hint: float | None) -> float | None:
@@ -385,14 +384,14 @@ class Executor:
     def _next(self, item: Sent, hint: float | None, now: datetime) -> tuple[str, str | None, datetime | None]:
         result = item.result
         if result.outcome == "succeeded":
-            return Status.SUCCEEDED, None, None
+            return Status.SUCCEEDED.value, None, None
         detail = _clean(result.detail, 2000)
         if result.outcome == "temporary" and item.claimed.attempts < item.max_attempts:
             delay = max(backoff_seconds(item.claimed.attempts), hint or 0.0)
-            return Status.FAILED, f"temporary: {detail}", now + timedelta(seconds=delay)
+            return Status.FAILED.value, f"temporary: {detail}", now + timedelta(seconds=delay)
         if result.outcome == "temporary":
-            return Status.CANCELLED, f"retries_exhausted: {detail}", None
-        return Status.CANCELLED, f"{_clean(result.outcome, 20)}: {detail}", None
+            return Status.CANCELLED.value, f"retries_exhausted: {detail}", None
+        return Status.CANCELLED.value, f"{_clean(result.outcome, 20)}: {detail}", None
 
     def _record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
         now = self.clock.now()

@@ -32,8 +32,9 @@ from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
 from chimeway.db import insert_rows
+from chimeway.decisions import Decision
 from chimeway.deliveries import FINAL as DELIVERY_FINAL
-from chimeway.deliveries import PlannedDelivery, new_rows
+from chimeway.deliveries import PlannedDelivery, decide, new_rows
 from chimeway.dispatch.base import Due
 from chimeway.errors import ChimewayError
 from chimeway.ids import new_id
@@ -375,12 +376,12 @@ def _deliver(batch: Batch, run: RunState, op: DeliverOp) -> tuple[dict[str, dict
                 planned.status = "cancelled"
                 planned.reason = problem if problem.startswith("render_failed") else f"invalid_message: {problem}"
         if planned.status == "cancelled":
-            planned.decisions.append({"event": "cancelled", "checkpoint": "workflow",
-                                      "detail": {"reason": planned.reason, "step": op.index}})
-        planned.decisions.append({"event": "workflow_step", "checkpoint": "workflow",
-                                  "detail": {"run_id": str(run.id), "step": op.index, "path": op.path,
-                                             **({"escalated_to": recipient.id}
-                                                if recipient.id != run.recipient.id else {})}})
+            decide(planned, Decision(status="cancelled", reason=str(planned.reason), inputs={"step": op.index}),
+                   checkpoint="workflow")
+        decide(planned, Decision(status="pending", reason="workflow_step", event_name="workflow_step",
+                                 inputs={"run_id": str(run.id), "step": op.index, "path": op.path,
+                                         **({"escalated_to": recipient.id} if recipient.id != run.recipient.id
+                                            else {})}), checkpoint="workflow")
         batch.deliveries.append(planned)
         batch.delivery_events[planned.id] = (run.event_id, run.tenant)
         batch.links.append({"delivery_id": planned.id, "run_id": run.id, "step": op.index})

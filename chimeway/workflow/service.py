@@ -115,16 +115,21 @@ class Workflows:
 
     # --- planning ------------------------------------------------------------------
 
-    def planning_check(self, conn: Connection, plan: Plan) -> None:
-        """Create the runs of a workflow notifier and plan only their first step.
+    def start_runs(self, conn: Connection, plans: Sequence[Plan]) -> None:
+        """The planning checkpoint of workflows: start the runs of every workflow plan.
 
-        Registered in ``app.planning_checks``; runs inside the caller's
-        transaction once the event is known not to be a duplicate.
+        Runs inside the caller's transaction once the events are known not to
+        be duplicates; each run plans its first step.
 
         Args:
             conn: the caller's connection.
-            plan: the plan being written.
+            plans: the fresh plans.
         """
+        for plan in plans:
+            if plan.program is not None:
+                self._start(conn, plan)
+
+    def _start(self, conn: Connection, plan: Plan) -> None:
         cls = type(plan.notifier)
         program = plan.program
         if program is None:
