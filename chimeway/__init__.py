@@ -9,6 +9,7 @@ from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
 from chimeway.policy import Cap, Dedupe, PreviewItem
 from chimeway.queue import Cancel, JobEvent, JobInfo, Retry, Snooze
+from chimeway.traces import OutcomeCount, Outcomes, TracePage
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
 __all__ = [
@@ -28,12 +29,15 @@ __all__ = [
     "JobInfo",
     "Message",
     "Notifier",
+    "OutcomeCount",
+    "Outcomes",
     "PreviewItem",
     "Recipient",
     "Retry",
     "Snooze",
     "TimelineEntry",
     "Trace",
+    "TracePage",
     "TriggerRequest",
     "TriggerResult",
 ]

@@ -41,6 +41,7 @@ from chimeway.inbox import Inbox, InboxItem, InboxPage
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerResult
 from chimeway.queue import JobQueue
+from chimeway.traces import Outcomes, TracePage
 
 __all__ = [
     "SUPPORTED_ASYNC_DRIVERS",
@@ -157,6 +158,10 @@ class SyncVerbs(Protocol):
     def explain(self, *args: Any, **kwargs: Any) -> Explanation: ...
 
     def trace(self, *args: Any, **kwargs: Any) -> Trace: ...
+
+    def traces(self, *args: Any, **kwargs: Any) -> TracePage: ...
+
+    def outcomes(self, *args: Any, **kwargs: Any) -> Outcomes: ...
 
 
 def _check_app(app: SyncVerbs) -> None:
@@ -395,15 +400,25 @@ class AsyncVerbs:
         """
         return AsyncInbox(self, recipient, tenant, session=session)
 
-    async def explain_async(self: SyncVerbs, delivery_id: uuid.UUID | str) -> Explanation:
+    async def explain_async(self: SyncVerbs, delivery_id: uuid.UUID | str, **options: Any) -> Explanation:
         """``explain`` on a worker thread, without blocking the event loop."""
         _check_app(self)
-        return await asyncio.to_thread(self.explain, delivery_id)
+        return await asyncio.to_thread(self.explain, delivery_id, **options)
 
-    async def trace_async(self: SyncVerbs, event_id: uuid.UUID | str) -> Trace:
+    async def trace_async(self: SyncVerbs, event_id: uuid.UUID | str, **options: Any) -> Trace:
         """``trace`` on a worker thread, without blocking the event loop."""
         _check_app(self)
-        return await asyncio.to_thread(self.trace, event_id)
+        return await asyncio.to_thread(self.trace, event_id, **options)
+
+    async def traces_async(self: SyncVerbs, **filters: Any) -> TracePage:
+        """``traces`` on a worker thread, without blocking the event loop."""
+        _check_app(self)
+        return await asyncio.to_thread(self.traces, **filters)
+
+    async def outcomes_async(self: SyncVerbs, notifier: str, **options: Any) -> Outcomes:
+        """``outcomes`` on a worker thread, without blocking the event loop."""
+        _check_app(self)
+        return await asyncio.to_thread(self.outcomes, notifier, **options)
 
     async def run_worker(self: SyncVerbs, **options: Any) -> int:
         """Run a job-queue worker on its own thread until this task is cancelled.

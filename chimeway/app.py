@@ -20,7 +20,7 @@ from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
 from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
-from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine
+from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine, tenant_key
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
 from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
@@ -30,7 +30,7 @@ from chimeway.dispatch.sync import SyncDispatcher
 from chimeway.encryption import Encryption
 from chimeway.encryption import bind as bind_encryption
 from chimeway.encryption import unbind as unbind_encryption
-from chimeway.errors import ConfigurationError, InvalidInputError
+from chimeway.errors import ConfigurationError, InvalidInputError, NotFoundError
 from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.feedback import FeedbackOutcome, ingest
 from chimeway.inbox import Inbox
@@ -48,7 +48,7 @@ from chimeway.queue import JobHandle, JobQueue
 from chimeway.queue.worker import add_plugin
 from chimeway.record_triggers import RecordTriggers
 from chimeway.reencrypt import reencrypt
-from chimeway.verbs import OperatingVerbs, PolicyVerbs, SchedulingVerbs, WorkflowVerbs
+from chimeway.verbs import OperatingVerbs, PolicyVerbs, SchedulingVerbs, TracingVerbs, WorkflowVerbs
 from chimeway.workflow.service import Workflows
 
 __all__ = ["Chimeway", "RecoverReport"]
@@ -73,7 +73,7 @@ class RecoverReport:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
-class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, OperatingVerbs):
+class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, OperatingVerbs, TracingVerbs):
     """A Chimeway application: one database, its channels and a dispatcher.
 
     The core verbs (trigger, inbox, explain, recover, jobs) are defined here;
@@ -303,15 +303,29 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         return Inbox(engine=self.engine, clock=self.clock, recipient=recipient, tenant=tenant, session=session,
                      on_transition=self.workflows.signals.inbox_signal)
 
-    def explain(self, delivery_id: uuid.UUID | str) -> Explanation:
-        """Why a delivery has its status: ``.status``, ``.reason``, ``.timeline``."""
-        with self.engine.connect() as conn:
-            return explain(conn, delivery_id)
+    def explain(self, delivery_id: uuid.UUID | str, *, tenant: str | None = None) -> Explanation:
+        """Why a delivery has its status: ``.status``, ``.reason``, ``.timeline``.
 
-    def trace(self, event_id: uuid.UUID | str) -> Trace:
-        """An event's notifications and every delivery's explanation."""
+        Args:
+            delivery_id: the delivery.
+            tenant: when given, a delivery of another tenant is not found.
+        """
         with self.engine.connect() as conn:
-            return trace(conn, event_id)
+            found = explain(conn, delivery_id)
+        _same_tenant(found.tenant, tenant, f"no delivery with id {found.delivery_id}")
+        return found
+
+    def trace(self, event_id: uuid.UUID | str, *, tenant: str | None = None) -> Trace:
+        """An event's notifications and every delivery's explanation.
+
+        Args:
+            event_id: the event.
+            tenant: when given, an event of another tenant is not found.
+        """
+        with self.engine.connect() as conn:
+            found = trace(conn, event_id)
+        _same_tenant(found.tenant, tenant, f"no event with id {found.event_id}")
+        return found
 
     # -- operating --------------------------------------------------------------
 
@@ -469,3 +483,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _same_tenant(found: str | None, wanted: str | None, missing: str) -> None:
+    # Another tenant's row is reported as missing, so a tenant cannot learn
+    # that an id exists elsewhere.
+    if wanted is not None and (found or "") != tenant_key(wanted):
+        raise NotFoundError(missing)

@@ -31,6 +31,7 @@ except ImportError:  # Windows: BEGIN IMMEDIATE alone orders SQLite writers ther
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "JsonText",
+    "TextBefore",
     "connection_of",
     "create_engine",
     "insert",
@@ -229,6 +230,42 @@ def _json_text_pg(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(JsonText, "sqlite")
 def _json_text_sqlite(element: JsonText, compiler: SQLCompiler, **kw: Any) -> str:
     return f"json_extract({compiler.process(element.column, **kw)}, '$.{element.key}')"
+class TextBefore(sa.sql.expression.ColumnElement[str]):
+    """The text of a column up to its first ``separator`` (all of it when there is none).
+
+    Compiles to ``split_part`` on PostgreSQL and to ``substr``/``instr`` on
+    SQLite. A delivery's ``reason`` is ``code`` or ``code: detail``; this
+    gives the code, so counts can group by it in the database.
+
+    Args:
+        column: a text column.
+        separator: one character.
+    """
+
+    inherit_cache = True
+    type = sa.String()
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement),
+                           ("separator", InternalTraversal.dp_string)]
+
+    def __init__(self, column: sa.ColumnElement[Any], separator: str) -> None:
+        if len(separator) != 1 or separator in "'\\%_":
+            raise ValueError(f"separator must be one plain character, got {separator!r}")
+        self.column = column
+        self.separator = separator
+
+
+@compiles(TextBefore, "postgresql")
+def _text_before_pg(element: TextBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"split_part({compiler.process(element.column, **kw)}, '{element.separator}', 1)"
+
+
+@compiles(TextBefore, "sqlite")
+def _text_before_sqlite(element: TextBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    at = f"instr({column}, '{element.separator}')"
+    return f"(CASE WHEN {at} > 0 THEN substr({column}, 1, {at} - 1) ELSE {column} END)"
+
+
 # --- statements that differ between PostgreSQL and SQLite ---------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,9 @@ from chimeway.models import (
     notifications_table,
 )
 
-__all__ = ["Explanation", "TimelineEntry", "Trace", "explain", "format_explanation", "format_trace", "trace"]
+__all__ = [
+    "Explanation", "TimelineEntry", "Trace", "explain", "format_explanation", "format_trace", "trace", "traces_of",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +79,7 @@ class Trace:
     created_at: datetime
     notifications: tuple[dict[str, Any], ...]
     deliveries: tuple[Explanation, ...]
+    correlation_id: str | None = None
 
     def __str__(self) -> str:
         return format_trace(self)
@@ -149,24 +153,50 @@ def _explain_rows(conn: Connection, rows: list[Any]) -> list[Explanation]:
 def trace(conn: Connection, event_id: uuid.UUID | str) -> Trace:
     """An event with its notifications and every delivery's explanation."""
     eid = as_uuid(event_id, name="event_id")
-    d, e, n = deliveries_table, events_table, notifications_table
+    e = events_table
     event = conn.execute(sa.select(e).where(e.c.id == eid)).first()
     if event is None:
         raise NotFoundError(f"no event with id {eid}")
-    notifications = conn.execute(sa.select(n).where(n.c.event_id == eid).order_by(n.c.id)).all()
+    return traces_of(conn, [event])[0]
+
+
+def traces_of(conn: Connection, events: Sequence[Any], *, recipient: str | None = None) -> list[Trace]:
+    """The traces of many event rows at once (a few statements, whatever their number).
+
+    Args:
+        conn: a connection.
+        events: rows of ``chimeway_events``, in the order wanted.
+        recipient: keep only this recipient's notifications and deliveries.
+    """
+    if not events:
+        return []
+    ids = [event.id for event in events]
+    d, e, n = deliveries_table, events_table, notifications_table
+    mine_n = [n.c.recipient_id == recipient] if recipient is not None else []
+    mine_d = [d.c.recipient_id == recipient] if recipient is not None else []
+    notifications: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+    for row in conn.execute(sa.select(n).where(n.c.event_id.in_(ids), *mine_n).order_by(n.c.id)):
+        notifications[row.event_id].append(row)
     rows = conn.execute(
         sa.select(d, e.c.notifier_key, e.c.notifier_version).join(e, e.c.id == d.c.event_id)
-        .where(d.c.event_id == eid).order_by(d.c.id)
+        .where(d.c.event_id.in_(ids), *mine_d).order_by(d.c.id)
     ).all()
-    return Trace(
-        event_id=event.id, notifier_key=event.notifier_key, tenant=event.tenant or None,
-        idempotency_key=event.idempotency_key, actor=event.actor, created_at=event.created_at,
-        notifications=tuple(
-            {"id": r.id, "recipient_id": r.recipient_id, "inbox_at": r.inbox_at, "read_at": r.read_at}
-            for r in notifications
-        ),
-        deliveries=tuple(_explain_rows(conn, list(rows))) if rows else (),
-    )
+    explained: dict[uuid.UUID, list[Explanation]] = {i: [] for i in ids}
+    for x in _explain_rows(conn, list(rows)) if rows else []:
+        explained[x.event_id].append(x)
+    return [
+        Trace(
+            event_id=event.id, notifier_key=event.notifier_key, tenant=event.tenant or None,
+            idempotency_key=event.idempotency_key, actor=event.actor, created_at=event.created_at,
+            correlation_id=event.correlation_id,
+            notifications=tuple(
+                {"id": r.id, "recipient_id": r.recipient_id, "inbox_at": r.inbox_at, "read_at": r.read_at}
+                for r in notifications[event.id]
+            ),
+            deliveries=tuple(explained[event.id]),
+        )
+        for event in events
+    ]
 
 
 def format_explanation(x: Explanation) -> str:

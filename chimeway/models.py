@@ -104,6 +104,8 @@ class Event(Base):
         # so these cost one index entry per trigger).
         sa.Index("ix_chimeway_events_notifier", "notifier_key", "id"),
         sa.Index("ix_chimeway_events_correlation", "correlation_id"),
+        # A notifier's outcomes since a time (app.outcomes).
+        sa.Index("ix_chimeway_events_notifier_time", "notifier_key", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -122,8 +124,9 @@ class Notification(Base):
     __tablename__ = "chimeway_notifications"
     __table_args__ = (
         sa.Index("ix_chimeway_notifications_inbox", "tenant", "recipient_id", "id"),
-        # The dashboard's search by recipient, with or without a tenant.
-        sa.Index("ix_chimeway_notifications_recipient", "recipient_id", "tenant"),
+        # Searches by recipient, with or without a tenant (the dashboard's),
+        # and a recipient's traces page by page in event order (app.traces).
+        sa.Index("ix_chimeway_notifications_trace", "recipient_id", "tenant", "event_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)

@@ -3,6 +3,7 @@
 from chimeway.verbs.operating import OperatingVerbs
 from chimeway.verbs.policy import PolicyVerbs
 from chimeway.verbs.scheduling import SchedulingVerbs
+from chimeway.verbs.tracing import TracingVerbs
 from chimeway.verbs.workflows import WorkflowVerbs
 
-__all__ = ["OperatingVerbs", "PolicyVerbs", "SchedulingVerbs", "WorkflowVerbs"]
+__all__ = ["OperatingVerbs", "PolicyVerbs", "SchedulingVerbs", "TracingVerbs", "WorkflowVerbs"]

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from chimeway.db import tenant_key
+from chimeway.errors import NotFoundError
 from chimeway.verbs.base import AppBase
 from chimeway.workflow.explain import RunExplanation, explain_run
 
@@ -100,17 +102,23 @@ class WorkflowVerbs(AppBase):
                                      cancellation_key=cancellation_key, tenant=tenant)
 
     def explain_run(
-        self, run_id: uuid.UUID | str | None = None, *, notification_id: uuid.UUID | str | None = None
+        self, run_id: uuid.UUID | str | None = None, *, notification_id: uuid.UUID | str | None = None,
+        tenant: str | None = None,
     ) -> RunExplanation:
         """A workflow run's steps and transitions: why it waited, what stopped it, where it branched.
 
         Args:
             run_id: the run.
             notification_id: explain the run of this notification instead.
+            tenant: when given, a run of another tenant is not found (``NotFoundError``).
         """
 
         with self.engine.connect() as conn:
-            return explain_run(conn, run_id, notification_id=notification_id)
+            found = explain_run(conn, run_id, notification_id=notification_id)
+        # Reported like a missing run, so a tenant cannot learn that an id exists elsewhere.
+        if tenant is not None and (found.tenant or "") != tenant_key(tenant):
+            raise NotFoundError(f"no workflow run for {run_id or notification_id}")
+        return found
 
     @staticmethod
     def _chain_final(
