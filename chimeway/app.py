@@ -20,7 +20,7 @@ from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
 from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
-from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine, tenant_key
+from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine, tenant_key, translated
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
 from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
@@ -250,9 +250,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         Returns:
             One result per request, in order (``duplicate`` where the key was used).
         """
-        if telemetry.ENABLED:
-            return telemetry.trigger(self._trigger_many, notifier, requests, session)  # type: ignore[no-any-return]
-        return self._trigger_many(session, notifier, requests)
+        with translated("trigger"):
+            if telemetry.ENABLED:
+                return telemetry.trigger(self._trigger_many, notifier, requests, session)  # type: ignore[no-any-return]
+            return self._trigger_many(session, notifier, requests)
 
     def _trigger_many(
         self, session: Session | Connection, notifier: type[Notifier], requests: Sequence[TriggerRequest]
@@ -310,7 +311,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             delivery_id: the delivery.
             tenant: when given, a delivery of another tenant is not found.
         """
-        with self.engine.connect() as conn:
+        with translated("explain"), self.engine.connect() as conn:
             found = explain(conn, delivery_id)
         _same_tenant(found.tenant, tenant, f"no delivery with id {found.delivery_id}")
         return found
@@ -322,7 +323,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             event_id: the event.
             tenant: when given, an event of another tenant is not found.
         """
-        with self.engine.connect() as conn:
+        with translated("trace"), self.engine.connect() as conn:
             found = trace(conn, event_id)
         _same_tenant(found.tenant, tenant, f"no event with id {found.event_id}")
         return found
@@ -359,6 +360,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         """
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InvalidInputError("older_than must be a non-negative timedelta")
+        with translated("recover"):
+            return self._recover(older_than, limit)
+
+    def _recover(self, older_than: timedelta, limit: int) -> RecoverReport:
         self.flush_digests(limit=limit)
         released = self.executor.release_expired(limit=limit)
         scan = self.executor.recoverable(older_than=older_than, limit=limit)

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from chimeway.errors import ConfigurationError, InvalidInputError
+from chimeway.errors import ConfigurationError, DatabaseError, InvalidInputError
 from chimeway.types import stored_values
+from chimeway.validation import check_text
 
 try:
     import fcntl
@@ -43,6 +44,7 @@ __all__ = [
     "rows_json",
     "schema_change",
     "tenant_key",
+    "translated",
     "update_returning",
     "update_rows",
     "writer",
@@ -275,6 +277,7 @@ def tenant_key(tenant: str | None) -> str:
         return ""
     if not isinstance(tenant, str):
         raise InvalidInputError(f"tenant must be a string or None, got {type(tenant).__name__}")
+    check_text(tenant, field="tenant")
     return tenant
 
 
@@ -425,3 +428,36 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# --- database errors at the public API ---------------------------------------------------------
+
+_MISSING_TABLE = re.compile(r"(?:no such table|relation \"?[\w.]*\"? does not exist|UndefinedTable)", re.I)
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn a database error raised inside into a :class:`DatabaseError` (the driver's error chained).
+
+    A missing table says to run ``chimeway migrate``. Bad input never gets
+    here: entry points check it before writing (:mod:`chimeway.validation`).
+
+    Args:
+        what: what was being done, for the message (``trigger``, ``inbox.list``).
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, what) from exc
+
+
+def database_error(exc: sa.exc.DBAPIError, what: str) -> DatabaseError:
+    """The :class:`DatabaseError` for a driver error, saying what to do when it can."""
+    original = exc.orig if exc.orig is not None else exc
+    first_line = (str(original).strip().splitlines() or [""])[0]
+    if _MISSING_TABLE.search(first_line) or type(original).__name__ == "UndefinedTable":
+        return DatabaseError(
+            f"{what}: Chimeway's tables are missing from this database ({first_line}); run "
+            "`chimeway migrate --database-url URL` or app.migrate() first"
+        )
+    return DatabaseError(f"{what} failed in the database: {type(original).__name__}: {mask_url(first_line)}")

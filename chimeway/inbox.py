@@ -19,10 +19,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, tenant_key, writer
+from chimeway.db import connection_of, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.ids import as_uuid
 from chimeway.models import notifications_table
+from chimeway.validation import check_text
 
 __all__ = ["Inbox", "InboxItem", "InboxPage"]
 
@@ -107,6 +108,7 @@ class Inbox:
     ) -> None:
         if not isinstance(recipient, str) or not recipient:
             raise InvalidInputError("recipient must be a non-empty recipient id string")
+        check_text(recipient, field="recipient")
         self._engine = engine
         self._clock = clock
         self.recipient = recipient
@@ -116,12 +118,13 @@ class Inbox:
 
     @contextmanager
     def _conn(self, write: bool = False) -> Iterator[Connection]:
-        if self._session is not None:
-            yield connection_of(self._session)
-            return
-        engine = writer(self._engine) if write else self._engine
-        with engine.begin() as conn:
-            yield conn
+        with translated("inbox"):
+            if self._session is not None:
+                yield connection_of(self._session)
+                return
+            engine = writer(self._engine) if write else self._engine
+            with engine.begin() as conn:
+                yield conn
 
     def _scope(self) -> sa.ColumnElement[bool]:
         n = notifications_table

@@ -10,6 +10,7 @@ from itertools import pairwise
 from typing import Any
 
 from chimeway.errors import ParamsNotJSONError
+from chimeway.validation import check_chars
 
 __all__ = [
     "REDACTED", "check_json", "is_secret_key", "key_hash", "normalized_name", "redact", "shown_key",
@@ -83,6 +84,9 @@ def shown_key(fn: Callable[[Mapping[str, Any]], Any], stored_params: Mapping[str
 def check_json(value: Any, *, name: str = "params") -> None:
     """Raise :class:`ParamsNotJSONError` naming the first value that is not JSON.
 
+    Text the database would refuse (a NUL, a lone surrogate) raises
+    :class:`InvalidInputError` naming where it is.
+
     Args:
         value: the value to check (a dict of params or job args).
         name: how the value is called in error messages.
@@ -91,7 +95,10 @@ def check_json(value: Any, *, name: str = "params") -> None:
 
 
 def _walk(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        check_chars(value, path)
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -103,6 +110,7 @@ def _walk(value: Any, path: str) -> None:
                 raise ParamsNotJSONError(
                     f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys must be strings"
                 )
+            check_chars(key, f"a key of {path}")
             _walk(item, f"{path}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):

@@ -43,6 +43,7 @@ from chimeway.models import (
 )
 from chimeway.notifier import Notifier
 from chimeway.templates import render_fields
+from chimeway.validation import LIMITS, check_text
 from chimeway.values import Recipient
 from chimeway.workflow.steps import (
     DeliverOp,
@@ -165,6 +166,7 @@ def plan(
                         ("cancellation_key", cancellation_key)):
         if value is not None and not isinstance(value, str):
             raise InvalidInputError(f"{name} must be a string or None, got {type(value).__name__}")
+        check_text(value, field=name, optional=True)
     if not isinstance(params, Mapping):
         raise InvalidInputError(f"params must be a dict, got {type(params).__name__}")
     check_json(params)
@@ -311,6 +313,7 @@ def _check_key(key: Any) -> None:
         raise IdempotencyKeyError(
             f"idempotency_key is {len(key)} characters; at most {MAX_KEY_LENGTH} are allowed"
         )
+    check_text(key, field="idempotency_key")
 
 
 def _recipients(
@@ -330,6 +333,7 @@ def _recipients(
             )
         if not isinstance(item.id, str) or not item.id:
             raise InvalidRecipientError(f"notifier {key!r}: recipients()[{index}].id must be a non-empty string")
+        check_text(item.id, field=f"notifier {key!r}: recipients()[{index}].id", limit=LIMITS["recipient id"])
         check_json(dict(item.data), name=f"recipients()[{index}].data")
         seen.setdefault(item.id, item)
     return list(seen.values())

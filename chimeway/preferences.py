@@ -24,12 +24,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, insert, tenant_key, writer
+from chimeway.db import connection_of, insert, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
 from chimeway.notifier import Notifier, possible_channels
 from chimeway.quiet_hours import QuietHours, check_timezone
+from chimeway.validation import check_text
 
 __all__ = [
     "ALL_CHANNELS",
@@ -250,6 +251,7 @@ class _Scoped:
                  session: Session | Connection | None) -> None:
         if not isinstance(recipient, str) or not recipient:
             raise InvalidInputError(f"recipient must be a non-empty string, got {recipient!r}")
+        check_text(recipient, field="recipient")
         self._engine = engine
         self._clock = clock
         self.recipient = recipient
@@ -258,19 +260,21 @@ class _Scoped:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        if self._session is not None:
-            yield connection_of(self._session)
-        else:
-            with writer(self._engine).begin() as conn:
-                yield conn
+        with translated("preferences"):
+            if self._session is not None:
+                yield connection_of(self._session)
+            else:
+                with writer(self._engine).begin() as conn:
+                    yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        if self._session is not None:
-            yield connection_of(self._session)
-        else:
-            with self._engine.connect() as conn:
-                yield conn
+        with translated("preferences"):
+            if self._session is not None:
+                yield connection_of(self._session)
+            else:
+                with self._engine.connect() as conn:
+                    yield conn
 
 
 class Preferences(_Scoped):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chimeway.errors import InvalidInputError, ParamsNotJSONError
+from chimeway.validation import check_chars
 
 __all__ = ["UniqueSpec", "check_args", "unique_key"]
 
@@ -38,13 +39,17 @@ _PLAIN = frozenset({str, int, bool, type(None)})
 
 def _check(value: Any, path: str) -> None:
     kind = type(value)
+    if kind is str:
+        check_chars(value, f"job {path}")
+        return
     if kind in _PLAIN:
         return
     if kind is dict:
         # The common case, checked without ABC machinery; the path string is
         # only built when something below turns out to be wrong.
         for key, item in value.items():
-            if type(key) is not str or type(item) not in _PLAIN:
+            if type(key) is not str or type(item) not in _PLAIN or (
+                    type(item) is str and ("\x00" in item or not item.isascii())) or "\x00" in key:
                 break
         else:
             return
@@ -60,6 +65,7 @@ def _check(value: Any, path: str) -> None:
                 raise ParamsNotJSONError(
                     f"job {path} has key {key!r} of type {type(key).__name__}; keys must be str"
                 )
+            check_chars(key, f"a key of job {path}")
             _check(item, f"{path}.{key}")
         return
     if isinstance(value, list | tuple):

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from chimeway.db import tenant_key
+from chimeway.db import tenant_key, translated
 from chimeway.errors import NotFoundError
 from chimeway.verbs.base import AppBase
 from chimeway.workflow.explain import RunExplanation, explain_run
@@ -47,8 +47,9 @@ class WorkflowVerbs(AppBase):
         Returns:
             the signal's id.
         """
-        return self.workflows.signals.track(session, name, actor=actor, tenant=tenant, payload=payload,
-                                            notification_id=notification_id)
+        with translated("track"):
+            return self.workflows.signals.track(session, name, actor=actor, tenant=tenant, payload=payload,
+                                                notification_id=notification_id)
 
     def progress_due(self, *, limit: int = 500, stale_after: timedelta = timedelta(seconds=60)) -> int:
         """Advance every workflow run that is due (the ``ProgressionWorker`` sweep).

@@ -34,6 +34,7 @@ from chimeway.jsonvalues import check_json, redact
 from chimeway.models import notifications_table, signals_table, workflow_runs_table
 from chimeway.queue import JobQueue, NewJob
 from chimeway.transactions import after_commit
+from chimeway.validation import check_text
 from chimeway.workflow.engine import Batch, RunState, SignalRow, apply_signal, load_run
 from chimeway.workflow.names import SIGNAL_QUEUE, SIGNAL_WORKER
 from chimeway.workflow.steps import Program
@@ -109,6 +110,8 @@ class SignalRouter:
             raise InvalidInputError(f"signal name must be 1-{MAX_NAME} characters, got {name!r}")
         if not isinstance(actor, str) or not actor or len(actor) > MAX_NAME:
             raise InvalidInputError(f"actor must be a recipient id string, got {actor!r}")
+        check_text(name, field="signal name", limit=MAX_NAME)
+        check_text(actor, field="actor", limit=MAX_NAME)
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidInputError(f"payload must be a dict, got {type(payload).__name__}")
         check_json(dict(payload or {}), name="payload")
