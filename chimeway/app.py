@@ -165,7 +165,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         # got to (the queue dispatcher's own jobs cover those).
         self.rescue = DeliveryRescue(self.delivery_jobs, include_open=self.dispatcher.name == "sync",
                                      pending_after=lease_ttl)
-        add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
+        if not getattr(self.dispatcher, "rescues_itself", False):
+            add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
 
         self.scheduler = Scheduler(self.queue, self.clock)
         self.scheduled_notifiers = ScheduledNotifiers(self.scheduler, self.trigger)
@@ -181,6 +182,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             return QueueDispatcher(self.delivery_jobs)
         if isinstance(dispatcher, str):
             raise ConfigurationError(f"dispatcher must be 'sync', 'queue' or a Dispatcher, got {dispatcher!r}")
+        bind = getattr(dispatcher, "bind", None)
+        if callable(bind):
+            bind(self)
         return dispatcher
 
     # -- schema -----------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "decide",
     "extend_leases",
     "new_rows",
+    "note",
     "record",
     "release_expired",
     "replace_message",
@@ -254,6 +255,22 @@ def cancel(
         conn.execute(sa.insert(decisions_table),
                      [_decision_row(i, now, event, checkpoint, row_detail) for i in done])
     return done
+
+
+def note(conn: Connection, details: Mapping[uuid.UUID, Mapping[str, Any]], *, event: str, checkpoint: str,
+         now: datetime) -> None:
+    """Write a decision row that changes no status (who published or picked up a delivery).
+
+    Args:
+        conn: inside the transaction that did it.
+        details: delivery id → the row's details (JSON values).
+        event: the timeline event ``explain`` shows (``published``, ``celery_task``).
+        checkpoint: who did it.
+        now: the clock's time.
+    """
+    if details:
+        conn.execute(sa.insert(decisions_table),
+                     [_decision_row(i, now, event, checkpoint, d) for i, d in details.items()])
 
 
 RESENDABLE: tuple[str, ...] = (Status.FAILED, Status.CANCELLED)

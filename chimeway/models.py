@@ -11,6 +11,7 @@ Notification tables:
 - ``attempts``: append-only, one per provider call.
 - ``delivery_decisions``: append-only, every decision that changed a
   delivery's fate outside an attempt (recovered, suppressed, deferred, ...).
+- ``outbox``: deliveries waiting to be published to an outside engine (Celery).
 
 Queue tables: ``jobs``, ``workers`` (heartbeats), ``cron_ticks``.
 
@@ -44,6 +45,7 @@ __all__ = [
     "Event",
     "Job",
     "Notification",
+    "OutboxRow",
     "PolicyLock",
     "Preference",
     "ProviderEvent",
@@ -67,6 +69,7 @@ __all__ = [
     "jobs_table",
     "metadata",
     "notifications_table",
+    "outbox_table",
     "policy_locks_table",
     "preferences_table",
     "provider_events_table",
@@ -215,6 +218,27 @@ class DeliveryDecision(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
 
+class OutboxRow(Base):
+    """A delivery to hand to an outside engine (Celery) once it is due.
+
+    Written in the same transaction as the delivery (or by whoever finds it
+    due again: a retry, a lease that ran out); deleted in the transaction
+    that publishes it, so a rollback leaves nothing published and a relay
+    that dies before its commit leaves the row to be published again.
+    """
+
+    __tablename__ = "chimeway_outbox"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("chimeway_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    reason: Mapped[str] = mapped_column(sa.String(50))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    publish_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
 class ProviderEvent(Base):
     """Provider status reports already ingested (deduplicated by the provider's event id)."""
 
@@ -342,6 +366,7 @@ notifications_table = _table(Notification)
 deliveries_table = _table(Delivery)
 attempts_table = _table(Attempt)
 decisions_table = _table(DeliveryDecision)
+outbox_table = _table(OutboxRow)
 jobs_table = _table(Job)
 workers_table = _table(WorkerRow)
 queue_states_table = _table(QueueState)

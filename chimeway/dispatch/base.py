@@ -37,7 +37,10 @@ class Dispatcher(Protocol):
     """Executes planned deliveries.
 
     Implementations get the caller's ``Session``/``Connection`` in
-    :meth:`planned` and must not commit it.
+    :meth:`planned` and must not commit it. A dispatcher may also define
+    ``bind(app)``, which ``Chimeway`` calls once with itself, and set
+    ``rescues_itself = True`` when it re-drives sends whose lease ran out on
+    its own (the Celery dispatcher does both).
     """
 
     name: str

@@ -182,7 +182,8 @@ class Executor:
         limit = max_attempts or self.max_attempts
         return self.record([self.send(item, max_attempts=limit) for item in claimed])
 
-    def claim(self, ids: Iterable[uuid.UUID]) -> list[Claimed]:
+    def claim(self, ids: Iterable[uuid.UUID], *,
+              on_claimed: Callable[[Connection, Sequence[uuid.UUID]], None] | None = None) -> list[Claimed]:
         """Claim due deliveries for one attempt each (one transaction for all).
 
         Pre-send checkpoints run here; a delivery they stop is not returned.
@@ -190,6 +191,8 @@ class Executor:
 
         Args:
             ids: the deliveries.
+            on_claimed: called in the claim transaction with the ids about to be
+                sent (a dispatcher notes which of its tasks took them).
         """
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -217,6 +220,8 @@ class Executor:
                     continue
                 out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
                                    holder=holder))
+            if out and on_claimed is not None:
+                on_claimed(conn, [c.message.delivery_id for c in out])
         self.leases.hold(c.message.delivery_id for c in out)
         return out
 
@@ -282,6 +287,24 @@ class Executor:
             log.warning("released %d delivery lease(s) that ran out (%d to re-send, %d out of attempts)",
                         len(released), len(released.redrive), len(released.exhausted))
         return released
+
+    def take_back_if_expired(self, delivery_id: uuid.UUID, *, max_attempts: int | None = None) -> bool:
+        """Take back one delivery whose send lease has run out; returns whether it may be claimed again.
+
+        A job or task that finds its delivery ``dispatched`` under a dead
+        holder's expired lease re-drives it itself rather than wait for a
+        rescue pass.
+
+        Args:
+            delivery_id: the delivery.
+            max_attempts: attempts a delivery may use (default: the executor's).
+        """
+        row = self.status_of(delivery_id)
+        if row is None or row.status != Status.DISPATCHED or row.lease_expires_at is None:
+            return False
+        if row.lease_expires_at > self.clock.now():
+            return False
+        return bool(self.release_expired(ids=[delivery_id], max_attempts=max_attempts).redrive)
 
     def recoverable(self, *, older_than: timedelta, limit: int = 1000) -> Recoverable:
         """Deliveries a crash or a failure left behind, now due again.

@@ -83,7 +83,7 @@ class DeliveryJobs:
         """The ``chimeway.deliver`` job: one attempt at one delivery, if it is due."""
         did = uuid.UUID(delivery_id)
         claimed = self._claims.call(did)
-        if claimed is None and self._take_back_if_expired(did, job):
+        if claimed is None and self.executor.take_back_if_expired(did, max_attempts=job.max_attempts):
             claimed = self._claims.call(did)
         if claimed is not None:
             outcome = self._records.call(self.executor.send(claimed, max_attempts=job.max_attempts))
@@ -95,14 +95,6 @@ class DeliveryJobs:
                             after=self.executor.leases.ttl.total_seconds() + LEASE_MARGIN)
             return
         self._not_claimed(did)
-
-    def _take_back_if_expired(self, did: uuid.UUID, job: JobInfo) -> bool:
-        row = self.executor.status_of(did)
-        if row is None or row.status != Status.DISPATCHED or row.lease_expires_at is None:
-            return False
-        if row.lease_expires_at > self.executor.clock.now():
-            return False
-        return bool(self.executor.release_expired(ids=[did], max_attempts=job.max_attempts).redrive)
 
     def _not_claimed(self, did: uuid.UUID) -> None:
         # Final already (done), in flight, not due, or on a channel this worker lacks.

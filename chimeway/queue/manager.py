@@ -7,7 +7,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -86,6 +86,7 @@ class JobQueue(Operations, Browsing, Draining):
         self._queues: set[str] = set(BUILTIN_QUEUES)
         self._handles: dict[str, JobHandle] = {}
         self._listeners: list[Callable[[JobEvent], None]] = []
+        self._inserted: list[Callable[[Connection, Sequence[Mapping[str, Any]]], None]] = []
 
     # --- declaring -------------------------------------------------------------
 
@@ -170,6 +171,18 @@ class JobQueue(Operations, Browsing, Draining):
         """
         self._listeners.append(callback)
 
+    def on_insert(self, callback: Callable[[Connection, Sequence[Mapping[str, Any]]], None]) -> None:
+        """Call ``callback(conn, rows)`` in the transaction that inserts jobs.
+
+        ``rows`` are the inserted rows' values (``queue``, ``scheduled_at``,
+        ...). A dispatcher that runs jobs elsewhere uses it to wake its
+        workers once that transaction commits.
+
+        Args:
+            callback: the hook; an exception it raises aborts the insert.
+        """
+        self._inserted.append(callback)
+
     def _check_queue(self, queue: str) -> None:
         if queue not in self._queues:
             raise UnknownQueueError(
@@ -216,6 +229,8 @@ class JobQueue(Operations, Browsing, Draining):
         self._announce(conn, {row["queue"]})
         if job_id is None:
             return None
+        for callback in self._inserted:
+            callback(conn, [row])
         self._inline_after(session, [int(job_id)], [row["worker"]])
         return int(job_id)
 
@@ -240,6 +255,9 @@ class JobQueue(Operations, Browsing, Draining):
         conn = connection_of(session)
         ids = sql.bulk_insert(conn, rows)
         self._announce(conn, {r["queue"] for r in rows})
+        if ids:
+            for callback in self._inserted:
+                callback(conn, rows)
         self._inline_after(session, ids, {r["worker"] for r in rows})
         return ids
 
