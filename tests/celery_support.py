@@ -215,18 +215,25 @@ def start_chimeway_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    # The whole group when the process leads one (started with start_new_session).
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+
+
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process and every child (a prefork pool's children too)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    _signal(proc, signal.SIGKILL)
     proc.wait(30)
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> str:
-    """SIGTERM (then SIGKILL) the process group; returns what it wrote to stderr."""
+    """SIGTERM (then SIGKILL) the process (group); returns what it wrote to stderr."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        _signal(proc, signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:

@@ -1,4 +1,5 @@
-"""Dispatchers: ``sync`` (in-process after commit) and ``queue`` (the job queue)."""
+"""Dispatchers: ``sync`` (in-process after commit), ``queue`` (the job queue) and, with the
+``celery`` extra, :mod:`chimeway.dispatch.celery` (an outbox relayed to Celery)."""
 
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DeliveryOutcome, Executor

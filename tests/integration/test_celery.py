@@ -7,6 +7,8 @@ that counts every ``webhook-id`` (``msg_<delivery id>``) it sees.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -36,7 +38,7 @@ from faults import Receiver, wait_for
 from sqlalchemy.orm import Session
 
 from chimeway import Chimeway
-from chimeway.models import deliveries_table, outbox_table
+from chimeway.models import decisions_table, deliveries_table, outbox_table
 from chimeway.planning import TriggerRequest
 
 pytestmark = pytest.mark.postgres
@@ -163,6 +165,18 @@ def test_a_commit_while_the_broker_is_down_is_delivered_once_it_returns(
         redis.stop()
 
 
+def _in_flight_in_group(app: Chimeway, group: int) -> int:
+    """Sends in flight whose lease holder (``host:pid:tag``) is a process of ``group``."""
+    d = deliveries_table
+    with app.engine.connect() as conn:
+        holders = conn.execute(sa.select(d.c.lease_holder).where(d.c.status == "dispatched")).scalars().all()
+    count = 0
+    for holder in holders:
+        with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+            count += os.getpgid(int(str(holder).split(":")[1])) == group
+    return count
+
+
 def test_no_delivery_is_lost_when_a_celery_worker_is_killed_mid_send(
     pg_url: str, tmp_path: Path,
 ) -> None:
@@ -172,25 +186,24 @@ def test_no_delivery_is_lost_when_a_celery_worker_is_killed_mid_send(
     app, _ = make_app(env)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        first = start_celery_worker(env, name="doomed", pool="prefork", concurrency=8)
-        procs.append(first)
-        t0 = time.monotonic()
-        ids = _commit(app, 0, 100)                        # 1,000 webhooks
-        t1 = time.monotonic()
-        wait_for(lambda: receiver.received() >= 150, 120, "the first sends")
-        t2 = time.monotonic()
-        in_flight = _statuses(app).get("dispatched", 0)
-        kill_group(first)                               # the worker and its prefork children, mid-send
-        procs.append(start_celery_worker(env, name="survivor", concurrency=50, beat_dir=tmp_path))
+        doomed = start_celery_worker(env, name="doomed", pool="prefork", concurrency=8)
+        procs += [doomed, start_celery_worker(env, name="survivor", concurrency=30, beat_dir=tmp_path)]
+        ids = _commit(app, 0, 100)                      # 1,000 webhooks
+        wait_for(lambda: receiver.received() >= 150 and _in_flight_in_group(app, doomed.pid) > 0, 120,
+                 "the first sends, some of them by the doomed worker")
+        in_flight = _in_flight_in_group(app, doomed.pid)
+        kill_group(doomed)                              # the worker and its prefork children, mid-send
         wait_for(lambda: set(_statuses(app)) <= FINAL, 120, "every delivery to be final")
-        print(f"commit {t1-t0:.1f} s, third {t2-t1:.1f} s, rest {time.monotonic()-t2:.1f} s")
         seen = receiver.snapshot()
         duplicated = sum(n - 1 for n in seen.values() if n > 1)
-        print(f"celery sigkill: {len(ids)} deliveries, {in_flight} in flight at the kill, "
-              f"{duplicated} received twice")
+        with app.engine.connect() as conn:
+            taken_back = conn.execute(sa.select(sa.func.count()).where(
+                decisions_table.c.event == "lease_expired")).scalar()
+        print(f"celery sigkill: {len(ids)} deliveries, {in_flight} in flight in the killed worker, "
+              f"{taken_back} taken back when their lease ran out, {duplicated} received twice")
         assert _statuses(app) == {"succeeded": 1000}
         assert [i for i in ids if seen[i] == 0] == []
-        assert in_flight > 0, "the kill hit no send in flight: the proof proves nothing"
+        assert in_flight > 0 and taken_back, "the kill hit no send in flight: the proof proves nothing"
     finally:
         _stopped(procs)
         delete_queues(broker, env["CW_QUEUE"], env["CW_RELAY_QUEUE"])
