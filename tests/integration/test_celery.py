@@ -138,7 +138,8 @@ def test_a_commit_while_the_broker_is_down_is_delivered_once_it_returns(
     try:
         procs.append(start_celery_worker(env, name="steady", concurrency=10))
         before = _commit(app, 1, 1)
-        wait_for(lambda: all(receiver.counts[i] for i in before), 60, "webhooks sent while the broker is up")
+        wait_for(lambda: _statuses(app) == {"succeeded": 10}, 60, "webhooks sent while the broker is up")
+        time.sleep(0.5)                                 # their acknowledgements reach the broker
 
         redis.stop()
         started = time.monotonic()
@@ -153,7 +154,16 @@ def test_a_commit_while_the_broker_is_down_is_delivered_once_it_returns(
         # The relay runs inside `chimeway worker` here (Celery beat is not running).
         procs.append(start_chimeway_worker(env))
         after = _commit(app, 5, 1)
-        wait_for(lambda: _statuses(app) == {"succeeded": 50}, 90, "every webhook once the broker is back")
+
+        def done() -> bool:
+            # A supervisor's job: Celery workers on Redis sometimes exit while
+            # reconnecting (a kombu error in restoring unacknowledged messages).
+            if procs[0].poll() is not None:
+                print(f"the Celery worker exited ({procs[0].returncode}) after the broker restart; restarted")
+                procs[0] = start_celery_worker(env, name="steady", concurrency=10)
+            return _statuses(app) == {"succeeded": 50}
+
+        wait_for(done, 90, "every webhook once the broker is back")
         ids = before + during + after
         assert {i: receiver.counts[i] for i in ids} == dict.fromkeys(ids, 1), "each delivery exactly once"
         assert _outbox(app) == []
