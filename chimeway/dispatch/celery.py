@@ -56,6 +56,7 @@ from chimeway.dispatch.relay import Published, Relay, RescueReport
 from chimeway.errors import ConfigurationError, UnknownChannelError
 from chimeway.models import jobs_table
 from chimeway.queue import JobQueue
+from chimeway.queue.worker import add_plugin
 from chimeway.transactions import after_commit
 
 try:
@@ -194,8 +195,6 @@ class CeleryDispatcher:
             engine.dispose(close=False)
 
         celery_signals.worker_process_init.connect(forked, weak=False)
-        from chimeway.queue.worker import add_plugin
-
         # ``chimeway worker`` runs Chimeway's jobs itself: it only relays and rescues.
         add_plugin(app.queue, lambda: self.relay_pass(jobs=False), self.relay_interval)
         add_plugin(app.queue, lambda: self.rescue_pass(jobs=False), self._rescue_interval())
