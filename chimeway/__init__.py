@@ -5,6 +5,7 @@ from chimeway.digest import Digest
 from chimeway.errors import ChimewayError
 from chimeway.explain import Explanation, TimelineEntry, Trace
 from chimeway.inbox import Inbox, InboxItem, InboxPage
+from chimeway.inbox_live import InboxChange
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
 from chimeway.policy import Cap, Dedupe, PreviewItem
@@ -23,6 +24,7 @@ __all__ = [
     "Explanation",
     "Feedback",
     "Inbox",
+    "InboxChange",
     "InboxItem",
     "InboxPage",
     "JobEvent",

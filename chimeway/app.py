@@ -34,6 +34,7 @@ from chimeway.errors import ConfigurationError, InvalidInputError, NotFoundError
 from chimeway.explain import Explanation, Trace, explain, trace
 from chimeway.feedback import FeedbackOutcome, ingest
 from chimeway.inbox import Inbox
+from chimeway.inbox_live import InboxHub
 from chimeway.migrations import upgrade
 from chimeway.notifier import Notifier
 from chimeway.planning import (
@@ -48,7 +49,14 @@ from chimeway.queue import JobHandle, JobQueue
 from chimeway.queue.worker import add_plugin
 from chimeway.record_triggers import RecordTriggers
 from chimeway.reencrypt import reencrypt
-from chimeway.verbs import OperatingVerbs, PolicyVerbs, SchedulingVerbs, TracingVerbs, WorkflowVerbs
+from chimeway.verbs import (
+    LiveVerbs,
+    OperatingVerbs,
+    PolicyVerbs,
+    SchedulingVerbs,
+    TracingVerbs,
+    WorkflowVerbs,
+)
 from chimeway.workflow.service import Workflows
 
 __all__ = ["Chimeway", "RecoverReport"]
@@ -73,7 +81,8 @@ class RecoverReport:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
-class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, OperatingVerbs, TracingVerbs):
+class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, OperatingVerbs, TracingVerbs,
+               LiveVerbs):
     """A Chimeway application: one database, its channels and a dispatcher.
 
     The core verbs (trigger, inbox, explain, recover, jobs) are defined here;
@@ -142,6 +151,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         # The job queue exists with either dispatcher: user jobs, cron and
         # workflow timers run on it even when deliveries are sync.
         self.queue = JobQueue(self.engine, clock=self.clock, notify=notify)
+        # Live inbox changes listen where the queue's workers do (not behind PgBouncer).
+        self.inbox_hub = InboxHub(self.engine) if self.queue.notify else None
         self.workflows = Workflows(engine=self.engine, clock=self.clock, channels=self.channels,
                                    queue=self.queue, dispatcher=lambda: self.dispatcher)
         # The pipeline, declared once in the order it runs. At planning, in the
@@ -482,6 +493,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             for dialect in list(self._encrypted):
                 unbind_encryption(dialect, self.encryption)
         self.executor.close()
+        if self.inbox_hub is not None:
+            self.inbox_hub.close()
         for channel in self.channels.values():
             channel.close()
         if self._owns_engine:

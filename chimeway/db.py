@@ -31,6 +31,8 @@ except ImportError:  # Windows: BEGIN IMMEDIATE alone orders SQLite writers ther
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "INBOX_CHANNEL",
+    "INBOX_NOTIFY_DDL",
     "JsonText",
     "TextBefore",
     "connection_of",
@@ -266,6 +268,50 @@ def _text_before_sqlite(element: TextBefore, compiler: SQLCompiler, **kw: Any) -
     column = compiler.process(element.column, **kw)
     at = f"instr({column}, '{element.separator}')"
     return f"(CASE WHEN {at} > 0 THEN substr({column}, 1, {at} - 1) ELSE {column} END)"
+
+
+# --- inbox changes announced by PostgreSQL ------------------------------------------------------
+
+INBOX_CHANNEL = "chimeway_inbox"
+"""The ``NOTIFY`` channel on which PostgreSQL announces inbox changes."""
+
+# A trigger, so that every writer of an inbox row (the executor marking a
+# delivery, the inbox's transitions, a caller's own session) announces the
+# change in its own transaction: PostgreSQL delivers the NOTIFY at commit,
+# and never for a rollback. The payload names the row and the change only.
+INBOX_NOTIFY_DDL = (
+    """CREATE OR REPLACE FUNCTION chimeway_inbox_notify() RETURNS trigger LANGUAGE plpgsql AS $body$
+DECLARE
+  kinds text[] := ARRAY[]::text[];
+  kind text;
+BEGIN
+  IF NEW.inbox_at IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF OLD.inbox_at IS NULL THEN
+    kinds := kinds || 'new'::text;
+  END IF;
+  IF NEW.read_at IS NOT NULL AND OLD.read_at IS NULL THEN
+    kinds := kinds || 'read'::text;
+  ELSIF NEW.seen_at IS NOT NULL AND OLD.seen_at IS NULL THEN
+    kinds := kinds || 'seen'::text;
+  END IF;
+  IF NEW.archived_at IS NOT NULL AND OLD.archived_at IS NULL THEN
+    kinds := kinds || 'archived'::text;
+  END IF;
+  FOREACH kind IN ARRAY kinds LOOP
+    PERFORM pg_notify('chimeway_inbox', json_build_object(
+      't', NEW.tenant, 'r', NEW.recipient_id, 'id', NEW.id, 'k', kind)::text);
+  END LOOP;
+  RETURN NULL;
+END
+$body$""",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_notify ON chimeway_notifications",
+    """CREATE TRIGGER chimeway_inbox_notify
+  AFTER UPDATE OF inbox_at, seen_at, read_at, archived_at ON chimeway_notifications
+  FOR EACH ROW EXECUTE FUNCTION chimeway_inbox_notify()""",
+)
+"""The PostgreSQL function and trigger behind :data:`INBOX_CHANNEL` (migration 0009 creates the same)."""
 
 
 # --- statements that differ between PostgreSQL and SQLite ---------------------------------------

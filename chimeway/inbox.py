@@ -25,7 +25,7 @@ from chimeway.ids import as_uuid
 from chimeway.models import notifications_table
 from chimeway.validation import check_text
 
-__all__ = ["Inbox", "InboxItem", "InboxPage"]
+__all__ = ["Inbox", "InboxItem", "InboxPage", "inbox_item"]
 
 MAX_PAGE = 200
 SignalHook = Callable[[Connection, str, "InboxItem"], None]
@@ -159,7 +159,7 @@ class Inbox:
         query = query.order_by(n.c.id.desc()).limit(limit + 1)
         with self._conn() as conn:
             rows = conn.execute(query).all()
-        items = tuple(_item(row) for row in rows[:limit])
+        items = tuple(inbox_item(row) for row in rows[:limit])
         next_cursor = str(items[-1].id) if len(rows) > limit and items else None
         return InboxPage(items=items, next_cursor=next_cursor)
 
@@ -171,7 +171,7 @@ class Inbox:
             row = conn.execute(sa.select(n).where(self._scope(), n.c.id == nid)).first()
         if row is None:
             raise NotFoundError(f"notification {nid} is not in the inbox of {self.recipient!r}")
-        return _item(row)
+        return inbox_item(row)
 
     def unread_count(self) -> int:
         """Items not read and not archived."""
@@ -207,7 +207,7 @@ class Inbox:
             if ids and self._on_transition is not None:
                 rows = conn.execute(sa.select(n).where(n.c.id.in_(ids))).all()
                 for row in rows:
-                    self._on_transition(conn, "notification.read", _item(row))
+                    self._on_transition(conn, "notification.read", inbox_item(row))
         return len(ids)
 
     def _transition(self, notification_id: uuid.UUID | str, column: str, signal: str | None) -> bool:
@@ -225,11 +225,12 @@ class Inbox:
             if row is None:
                 raise NotFoundError(f"notification {nid} is not in the inbox of {self.recipient!r}")
             if changed and signal is not None and self._on_transition is not None:
-                self._on_transition(conn, signal, _item(row))
+                self._on_transition(conn, signal, inbox_item(row))
         return bool(changed)
 
 
-def _item(row: Any) -> InboxItem:
+def inbox_item(row: Any) -> InboxItem:
+    """The inbox item a ``chimeway_notifications`` row stands for."""
     return InboxItem(
         id=row.id,
         recipient_id=row.recipient_id,

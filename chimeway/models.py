@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from chimeway.db import JsonText
+from chimeway.db import INBOX_NOTIFY_DDL, JsonText
 from chimeway.types import JSONType, SealedJSON, UTCDateTime
 
 __all__ = [
@@ -388,6 +388,14 @@ sa.Index(
     sqlite_where=sa.text("state IN ('completed','retryable','discarded')"),
 )
 cron_ticks_table = _table(CronTick)
+
+# PostgreSQL announces inbox changes from a trigger (see db.INBOX_NOTIFY_DDL);
+# ``metadata.create_all`` creates it too, as migration 0009 does.
+@sa.event.listens_for(notifications_table, "after_create")
+def _announce_inbox_changes(target: sa.Table, connection: sa.Connection, **kw: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        for statement in INBOX_NOTIFY_DDL:
+            connection.exec_driver_sql(statement)
 
 
 # --- preferences and policy --------------------------------------------------

@@ -28,10 +28,11 @@ class Listener(threading.Thread):
 
     Args:
         engine: the PostgreSQL engine whose database to listen on.
-        on_notify: called with each notification's payload (a queue name).
+        on_notify: called with each notification's payload (for the job queue, a queue name).
         on_connect: called after every (re)connection, since notifications
             sent while disconnected are lost and a poll must make up for them.
         stop: set to end the thread.
+        channel: the notification channel to listen on (default: the job queue's).
     """
 
     def __init__(
@@ -42,8 +43,12 @@ class Listener(threading.Thread):
         stop: threading.Event,
         *,
         name: str = "chimeway-listener",
+        channel: str = NOTIFY_CHANNEL,
     ) -> None:
         super().__init__(name=name, daemon=True)
+        if not channel.isidentifier():
+            raise ValueError(f"channel must be an identifier, got {channel!r}")
+        self._channel = channel
         self._dsn = conninfo(engine)
         self._on_notify = on_notify
         self._on_connect = on_connect
@@ -57,7 +62,7 @@ class Listener(threading.Thread):
             try:
                 with psycopg.connect(self._dsn, autocommit=True,
                                      application_name="chimeway-listener") as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(f"LISTEN {self._channel}")
                     self.connections += 1
                     self.connected.set()
                     delay = 0.1

@@ -8,6 +8,7 @@ from chimeway.channels.base import Channel
 from chimeway.clock import Clock
 from chimeway.cron import ScheduledNotifiers, Scheduler
 from chimeway.dispatch.base import Dispatcher
+from chimeway.inbox_live import InboxHub
 from chimeway.policy import Policy
 from chimeway.queue import JobQueue
 from chimeway.record_triggers import RecordTriggers
@@ -29,3 +30,4 @@ class AppBase:
     scheduler: Scheduler
     scheduled_notifiers: ScheduledNotifiers
     record_triggers: RecordTriggers
+    inbox_hub: InboxHub | None

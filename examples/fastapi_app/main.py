@@ -14,6 +14,7 @@ Run it (from the ``examples`` folder)::
 # No `from __future__ import annotations`: FastAPI reads the endpoints'
 # annotations at runtime, and some name a dependency local to create_app.
 import asyncio
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import ForeignKey, String, Text, select
 from sqlalchemy.exc import IntegrityError
@@ -186,6 +188,30 @@ def create_app(database_url: str | None = None) -> FastAPI:
             "next_cursor": page.next_cursor,
             "unread": await box.unread_count(),
         }
+
+    @api.get("/users/{user_id}/inbox/changes")
+    async def inbox_changes(user_id: int) -> StreamingResponse:
+        """Server-Sent Events: the inbox's changes as they commit (``EventSource`` in a browser).
+
+        The first event is ``snapshot`` (the unread count); then ``new``,
+        ``seen``, ``read`` and ``archived``, each with the item and the unread
+        count. On PostgreSQL they arrive through LISTEN/NOTIFY within
+        milliseconds of the commit; on SQLite within a poll (1 s).
+        """
+        changes = chimeway.inbox_changes(f"user:{user_id}")
+
+        async def events() -> AsyncIterator[str]:
+            async for change in changes:
+                data: dict[str, Any] = {"unread": change.unread_count}
+                if change.item is not None:
+                    data |= {"id": str(change.item.id), "title": change.item.title,
+                             "read": change.item.read_at is not None,
+                             "archived": change.item.archived_at is not None}
+                yield f"event: {change.kind}\ndata: {json.dumps(data)}\n\n"
+
+        # Leaving the stream (the client went away) closes the iterator, which stops listening.
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @api.post("/users/{user_id}/inbox/{notification_id}/read")
     async def mark_read(user_id: int, notification_id: str, db: Session) -> dict[str, Any]:

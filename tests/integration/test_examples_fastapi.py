@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -16,6 +18,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 from fastapi_app.main import create_app, prepare
+from http_apps import serve_asgi
 
 from chimeway.models import events_table
 
@@ -120,3 +123,38 @@ async def test_a_taken_username_is_a_409_with_a_message(client: httpx.AsyncClien
     assert again.status_code == 409
     assert again.json() == {"detail": "username 'zoe' is already taken"}
     assert (await client.post("/users", json={"username": "yan"})).status_code == 201
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Server-Sent Events from a response's lines: (event, data)."""
+    event, data = "message", ""
+    async for line in lines:
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            data += line[len("data: "):]
+        elif line == "" and data:
+            yield event, json.loads(data)
+            event, data = "message", ""
+
+
+async def test_an_open_event_stream_receives_a_read(api: FastAPI, client: httpx.AsyncClient) -> None:
+    ids = await _users(client, "eve", "fay")
+    await _comment(client, ids["eve"], "ping @fay")
+    [item] = (await client.get(f"/users/{ids['fay']}/inbox")).json()["items"]
+    with serve_asgi(api) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as browser, browser.stream(
+            "GET", f"/users/{ids['fay']}/inbox/changes"
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = _events(response.aiter_lines())
+            # A generous bound that only a broken stream reaches; reads arrive in milliseconds.
+            with anyio.fail_after(10):
+                assert await anext(events) == ("snapshot", {"unread": 1})
+                read = await client.post(f"/users/{ids['fay']}/inbox/{item['id']}/read")
+                assert read.json() == {"changed": True}
+                assert await anext(events) == ("read", {"unread": 0, "id": item["id"], "read": True,
+                                                        "archived": False, "title": "@eve mentioned you"})
+                await _comment(client, ids["eve"], "again @fay")
+                kind, data = await anext(events)
+                assert (kind, data["unread"], data["read"]) == ("new", 1, False)
