@@ -13,7 +13,7 @@ from support import OnlyRec, total_rows
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.db import create_engine
-from chimeway.errors import ChimewayError, DatabaseError, InvalidInputError, SignatureError
+from chimeway.errors import ChimewayError, DatabaseError, InvalidInputError
 from chimeway.planning import TriggerRequest
 from chimeway.testing import RecordingChannel
 
