@@ -109,6 +109,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         encryption_keys: Fernet keys, newest first: store params, rendered
             messages, recipients and inbox content encrypted (see
             guides/security.md). Every process of the app needs them.
+        idempotency: ``"payload"`` (default): an idempotency key reused with
+            another notifier, other params or other recipients raises
+            ``IdempotencyConflictError``; ``"key"``: the key alone decides,
+            and a reuse returns the first event as a duplicate.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
         max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
         encryption_keys: Sequence[str | bytes] | None = None,
+        idempotency: str = "payload",
     ) -> None:
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
@@ -136,6 +141,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         self.max_attempts = max_attempts
+        if idempotency not in ("payload", "key"):
+            raise ConfigurationError(f"idempotency must be 'payload' or 'key', got {idempotency!r}")
+        self.idempotency = idempotency
         for name, value in (("lease_ttl", lease_ttl), ("max_retry_after", max_retry_after)):
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ConfigurationError(f"{name} must be a positive timedelta, got {value!r}")
@@ -291,7 +299,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         conn = connection_of(session)
         self._encrypt_through(conn)
         with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
-            results = write_plans(conn, plans, self.planning)
+            results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload")
         due = [
             Due(d.id, d.not_before)
             for the_plan, result in zip(plans, results, strict=True) if not result.duplicate

@@ -14,6 +14,7 @@ kept as ``__cause__``.
     ├── InvalidWorkflowError        a workflow's steps are malformed
     ├── InvalidInputError           bad arguments to trigger/track/enqueue
     │   ├── IdempotencyKeyError     missing or blank idempotency key
+    │   │   └── IdempotencyConflictError  a used key sent again with another payload
     │   ├── ParamsNotJSONError      params (or job args) that are not JSON
     │   ├── InvalidRecipientError   recipients() returned something that is not a Recipient
     │   └── InvalidScheduleError    a cron expression or time zone that cannot be used
@@ -34,6 +35,7 @@ __all__ = [
     "ChimewayError",
     "ConfigurationError",
     "DatabaseError",
+    "IdempotencyConflictError",
     "IdempotencyKeyError",
     "InvalidInputError",
     "InvalidNotifierError",
@@ -77,6 +79,10 @@ class InvalidInputError(ChimewayError):
 
 class IdempotencyKeyError(InvalidInputError):
     """The idempotency key is missing, blank or too long."""
+
+
+class IdempotencyConflictError(IdempotencyKeyError):
+    """An idempotency key already used for an event with another notifier, params or recipients."""
 
 
 class ParamsNotJSONError(InvalidInputError):

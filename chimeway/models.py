@@ -121,6 +121,9 @@ class Event(Base):
     cancellation_key: Mapped[str | None] = mapped_column(sa.String(500))
     params: Mapped[dict[str, Any]] = mapped_column(SealedJSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # SHA-256 of (notifier, stored params, recipient ids): a key reused with
+    # another payload is refused (NULL for events from before it existed).
+    payload_hash: Mapped[str | None] = mapped_column(sa.String(80))
 
 
 class Notification(Base):

@@ -7,6 +7,8 @@ connection. A duplicate ``(tenant, idempotency_key)`` writes nothing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from chimeway.db import insert, tenant_key
 from chimeway.decisions import Decision
 from chimeway.deliveries import PlannedDelivery, decide, new_rows
 from chimeway.errors import (
+    IdempotencyConflictError,
     IdempotencyKeyError,
     InvalidInputError,
     InvalidNotifierError,
@@ -188,6 +191,7 @@ def plan(
         "params": redact(dict(params), notifier_cls.sensitive),
         "created_at": now,
     }
+    event["payload_hash"] = payload_hash(notifier_cls.key, event["params"], [r.id for r in recipients])
     notifications: list[dict[str, Any]] = []
     deliveries: list[PlannedDelivery] = []
     for recipient in recipients:
@@ -358,6 +362,8 @@ def write_plans(
     conn: Connection,
     plans: Sequence[Plan],
     checkpoints: Sequence[Checkpoint] = (),
+    *,
+    strict: bool = True,
 ) -> list[TriggerResult]:
     """Write plans' rows on the caller's connection, detecting duplicates.
 
@@ -377,6 +383,9 @@ def write_plans(
         checkpoints: run in order over every fresh plan at once (the policy
             rules, then workflow runs); they may set a planned delivery's
             status, reason and decisions, or add deliveries.
+        strict: refuse a used idempotency key sent with another payload
+            (:class:`IdempotencyConflictError`); ``False`` returns the first
+            event as a duplicate whatever the payload.
     """
     if not plans:
         return []
@@ -384,6 +393,8 @@ def write_plans(
     for chunk in _chunks(list(plans), BATCH):
         inserted.update(_insert_events(conn, [p.event for p in chunk]))
     fresh = [p for p in plans if p.event_id in inserted]
+    if strict:
+        _refuse_changed_payloads(conn, [p for p in plans if p.event_id not in inserted], fresh)
     if fresh:
         for checkpoint in checkpoints:
             checkpoint(conn, fresh)
@@ -413,6 +424,35 @@ def write_plans(
     return results
 
 
+def _refuse_changed_payloads(conn: Connection, duplicates: Sequence[Plan], fresh: Sequence[Plan]) -> None:
+    if not duplicates:
+        return
+    e = events_table
+    keys = {(p.event["tenant"], p.event["idempotency_key"]): p for p in duplicates}
+    stored: dict[tuple[str, str], Any] = {}
+    for chunk in _chunks(list(keys), BATCH):
+        for row in conn.execute(sa.select(e.c.tenant, e.c.idempotency_key, e.c.payload_hash, e.c.notifier_key)
+                                .where(sa.tuple_(e.c.tenant, e.c.idempotency_key).in_(chunk))):
+            stored[(row.tenant, row.idempotency_key)] = row
+    seen: dict[tuple[str, str], str] = {(p.event["tenant"], p.event["idempotency_key"]): p.event["payload_hash"]
+                                        for p in fresh}
+    for key, the_plan in keys.items():
+        first = stored.get(key)
+        expected = seen.get(key) or (first.payload_hash if first is not None else None)
+        if expected is None or expected == the_plan.event["payload_hash"]:
+            continue
+        if fresh:
+            # Nothing of this call may stay behind in the caller's transaction.
+            conn.execute(sa.delete(e).where(e.c.id.in_([p.event_id for p in fresh])))
+        tenant, idempotency_key = key
+        notifier = first.notifier_key if first is not None else the_plan.event["notifier_key"]
+        raise IdempotencyConflictError(
+            f"idempotency_key {idempotency_key!r}" + (f" (tenant {tenant!r})" if tenant else "")
+            + f" was already used for a {notifier!r} event with other params or recipients; use a new key "
+            "for a new event (or Chimeway(idempotency='key') to return the first event whatever the payload)"
+        )
+
+
 def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> set[uuid.UUID]:
     if len(events) == 1:
         # The common case reuses one compiled statement.
@@ -433,6 +473,17 @@ def _insert_event_statement(dialect: str) -> Any:
 
 def _chunks(rows: list[Any], size: int) -> list[list[Any]]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def payload_hash(notifier_key: str, stored_params: Mapping[str, Any], recipient_ids: Sequence[str]) -> str:
+    """What an idempotency key promises: the same notifier, params (as stored) and recipients.
+
+    Computed from the stored (redacted) params, so it reveals nothing the
+    event row does not.
+    """
+    material = json.dumps({"notifier": notifier_key, "params": stored_params, "recipients": sorted(recipient_ids)},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
 def existing_result(conn: Connection, tenant: str, idempotency_key: str) -> TriggerResult:

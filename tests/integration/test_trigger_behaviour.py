@@ -64,7 +64,7 @@ def test_same_idempotency_key_is_a_duplicate_and_writes_nothing(app: Chimeway, r
         first = app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="dup", tenant="t1")
     before = count_rows(app.engine)
     with Session(app.engine) as session, session.begin():
-        second = app.trigger(session, OnlyRec, {"n": 2}, idempotency_key="dup", tenant="t1")
+        second = app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="dup", tenant="t1")
     assert second.duplicate
     assert second.event_id == first.event_id
     assert second.delivery_ids == first.delivery_ids
@@ -74,6 +74,36 @@ def test_same_idempotency_key_is_a_duplicate_and_writes_nothing(app: Chimeway, r
     with Session(app.engine) as session, session.begin():
         other = app.trigger(session, OnlyRec, {"n": 3}, idempotency_key="dup", tenant="t2")
     assert not other.duplicate and other.event_id != first.event_id
+
+
+def test_a_used_key_with_another_payload_is_refused_and_writes_nothing(app: Chimeway, rec: RecordingChannel,
+                                                                       any_engine: sa.Engine) -> None:
+    from chimeway.errors import IdempotencyConflictError
+
+    with Session(app.engine) as session, session.begin():
+        first = app.trigger(session, OnlyRec, {"n": 1}, idempotency_key="pay-7", tenant="t1")
+    before = count_rows(app.engine)
+    for params, notifier, user in (({"n": 2}, OnlyRec, "user:1"), ({"n": 1}, Welcome, "user:1"),
+                                   ({"n": 1, "user": "user:2"}, OnlyRec, "user:2")):
+        with Session(app.engine) as session, session.begin():
+            with pytest.raises(IdempotencyConflictError, match="idempotency_key 'pay-7' \\(tenant 't1'\\)"):
+                app.trigger(session, notifier, {**params, "name": "x", "users": [user]}
+                            if notifier is Welcome else params, idempotency_key="pay-7", tenant="t1")
+    assert count_rows(app.engine) == before and len(rec.sent) == 1
+    # In one batch, a conflict takes back the batch's new events too.
+    from chimeway.planning import TriggerRequest
+
+    with Session(app.engine) as session, session.begin():
+        with pytest.raises(IdempotencyConflictError):
+            app.trigger_many(session, OnlyRec, [TriggerRequest(params={"n": 5}, idempotency_key="new-1"),
+                                                TriggerRequest(params={"n": 9}, idempotency_key="pay-7",
+                                                               tenant="t1")])
+    assert count_rows(app.engine) == before
+    # Opting out: the key alone decides.
+    lenient = Chimeway(engine=any_engine, channels={"rec": rec}, idempotency="key")
+    with Session(lenient.engine) as session, session.begin():
+        again = lenient.trigger(session, OnlyRec, {"n": 2}, idempotency_key="pay-7", tenant="t1")
+    assert again.duplicate and again.event_id == first.event_id
 
 
 def test_rollback_leaves_nothing_and_sends_nothing(app: Chimeway, rec: RecordingChannel) -> None:
