@@ -128,10 +128,11 @@ def main() -> None:
                              {"order_id": order_id, "user_id": 42, "url": f"https://example.test/t/{order_id}"},
                              idempotency_key=f"order-{order_id}-shipped", tenant="acme", actor="warehouse")
 
-    # 3. Triggering the same key again is a no-op.
+    # 3. Triggering the same event again (same key, same params) is a no-op.
     with Session(app.engine) as session, session.begin():
-        again = app.trigger(session, OrderShipped, {"order_id": order_id, "user_id": 42, "url": "x"},
-                            idempotency_key=f"order-{order_id}-shipped", tenant="acme")
+        again = app.trigger(session, OrderShipped,
+                            {"order_id": order_id, "user_id": 42, "url": f"https://example.test/t/{order_id}"},
+                            idempotency_key=f"order-{order_id}-shipped", tenant="acme", actor="warehouse")
     print(f"committed: event {result.event_id}, {len(result.delivery_ids)} deliveries; "
           f"same key again → duplicate={again.duplicate}")
     print(f"webhook receiver got {len(received)} signed request(s):")

@@ -85,19 +85,18 @@ def test_a_used_key_with_another_payload_is_refused_and_writes_nothing(app: Chim
     before = count_rows(app.engine)
     for params, notifier, user in (({"n": 2}, OnlyRec, "user:1"), ({"n": 1}, Welcome, "user:1"),
                                    ({"n": 1, "user": "user:2"}, OnlyRec, "user:2")):
-        with Session(app.engine) as session, session.begin():
-            with pytest.raises(IdempotencyConflictError, match="idempotency_key 'pay-7' \\(tenant 't1'\\)"):
-                app.trigger(session, notifier, {**params, "name": "x", "users": [user]}
-                            if notifier is Welcome else params, idempotency_key="pay-7", tenant="t1")
+        with Session(app.engine) as session, session.begin(), \
+                pytest.raises(IdempotencyConflictError, match="idempotency_key 'pay-7' \\(tenant 't1'\\)"):
+            app.trigger(session, notifier, {**params, "name": "x", "users": [user]}
+                        if notifier is Welcome else params, idempotency_key="pay-7", tenant="t1")
     assert count_rows(app.engine) == before and len(rec.sent) == 1
     # In one batch, a conflict takes back the batch's new events too.
     from chimeway.planning import TriggerRequest
 
-    with Session(app.engine) as session, session.begin():
-        with pytest.raises(IdempotencyConflictError):
-            app.trigger_many(session, OnlyRec, [TriggerRequest(params={"n": 5}, idempotency_key="new-1"),
-                                                TriggerRequest(params={"n": 9}, idempotency_key="pay-7",
-                                                               tenant="t1")])
+    with Session(app.engine) as session, session.begin(), pytest.raises(IdempotencyConflictError):
+        app.trigger_many(session, OnlyRec, [TriggerRequest(params={"n": 5}, idempotency_key="new-1"),
+                                            TriggerRequest(params={"n": 9}, idempotency_key="pay-7",
+                                                           tenant="t1")])
     assert count_rows(app.engine) == before
     # Opting out: the key alone decides.
     lenient = Chimeway(engine=any_engine, channels={"rec": rec}, idempotency="key")

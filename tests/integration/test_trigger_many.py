@@ -18,7 +18,7 @@ def test_batch_writes_every_trigger_and_reports_duplicates(any_engine: sa.Engine
     with Session(any_engine) as session, session.begin():
         earlier = app.trigger(session, OnlyRec, {"n": 0, "user": "user:0"}, idempotency_key="k-0")
     requests = [TriggerRequest(params={"n": i, "user": f"user:{i}"}, idempotency_key=f"k-{i}") for i in range(5)]
-    requests.append(TriggerRequest(params={"n": 9, "user": "user:9"}, idempotency_key="k-3"))  # repeated in batch
+    requests.append(TriggerRequest(params={"n": 3, "user": "user:3"}, idempotency_key="k-3"))  # repeated in batch
     requests.append(TriggerRequest(params={"n": 1, "user": "user:1"}, idempotency_key="k-1", tenant="other"))
     with Session(any_engine) as session, session.begin():
         results = app.trigger_many(session, OnlyRec, requests)
