@@ -145,7 +145,7 @@ def _check_spelling(cls: type[Notifier]) -> None:
 def possible_channels(notifier: type[Notifier]) -> tuple[str, ...] | None:
     """The channels ``notifier`` can send over, or ``None`` when that is decided per call.
 
-    A workflow's ``deliver`` steps (failure branches included) decide for a
+    A workflow's ``deliver`` steps (failure branches and routes included) decide for a
     notifier with a workflow; otherwise ``channels``, unless ``channels_for``
     is overridden, which may pick any channel for a given recipient.
     """
@@ -162,7 +162,8 @@ def _step_channels(steps: Iterable[Any]) -> Iterator[str]:
         channel = getattr(step, "channel", None)
         if isinstance(channel, str):
             yield channel
-        yield from _step_channels(getattr(step, "on_failure", ()))
+        for branch in getattr(step, "branches", ()):
+            yield from _step_channels(branch)
 
 
 def _check_templates(cls: type[Notifier]) -> None:

@@ -24,28 +24,34 @@ from __future__ import annotations
 from chimeway.workflow.explain import RunExplanation, RunTransition
 from chimeway.workflow.names import PROGRESS_WORKER, SIGNAL_QUEUE, SIGNAL_WORKER, WORKFLOW_QUEUE
 from chimeway.workflow.steps import (
+    OUTCOMES,
     Deliver,
+    Goto,
     Step,
     Stop,
     Wait,
     deliver,
+    goto,
     stop,
     validate_workflow,
     wait,
 )
 
 __all__ = [
+    "OUTCOMES",
     "PROGRESS_WORKER",
     "SIGNAL_QUEUE",
     "SIGNAL_WORKER",
     "WORKFLOW_QUEUE",
     "Deliver",
+    "Goto",
     "RunExplanation",
     "RunTransition",
     "Step",
     "Stop",
     "Wait",
     "deliver",
+    "goto",
     "stop",
     "validate_workflow",
     "wait",

@@ -12,11 +12,15 @@ Every change of a run's state or step appends one transition with a reason:
 - ``started``: the run began (context: the notifier version and fingerprint);
 - ``delivery_succeeded`` / ``delivery_failed`` / ``delivery_suppressed``: the
   step's deliveries became final (context: each delivery's status and
-  reason, and ``branch: on_failure`` when the failure branch was taken);
+  reason, the ``outcome``, for a failure its kind — ``failure``: bounced,
+  retries_exhausted or permanent —, ``route`` when an ``on={...}`` route was
+  taken, and ``branch: on_failure`` when the failure branch was taken);
 - ``wait_elapsed`` / ``timeout``: a wait fell due;
 - ``signal_until``: an ``until`` signal ended the wait early;
 - ``signal_unless``: an ``unless`` signal stopped the run;
-- ``stop_step``, ``end_of_workflow``, ``cancelled``, ``workflow_unavailable``.
+- ``stop_step``, ``end_of_workflow``, ``cancelled``, ``workflow_unavailable``;
+- ``route_loop``: routes led back to a step of this same advance with
+  nothing to wait for (every delivery final at once), so the run stopped.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from chimeway.planning import render_message
 from chimeway.queue import NewJob
 from chimeway.values import Recipient
 from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
-from chimeway.workflow.steps import DeliverOp, Program, StopOp, WaitOp
+from chimeway.workflow.program import FAILURES, DeliverOp, GotoOp, Program, StopOp, WaitOp
 
 __all__ = [
     "FINAL",
@@ -59,6 +63,7 @@ __all__ = [
     "RunState",
     "SignalRow",
     "apply_signal",
+    "failure_kind",
     "load_run",
     "run_from",
     "step_outcome",
@@ -207,16 +212,27 @@ def run_from(batch: Batch, program: Program, run: RunState, index: int | None, r
         reason: why the run moves (the transition's reason).
         context: details of that cause (JSON values).
     """
+    delivered: set[int] = set()
     while True:
         if index is None:
             batch.transition(run, "completed", None, reason if reason != "started" else "end_of_workflow",
                              {**context, "end": True})
             return
         op = program.ops[index]
+        if isinstance(op, GotoOp):
+            index = op.target
+            continue
         if isinstance(op, StopOp):
             batch.transition(run, "stopped", index, "stop_step", {**context, "after": reason})
             return
         if isinstance(op, DeliverOp):
+            if index in delivered:
+                # Every delivery of this step was final at once (no recipients,
+                # an invalid message) and the routes came back to it: running it
+                # again would decide the same, forever.
+                batch.transition(run, "stopped", index, "route_loop", {**context, "after": reason})
+                return
+            delivered.add(index)
             statuses, detail = _deliver(batch, run, op)
             batch.transition(run, "active", index, reason, {**context, **detail})
             if any(s["status"] not in FINAL for s in statuses.values()):
@@ -250,8 +266,10 @@ def step_outcome(op: DeliverOp, statuses: Mapping[str, Mapping[str, Any]]
                  ) -> tuple[str, dict[str, Any], int | None]:
     """Where a deliver step goes once all its deliveries are final.
 
-    Any success moves on; only suppressions (preferences, caps) move on too;
-    otherwise the step failed and takes ``on_failure`` when it has one.
+    The step *succeeded* if any delivery succeeded, was *suppressed* if all
+    were, and otherwise *failed*; a failure's kind comes from the cancelled
+    deliveries' reasons (:func:`failure_kind`). The outcome's route, if the
+    step has one, decides where the run goes (:meth:`DeliverOp.route`).
 
     Args:
         op: the deliver step.
@@ -260,12 +278,37 @@ def step_outcome(op: DeliverOp, statuses: Mapping[str, Mapping[str, Any]]
     seen = {s["status"] for s in statuses.values()}
     context: dict[str, Any] = {"deliveries": {k: dict(v) for k, v in statuses.items()}}
     if "succeeded" in seen:
-        return "delivery_succeeded", {**context, "outcome": "succeeded"}, op.next
-    if seen == {"suppressed"}:
-        return "delivery_suppressed", {**context, "outcome": "suppressed"}, op.next
-    if op.on_failure is not None:
-        return "delivery_failed", {**context, "outcome": "failed", "branch": "on_failure"}, op.on_failure
-    return "delivery_failed", {**context, "outcome": "failed"}, op.next
+        reason, outcome, kind = "delivery_succeeded", "succeeded", "succeeded"
+    elif seen == {"suppressed"}:
+        reason, outcome, kind = "delivery_suppressed", "suppressed", "suppressed"
+    else:
+        kinds = {failure_kind(s.get("reason")) for s in statuses.values() if s["status"] != "suppressed"}
+        # Escalations that failed in different ways have no single kind:
+        # only the ``failed`` route (or on_failure) applies to them.
+        kind = kinds.pop() if len(kinds) == 1 else "failed"
+        reason, outcome = "delivery_failed", "failed"
+        context["failure"] = kind
+    context["outcome"] = outcome
+    route, target = op.route(kind)
+    if route == "on_failure":
+        context["branch"] = "on_failure"
+    elif route is not None:
+        context["route"] = route
+    return reason, context, target
+
+
+def failure_kind(reason: str | None) -> str:
+    """A failed delivery's kind from its stored reason: ``bounced``, ``retries_exhausted`` or ``permanent``.
+
+    Every other reason a delivery is cancelled for (a provider's permanent
+    refusal, an invalid message, a template that cannot render, a recipient
+    function that raised) is as final as a permanent refusal.
+
+    Args:
+        reason: the delivery's ``reason`` (``"bounced: 550 no such user"``).
+    """
+    head = (reason or "").split(":", 1)[0].strip()
+    return head if head in FAILURES else "permanent"
 
 
 def wait_due(batch: Batch, program: Program, run: RunState) -> bool:

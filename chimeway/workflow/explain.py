@@ -34,7 +34,10 @@ _WHY = {
     "stop_step": "the workflow reached stop()",
     "cancelled": "the run was cancelled",
     "workflow_unavailable": "this process does not know the run's workflow version",
+    "route_loop": "the step's routes led back to it with nothing to wait for",
 }
+_FAILURE = {"bounced": "bounced", "retries_exhausted": "retries exhausted", "permanent": "permanent",
+            "failed": "in different ways"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +51,8 @@ class RunTransition:
         from_step / to_step: the step index before and after.
         step: a description of the step the run moved to.
         reason: why (``delivery_failed``, ``signal_unless``, ``wait_elapsed``, ...).
-        context: the details (signal, deliveries and their statuses, branch taken, ...).
+        context: the details (signal, deliveries and their statuses, the
+            outcome and failure kind, the route or branch taken, ...).
     """
 
     seq: int
@@ -67,8 +71,15 @@ class RunTransition:
         text = _WHY.get(self.reason, self.reason)
         if self.reason.startswith("signal_") and "signal" in self.context:
             text += f" ({self.context['signal']} from {self.context.get('actor')})"
+        failure = self.context.get("failure")
+        if failure and self.reason == "delivery_failed":
+            text += f" ({_FAILURE.get(failure, failure)})"
         if self.context.get("branch"):
             text += f", so the run took its {self.context['branch']} branch"
+        elif self.context.get("route") and self.reason.startswith("delivery_"):
+            text += f", so the run followed its on[{self.context['route']!r}] route"
+        elif self.reason == "stop_step" and self.context.get("route"):
+            text += f" by the on[{self.context['route']!r}] route of the step before"
         return text
 
 

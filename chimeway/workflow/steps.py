@@ -1,44 +1,62 @@
-"""The workflow steps DSL, its validation, and the compiled program.
+"""The workflow steps DSL, its validation, and its compilation.
 
 ::
 
     workflow = [
-        deliver("in_app"),
-        wait(minutes=30, unless="notification.read"),
-        deliver("email"),
+        deliver("email", on={"bounced": "sms_step", "retries_exhausted": deliver("push")}),
         wait(hours=4, unless="notification.read"),
-        deliver("sms", to=manager_of),
+        stop(),
+        deliver("sms", name="sms_step"),
     ]
 
-A workflow is compiled into a flat *program*: one op per step, each knowing
-the index of the op that follows it. A ``deliver`` step's ``on_failure``
-steps are appended after the main list and continue with the step after
-that ``deliver`` (unless they ``stop()``). The index of an op is the step
-number stored on runs, transitions and deliveries.
+A workflow is compiled into a flat *program* (:mod:`chimeway.workflow.program`):
+one op per step, each knowing the index of the op that follows it. A
+``deliver`` step's ``on_failure`` and ``on={...}`` branches are appended after
+the main list and continue with the step after that ``deliver`` (unless they
+``stop()`` or ``goto()`` elsewhere); a route that names a step jumps to it.
+The index of an op is the step number stored on runs, transitions and
+deliveries.
 
 The program's JSON form is fingerprinted (SHA-256) and stored once per
-notifier version, so a run follows the steps it started with after a deploy.
+notifier version, so a run follows the steps (and routes) it started with
+after a deploy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from chimeway.errors import InvalidWorkflowError
-from chimeway.values import Recipient
+from chimeway.workflow.program import (
+    FAILURES,
+    OUTCOMES,
+    DeliverOp,
+    GotoOp,
+    Op,
+    Program,
+    Recipients,
+    StopOp,
+    WaitOp,
+    build_program,
+    check_can_end,
+)
 
 __all__ = [
+    "FAILURES",
+    "OUTCOMES",
     "Deliver",
     "DeliverOp",
+    "Goto",
+    "GotoOp",
+    "Op",
     "Program",
     "Recipients",
+    "Route",
     "Step",
     "Stop",
     "StopOp",
@@ -46,6 +64,7 @@ __all__ = [
     "WaitOp",
     "compile_workflow",
     "deliver",
+    "goto",
     "program_for",
     "program_from_spec",
     "stop",
@@ -53,7 +72,6 @@ __all__ = [
     "wait",
 ]
 
-Recipients = Callable[[Mapping[str, Any], Recipient], "Recipient | Sequence[Recipient]"]
 MAX_NAME = 200
 
 
@@ -68,11 +86,20 @@ class Deliver:
         on_failure: steps to take when every delivery of this step ends
             ``cancelled`` (failed for good); a channel name is shorthand for
             ``[deliver(name)]``. The run then continues after this step.
+        name: the step's name, for routes and ``goto()`` to jump to.
+        on: outcome → the steps that outcome takes (a ``goto`` to jump).
     """
 
     channel: str
     to: Recipients | None = None
     on_failure: tuple[Step, ...] = ()
+    name: str | None = None
+    on: tuple[tuple[str, tuple[Step, ...]], ...] = ()
+
+    @property
+    def branches(self) -> tuple[tuple[Step, ...], ...]:
+        """Every branch of steps this step may take (``on_failure``, then each route)."""
+        return tuple(b for b in (self.on_failure, *(steps for _, steps in self.on)) if b)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,12 +110,13 @@ class Wait:
         duration: how long to wait (``None`` with ``until``: until the signal).
         unless: signal names that stop the run if they arrive while waiting.
         until: signal names that end the wait early (the run continues).
-        timeout: with ``until``, how long to wait for the signal at most.
+        name: the step's name, for routes and ``goto()`` to jump to.
     """
 
     duration: timedelta | None = None
     unless: tuple[str, ...] = ()
     until: tuple[str, ...] = ()
+    name: str | None = None
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -101,13 +129,25 @@ class Stop:
     """End the run here (state ``stopped``)."""
 
 
-Step = Deliver | Wait | Stop
+@dataclass(frozen=True, kw_only=True)
+class Goto:
+    """Continue the run at the step called ``target``."""
+
+    target: str
+
+
+Step = Deliver | Wait | Stop | Goto
+# What an outcome of ``deliver(..., on={...})`` may lead to.
+Route = str | Step | Sequence[Step]
 
 
 def deliver(
     channel: str,
     to: Recipients | None = None,
     on_failure: str | Sequence[Step] | None = None,
+    *,
+    on: Mapping[str, Route] | None = None,
+    name: str | None = None,
 ) -> Deliver:
     """A step that delivers over ``channel``.
 
@@ -117,9 +157,17 @@ def deliver(
             these recipients instead (escalation); default the run's recipient.
         on_failure: a channel name, or a list of steps, taken when the
             delivery fails for good; the run then continues after this step.
+        on: where each outcome of the step goes: ``"succeeded"``,
+            ``"suppressed"``, ``"bounced"``, ``"retries_exhausted"``,
+            ``"permanent"``, or ``"failed"`` (any failure without its own
+            route). A value is a step name to jump to (or ``goto(name)``),
+            ``stop()``, a step or a list of steps (which then continue after
+            this step). An outcome without a route moves on to the next step.
+        name: a name other steps' routes and ``goto()`` can jump to.
     """
     if not isinstance(channel, str) or not channel.strip():
         raise InvalidWorkflowError(f"deliver() needs a channel name, got {channel!r}")
+    where = f"deliver({channel!r})"
     if to is not None and not callable(to):
         raise InvalidWorkflowError(
             f"deliver({channel!r}, to=...) must be a function (params, recipient) -> Recipient(s)"
@@ -137,8 +185,48 @@ def deliver(
             raise InvalidWorkflowError(
                 f"deliver({channel!r}, on_failure=[...]) must list steps; use deliver(name) inside a list"
             )
-        _check_steps(branch, f"deliver({channel!r}).on_failure")
-    return Deliver(channel=channel, to=to, on_failure=branch)
+        _check_steps(branch, f"{where}.on_failure")
+    routes = _routes(where, on)
+    if branch and any(outcome == "failed" for outcome, _ in routes):
+        raise InvalidWorkflowError(
+            f"{where} has both on_failure= and on={{'failed': ...}}; they mean the same route, keep one"
+        )
+    return Deliver(channel=channel, to=to, on_failure=branch, name=_step_name(name, where), on=routes)
+
+
+def _routes(where: str, on: Mapping[str, Route] | None) -> tuple[tuple[str, tuple[Step, ...]], ...]:
+    if on is None:
+        return ()
+    if not isinstance(on, Mapping) or not on:
+        raise InvalidWorkflowError(f"{where}: on=... must be a non-empty dict of outcome → route")
+    routes: list[tuple[str, tuple[Step, ...]]] = []
+    for outcome, value in on.items():
+        if outcome not in OUTCOMES:
+            raise InvalidWorkflowError(
+                f"{where}: on={{{outcome!r}: ...}} is not an outcome; outcomes: {', '.join(OUTCOMES)}"
+            )
+        at = f"{where}.on[{outcome!r}]"
+        if isinstance(value, str):
+            steps: tuple[Step, ...] = (goto(value),)
+        elif isinstance(value, Deliver | Wait | Stop | Goto):
+            steps = (value,)
+        elif isinstance(value, Sequence) and value and not any(isinstance(v, str) for v in value):
+            steps = tuple(v for v in value if not isinstance(v, str))
+            _check_steps(steps, at)
+        else:
+            raise InvalidWorkflowError(
+                f"{at} must be a step name, stop(), a step or a non-empty list of steps "
+                f"(use goto(name) inside a list), got {value!r}"
+            )
+        routes.append((outcome, steps))
+    return tuple(routes)
+
+
+def _step_name(name: str | None, where: str) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME):
+        raise InvalidWorkflowError(f"{where}: name= must be a non-empty string of at most {MAX_NAME} "
+                                   f"characters, got {name!r}")
+    return name
 
 
 def wait(
@@ -151,6 +239,7 @@ def wait(
     unless: str | Sequence[str] | None = None,
     until: str | Sequence[str] | None = None,
     timeout: timedelta | None = None,
+    name: str | None = None,
 ) -> Wait:
     """A step that waits for time to pass, or for a signal.
 
@@ -168,13 +257,14 @@ def wait(
         unless: signal name(s) that stop the run while it waits.
         until: signal name(s) that end the wait early.
         timeout: with ``until``: the longest wait (default: wait forever).
+        name: a name routes and ``goto()`` can jump to.
     """
     parts = {"seconds": seconds, "minutes": minutes, "hours": hours, "days": days}
-    for name, value in parts.items():
+    for field_, value in parts.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidWorkflowError(f"wait({name}=...) must be a number, got {value!r}")
+            raise InvalidWorkflowError(f"wait({field_}=...) must be a number, got {value!r}")
         if value < 0:
-            raise InvalidWorkflowError(f"wait({name}={value!r}) is negative; a wait must not go back in time")
+            raise InvalidWorkflowError(f"wait({field_}={value!r}) is negative; a wait must not go back in time")
     if duration is not None and not isinstance(duration, timedelta):
         raise InvalidWorkflowError(f"wait(duration) must be a timedelta, got {type(duration).__name__}")
     if timeout is not None and not isinstance(timeout, timedelta):
@@ -197,12 +287,27 @@ def wait(
         raise InvalidWorkflowError(f"wait duration {total} is negative")
     if unless_names and until_names and set(unless_names) & set(until_names):
         raise InvalidWorkflowError("a signal cannot be both in unless= and until= of one wait")
-    return Wait(duration=total, unless=unless_names, until=until_names)
+    return Wait(duration=total, unless=unless_names, until=until_names, name=_step_name(name, "wait()"))
 
 
 def stop() -> Stop:
     """A step that ends the run (state ``stopped``, reason ``stop_step``)."""
     return Stop()
+
+
+def goto(name: str) -> Goto:
+    """A step that continues the run at the step called ``name``.
+
+    ``deliver(..., on={"bounced": "sms_step"})`` is shorthand for
+    ``on={"bounced": goto("sms_step")}``; inside a list of steps, write
+    ``goto()``.
+
+    Args:
+        name: the ``name=`` of a ``deliver`` or ``wait`` step of the same workflow.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidWorkflowError(f"goto() needs a step name, got {name!r}")
+    return Goto(target=name)
 
 
 def _signal_names(value: str | Sequence[str] | None, where: str) -> tuple[str, ...]:
@@ -223,103 +328,33 @@ def _check_steps(steps: Sequence[Any], where: str) -> None:
     if not steps:
         raise InvalidWorkflowError(f"{where} is an empty list of steps")
     for index, step in enumerate(steps):
-        if not isinstance(step, Deliver | Wait | Stop):
+        if not isinstance(step, Deliver | Wait | Stop | Goto):
             raise InvalidWorkflowError(
-                f"{where}[{index}] is a {type(step).__name__}, not a step (use deliver(), wait(), stop())"
+                f"{where}[{index}] is a {type(step).__name__}, not a step (use deliver(), wait(), stop(), goto())"
             )
 
 
-# --- the compiled program ----------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeliverOp:
-    """A compiled ``deliver``: ``next`` on success, ``on_failure`` when every delivery failed."""
-
-    index: int
-    path: str
-    channel: str
-    to: Recipients | None
-    to_ref: str | None
-    on_failure: int | None
-    next: int | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class WaitOp:
-    """A compiled ``wait``: ``duration`` (``None``: until a signal), signal names, ``next``."""
-
-    index: int
-    path: str
-    duration: timedelta | None
-    unless: tuple[str, ...]
-    until: tuple[str, ...]
-    next: int | None
-
-    @property
-    def signals(self) -> tuple[str, ...]:
-        """Every signal name this wait reacts to."""
-        return self.unless + self.until
-
-
-@dataclass(frozen=True, kw_only=True)
-class StopOp:
-    """A compiled ``stop``."""
-
-    index: int
-    path: str
-
-
-Op = DeliverOp | WaitOp | StopOp
-
-
-@dataclass(frozen=True, kw_only=True)
-class Program:
-    """A compiled workflow: ``ops[0]`` runs first; ``next=None`` completes the run.
-
-    Args:
-        ops: the steps, by index.
-        fingerprint: SHA-256 of ``spec``.
-        spec: the JSON form stored in ``chimeway_workflow_definitions``.
-    """
-
-    ops: tuple[Op, ...]
-    fingerprint: str
-    spec: dict[str, Any]
-
-    def describe(self, index: int | None) -> str:
-        """A short human description of one step (``"2 deliver email"``).
-
-        Args:
-            index: the step index.
-        """
-        if index is None or not 0 <= index < len(self.ops):
-            return "-"
-        op = self.ops[index]
-        if isinstance(op, DeliverOp):
-            return f"{op.path} deliver {op.channel}" + (" (escalation)" if op.to_ref else "")
-        if isinstance(op, WaitOp):
-            parts = [f"{op.path} wait"]
-            if op.duration is not None:
-                parts.append(f"{'timeout ' if op.until else ''}{op.duration}")
-            if op.unless:
-                parts.append("unless " + "|".join(op.unless))
-            if op.until:
-                parts.append("until " + "|".join(op.until))
-            return " ".join(parts)
-        return f"{op.path} stop"
+# --- compiling ---------------------------------------------------------------
 
 
 def compile_workflow(steps: Sequence[Step]) -> Program:
-    """Flatten ``steps`` (and their ``on_failure`` branches) into a ``Program``.
+    """Flatten ``steps`` (and their branches) into a ``Program``; resolve jumps; check it can end.
 
     Args:
         steps: the notifier's ``workflow``.
+
+    Raises:
+        InvalidWorkflowError: a name used twice, a jump to a name no step
+            has, or a loop no outcome can leave — naming the step.
     """
     _check_steps(steps, "workflow")
     slots: list[dict[str, Any]] = []
     callables: dict[int, Recipients | None] = {}
-    pending: list[tuple[Sequence[Step], str, int | None, int]] = []
+    # (branch, path prefix, index after it, owning deliver, outcome or None for on_failure)
+    pending: list[tuple[Sequence[Step], str, int | None, int, str | None]] = []
+    names: dict[str, int] = {}
+    # (slot, outcome or None for a goto step, target name, description for errors)
+    jumps: list[tuple[int, str | None, str, str]] = []
 
     def lay_out(seq: Sequence[Step], prefix: str, after: int | None) -> int:
         first = len(slots)
@@ -328,26 +363,65 @@ def compile_workflow(steps: Sequence[Step]) -> Program:
             index = first + offset
             nxt = index + 1 if offset + 1 < len(seq) else after
             path = f"{prefix}{offset}"
+            name = getattr(step, "name", None)
+            if name is not None:
+                if name in names:
+                    raise InvalidWorkflowError(
+                        f"step {path} is named {name!r}, like step {slots[names[name]]['path']}; "
+                        "step names must be unique"
+                    )
+                names[name] = index
             if isinstance(step, Deliver):
                 callables[index] = step.to
-                slots[index] = {"op": "deliver", "path": path, "channel": step.channel,
-                                "to": _ref(step.to), "next": nxt, "on_failure": None}
+                slot: dict[str, Any] = {"op": "deliver", "path": path, "channel": step.channel,
+                                        "to": _ref(step.to), "next": nxt, "on_failure": None}
                 if step.on_failure:
-                    pending.append((step.on_failure, f"{path}.on_failure.", nxt, index))
+                    pending.append((step.on_failure, f"{path}.on_failure.", nxt, index, None))
+                for outcome, branch in step.on:
+                    if len(branch) == 1 and isinstance(branch[0], Goto):
+                        jumps.append((index, outcome, branch[0].target,
+                                      f"step {path} (deliver {step.channel}): on[{outcome!r}]"))
+                    else:
+                        pending.append((branch, f"{path}.on.{outcome}.", nxt, index, outcome))
+                # Keys appear only when used, so workflows declared before
+                # routes existed keep their stored fingerprints.
+                if step.on:
+                    slot["routes"] = {}
             elif isinstance(step, Wait):
-                slots[index] = {"op": "wait", "path": path, "next": nxt,
-                                "seconds": None if step.duration is None else step.duration.total_seconds(),
-                                "unless": list(step.unless), "until": list(step.until)}
+                slot = {"op": "wait", "path": path, "next": nxt,
+                        "seconds": None if step.duration is None else step.duration.total_seconds(),
+                        "unless": list(step.unless), "until": list(step.until)}
+            elif isinstance(step, Goto):
+                slot = {"op": "goto", "path": path, "target": None}
+                jumps.append((index, None, step.target, f"step {path}: goto({step.target!r})"))
             else:
-                slots[index] = {"op": "stop", "path": path}
+                slot = {"op": "stop", "path": path}
+            if name is not None:
+                slot["name"] = name
+            slots[index] = slot
         return first
 
     lay_out(steps, "", None)
     while pending:
-        branch, prefix, after, owner = pending.pop(0)
-        slots[owner]["on_failure"] = lay_out(branch, prefix, after)
-    spec = {"format": 1, "steps": slots}
-    return _program(spec, callables)
+        branch, prefix, after, owner, outcome = pending.pop(0)
+        first = lay_out(branch, prefix, after)
+        if outcome is None:
+            slots[owner]["on_failure"] = first
+        else:
+            slots[owner]["routes"][outcome] = first
+    for index, outcome, target, where in jumps:
+        if target not in names:
+            raise InvalidWorkflowError(
+                f"{where} jumps to {target!r}, but no step has that name "
+                f"(named steps: {', '.join(map(repr, sorted(names))) or 'none'})"
+            )
+        if outcome is None:
+            slots[index]["target"] = names[target]
+        else:
+            slots[index]["routes"][outcome] = names[target]
+    program = build_program({"format": 1, "steps": slots}, callables)
+    check_can_end(program)
+    return program
 
 
 def program_from_spec(spec: Mapping[str, Any]) -> Program:
@@ -360,27 +434,7 @@ def program_from_spec(spec: Mapping[str, Any]) -> Program:
     for index, slot in enumerate(spec.get("steps", [])):
         if slot.get("op") == "deliver" and slot.get("to"):
             callables[index] = _resolve(str(slot["to"]))
-    return _program(dict(spec), callables)
-
-
-def _program(spec: dict[str, Any], callables: Mapping[int, Recipients | None]) -> Program:
-    ops: list[Op] = []
-    for index, slot in enumerate(spec["steps"]):
-        kind = slot["op"]
-        if kind == "deliver":
-            ops.append(DeliverOp(index=index, path=slot["path"], channel=slot["channel"],
-                                 to=callables.get(index), to_ref=slot.get("to"),
-                                 on_failure=slot.get("on_failure"), next=slot.get("next")))
-        elif kind == "wait":
-            seconds = slot.get("seconds")
-            ops.append(WaitOp(index=index, path=slot["path"],
-                              duration=None if seconds is None else timedelta(seconds=seconds),
-                              unless=tuple(slot.get("unless", ())), until=tuple(slot.get("until", ())),
-                              next=slot.get("next")))
-        else:
-            ops.append(StopOp(index=index, path=slot["path"]))
-    raw = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    return Program(ops=tuple(ops), fingerprint=hashlib.sha256(raw.encode()).hexdigest(), spec=spec)
+    return build_program(dict(spec), callables)
 
 
 def _ref(fn: Recipients | None) -> str | None:

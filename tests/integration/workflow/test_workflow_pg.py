@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from journeys import Mention, Race
+from journeys import Mention, Race, Routed
 from sqlalchemy.orm import Session
 from wf_crash_notifiers import Crashy
 
-from chimeway import Chimeway
+from chimeway import Chimeway, DeliveryResult
 from chimeway.db import create_engine
 from chimeway.models import deliveries_table, signals_table, workflow_transitions_table
 from chimeway.testing import FakeClock, RecordingChannel
+from chimeway.workflow import steps as workflow_steps
 
 pytestmark = pytest.mark.postgres
 SCRIPT = Path(__file__).with_name("wf_crash_proc.py")
@@ -92,6 +93,42 @@ def test_ten_threads_advance_a_due_run_exactly_once(pg_app: Any, dispatcher: str
     assert [t.reason for t in elapsed] == ["wait_elapsed"]
     assert len(email.sent) == 1
     assert app.explain_run(run_id).state == "completed"
+
+
+def test_a_failed_step_is_routed_once_from_its_stored_definition(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    failing = RecordingChannel(lambda m: DeliveryResult.permanent("401 bad credentials"))
+    push, sms = RecordingChannel(), RecordingChannel()
+    old = Chimeway(engine=create_engine(pg_url, pool_size=20, max_overflow=20), clock=clock, dispatcher="queue",
+                   channels={"email": failing, "push": push, "sms": sms})
+    with Session(old.engine) as session, session.begin():
+        nid = old.trigger(session, Routed, {}, idempotency_key="routed-pg").notification_ids[0]
+    run_id = old.explain_run(notification_id=nid).run_id
+    old.engine.dispose()
+    # A deploy that no longer declares this version; its final-outcome hook
+    # is lost too, so ten callers race to route the failed step.
+    monkeypatch.delitem(workflow_steps._PROGRAMS, (Routed.key, Routed.version))
+    new = Chimeway(engine=create_engine(pg_url, pool_size=20, max_overflow=20), clock=clock, dispatcher="queue",
+                   channels={"email": failing, "push": push, "sms": sms})
+    try:
+        new.executor.on_final = None
+        new.work()
+        assert new.explain_run(run_id).state == "active" and len(failing.calls) == 1
+        results = _together([lambda: new.progress_run(run_id, step=0)] * 10)
+        assert results.count(True) == 1
+        new.executor.on_final = new.workflows.on_final
+        new.work()
+        run = new.explain_run(run_id)
+        assert [(t.reason, t.step) for t in run.transitions] == [
+            ("started", "0 deliver email"),
+            ("delivery_failed", "0.on.permanent.0 deliver push"),
+            ("delivery_succeeded", "2 [done] wait 1:00:00 unless notification.read"),
+        ]
+        assert run.transitions[1].context["route"] == "permanent"
+        assert len(push.sent) == 1 and sms.sent == []
+    finally:
+        new.engine.dispose()
 
 
 def test_a_read_racing_the_due_wait_has_exactly_one_outcome(pg_app: Any) -> None:

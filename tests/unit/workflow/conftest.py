@@ -21,10 +21,11 @@ from chimeway.testing import FakeClock, RecordingChannel
 def make_app(sqlite_engine: sa.Engine) -> Iterator[Callable[..., Harness]]:
     apps: list[Chimeway] = []
 
-    def make(dispatcher: str = "sync", **channels: RecordingChannel) -> Harness:
+    def make(dispatcher: str = "sync", max_attempts: int = 5, **channels: RecordingChannel) -> Harness:
         clock = FakeClock()
         chans = {"email": RecordingChannel(), "sms": RecordingChannel(), "push": RecordingChannel(), **channels}
-        app = Chimeway(engine=sqlite_engine, clock=clock, dispatcher=dispatcher, channels=chans)
+        app = Chimeway(engine=sqlite_engine, clock=clock, dispatcher=dispatcher, channels=chans,
+                       max_attempts=max_attempts)
         apps.append(app)
         return Harness(app=app, clock=clock, email=chans["email"], sms=chans["sms"], push=chans["push"])
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.testing import FakeClock, RecordingChannel
-from chimeway.workflow import deliver, stop, wait
+from chimeway.workflow import deliver, goto, stop, wait
 
 
 @dataclass
@@ -79,3 +79,25 @@ class Race(Notifier):
 
     def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
         return [Recipient(id=params.get("user", "user:1"))]
+
+
+class Routed(Notifier):
+    """Email first; where the run goes next depends on how the email ended."""
+
+    key = "wf_routed"
+    templates = {"email": {"body": "e"}, "sms": {"body": "s"}, "push": {"body": "p"}, "in_app": {"body": "i"}}
+    workflow = [
+        deliver("email", on={
+            "succeeded": "done",
+            "bounced": stop(),
+            "suppressed": "sms_step",
+            "retries_exhausted": deliver("push"),
+            "permanent": [deliver("push"), goto("done")],
+        }),
+        deliver("sms", name="sms_step"),
+        wait(hours=1, name="done", unless="notification.read"),
+        deliver("in_app"),
+    ]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id=params.get("user", "user:1"), email="u@example.test", phone="+15550100")]
