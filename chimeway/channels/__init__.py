@@ -5,6 +5,7 @@ an HTTP API (pooled connections, response classification, ``Retry-After``).
 """
 
 from chimeway.channels._http import HTTPChannel, classify_http, parse_retry_after
+from chimeway.channels.apns import Apns
 from chimeway.channels.base import Channel
 from chimeway.channels.discord import Discord
 from chimeway.channels.email import Email
@@ -22,6 +23,7 @@ from chimeway.channels.webhook import Webhook, sign_webhook, verify_webhook
 
 __all__ = [
     "SMTP",
+    "Apns",
     "Channel",
     "Discord",
     "Email",

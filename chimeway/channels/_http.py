@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -147,6 +148,9 @@ class HTTPChannel(Channel):
         timeout: seconds for connect/read/write/pool.
         client: an ``httpx.Client`` to use instead of creating one.
         headers: extra headers sent with every request.
+        http2: speak HTTP/2 (needs the ``h2`` package: ``chimeway[apns]``).
+        verify: TLS verification: ``True`` (the system's CAs), an
+            ``ssl.SSLContext`` (e.g. trusting a test server's certificate).
     """
 
     def __init__(
@@ -156,9 +160,13 @@ class HTTPChannel(Channel):
         timeout: float = 10.0,
         client: httpx.Client | None = None,
         headers: Mapping[str, str] | None = None,
+        http2: bool = False,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.http2 = http2
+        self.verify = verify
         self._shared_client = client
         self._headers = dict(headers or {})
         # One client per thread when we own it: a single httpx.Client shared by
@@ -181,7 +189,8 @@ class HTTPChannel(Channel):
                 timeout=self.timeout,
                 headers=self._headers,
                 limits=limits,
-                transport=httpx.HTTPTransport(limits=limits, socket_options=NO_DELAY),
+                transport=httpx.HTTPTransport(limits=limits, socket_options=NO_DELAY, http2=self.http2,
+                                              verify=self.verify),
             )
             self._local.client = client
             with self._owned_lock:
@@ -199,7 +208,8 @@ class HTTPChannel(Channel):
                 timeout=self.timeout,
                 headers=self._headers,
                 limits=limits,
-                transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=NO_DELAY),
+                transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=NO_DELAY, http2=self.http2,
+                                                   verify=self.verify),
             )
             self._async_clients[loop] = client
         return client

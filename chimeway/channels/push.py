@@ -23,6 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from chimeway.channels._devices import combine_devices, token_hint
 from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
@@ -74,11 +75,6 @@ def _data_field(raw: Any) -> dict[str, str]:
         str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
         for k, v in value.items()
     }
-
-
-def _token_hint(token: str) -> str:
-    # Device tokens identify a person's phone; show only enough to tell them apart.
-    return f"…{token[-6:]}" if len(token) > 6 else "…"
 
 
 class _AccessToken:
@@ -321,7 +317,7 @@ class Push(HTTPChannel):
         refused = self._precheck(message)
         if refused is not None:
             return refused
-        return _combine(
+        return combine_devices(
             [self._send_one(message, device) for device in message.recipient.push_tokens]
         )
 
@@ -341,7 +337,7 @@ class Push(HTTPChannel):
         results = await asyncio.gather(
             *(self._send_one_async(message, device) for device in message.recipient.push_tokens)
         )
-        return _combine(list(results))
+        return combine_devices(list(results))
 
 
 def _bearer(token: _AccessToken) -> dict[str, str]:
@@ -364,7 +360,7 @@ def _classify(response: httpx.Response | DeliveryResult, device: str) -> Deliver
             fcm_code = str(detail.get("errorCode") or "") or None
     code = fcm_code or (str(error.get("status")) if error.get("status") else None)
     text = str(error.get("message") or "")[:200]
-    hint = _token_hint(device)
+    hint = token_hint(device)
     if code == "UNREGISTERED":
         return DeliveryResult.permanent(
             f"device token {hint} is no longer registered (UNREGISTERED): the app was "
@@ -383,35 +379,3 @@ def _classify(response: httpx.Response | DeliveryResult, device: str) -> Deliver
     if code in PERMANENT_FCM_CODES:
         return DeliveryResult.permanent(detail, error_class=f"fcm_{code.lower()}", vendor_code=code)
     return classify_http(response, vendor_code=code, detail=detail)
-
-
-def _combine(results: list[DeliveryResult]) -> DeliveryResult:
-    """One outcome for a fan-out to several devices."""
-    if len(results) == 1:
-        return results[0]
-    succeeded = [r for r in results if r.outcome == "succeeded"]
-    failed = [r for r in results if r.outcome != "succeeded"]
-    notes = "; ".join(r.detail or r.outcome for r in failed)
-    if succeeded:
-        # Retrying would re-notify the devices that already got the message.
-        detail = f"sent to {len(succeeded)} of {len(results)} devices"
-        return DeliveryResult.ok(
-            provider_message_id=succeeded[0].provider_message_id,
-            detail=f"{detail}; {notes}" if notes else detail,
-        )
-    temporary = [r for r in failed if r.outcome == "temporary"]
-    if temporary:
-        delays = [r.retry_after for r in temporary if r.retry_after is not None]
-        return DeliveryResult.temporary(
-            f"no device accepted the message: {notes}",
-            error_class=temporary[0].error_class,
-            vendor_code=temporary[0].vendor_code,
-            retry_after=max(delays) if delays else None,
-        )
-    first = failed[0]
-    return DeliveryResult(
-        outcome=first.outcome,
-        detail=f"no device accepted the message: {notes}",
-        error_class=first.error_class,
-        vendor_code=first.vendor_code,
-    )
