@@ -19,7 +19,7 @@ from chimeway.aio import AsyncVerbs
 from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
-from chimeway.cron import ScheduledNotifiers, Scheduler, workflow_sweep_schedule
+from chimeway.cron import Cron, ScheduledNotifiers, Scheduler, workflow_sweep_schedule
 from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine, tenant_key, translated
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
@@ -46,7 +46,7 @@ from chimeway.planning import (
 )
 from chimeway.policy import Policy
 from chimeway.queue import JobHandle, JobQueue
-from chimeway.queue.worker import add_plugin
+from chimeway.queue.plugins import Lifeline, Plugin, Pruner, job_targets
 from chimeway.record_triggers import RecordTriggers
 from chimeway.reencrypt import reencrypt
 from chimeway.verbs import (
@@ -113,6 +113,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             another notifier, other params or other recipients raises
             ``IdempotencyConflictError``; ``"key"``: the key alone decides,
             and a reuse returns the first event as a duplicate.
+        plugins: more plugins for every worker of this app, run besides the
+            built-in ones (see :attr:`plugins`).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         max_retry_after: timedelta = DEFAULT_MAX_RETRY_AFTER,
         encryption_keys: Sequence[str | bytes] | None = None,
         idempotency: str = "payload",
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
@@ -183,9 +186,8 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         # ran out and, with the sync dispatcher, deliveries its process never
         # got to (the queue dispatcher's own jobs cover those).
         self.rescue = DeliveryRescue(self.delivery_jobs, include_open=self.dispatcher.name == "sync",
-                                     pending_after=lease_ttl)
-        if not getattr(self.dispatcher, "rescues_itself", False):
-            add_plugin(self.queue, self.rescue, max(1.0, lease_ttl.total_seconds() / 4))
+                                     pending_after=lease_ttl,
+                                     interval=max(timedelta(seconds=1), lease_ttl / 4))
 
         self.scheduler = Scheduler(self.queue, self.clock)
         self.scheduled_notifiers = ScheduledNotifiers(self.scheduler, self.trigger)
@@ -193,6 +195,28 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
                                               trigger_many=self.trigger_many)
         # The workflow sweep is the safety net behind each wait's own timer job.
         self.scheduler.add(workflow_sweep_schedule())
+
+        self.pruner = Pruner(self.engine, job_targets())
+        # Every worker of the app runs these, each on its own thread. A
+        # dispatcher that re-drives its own deliveries needs no delivery rescue.
+        rescues = () if getattr(self.dispatcher, "rescues_itself", False) else (self.rescue,)
+        self.queue.plugins = (Lifeline(self.queue), self.pruner, Cron(self.scheduler), *rescues,
+                              *getattr(self.dispatcher, "plugins", ()), *plugins)
+
+    @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        """What every worker of this app runs besides jobs.
+
+        ``lifeline`` (rescue jobs of dead workers, every 30 s), ``pruner``
+        (delete finished jobs past their age, every minute),
+        ``cron`` (fire due cron ticks, every second), ``delivery_rescue``
+        (re-drive deliveries a crash left behind, every ``lease_ttl / 4``;
+        not with a dispatcher that re-drives its own), the dispatcher's own
+        (the Celery dispatcher's relay and rescue), then the ``plugins``
+        given to the constructor. Change them with ``app.queue.plugins = ...``,
+        or per worker with ``app.queue.run_worker(plugins=...)``.
+        """
+        return self.queue.plugins
 
     def _make_dispatcher(self, dispatcher: str | Dispatcher) -> Dispatcher:
         if dispatcher == "sync":

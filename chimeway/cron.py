@@ -28,7 +28,6 @@ never ticked starts fresh: only a tick due within the last
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +40,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock, utc
-from chimeway.db import insert, writer
+from chimeway.db import insert, locked, writer
 from chimeway.errors import ConfigurationError, InvalidInputError, InvalidScheduleError
 from chimeway.models import cron_ticks_table
 from chimeway.notifier import Notifier
@@ -53,11 +52,14 @@ from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
 __all__ = [
     "CATCH_UP_LIMIT",
     "FIRST_RUN_GRACE",
+    "TICK_RETENTION",
+    "Cron",
     "CronExpression",
     "CronSchedule",
     "FiredTick",
     "ScheduledNotifiers",
     "Scheduler",
+    "prune_ticks",
     "workflow_sweep_schedule",
 ]
 
@@ -290,7 +292,6 @@ class Scheduler:
         self._writer = writer(jobs.engine)
         self._schedules: dict[str, CronSchedule] = {}
         self._last_prune: datetime | None = None
-        self._plugged = False
 
     @property
     def schedules(self) -> Mapping[str, CronSchedule]:
@@ -325,7 +326,6 @@ class Scheduler:
                 f"({existing.cron.expression!r} → {existing.target}); pass another name="
             )
         self._schedules[name] = schedule
-        self._plug()
         return schedule
 
     def remove(self, name: str) -> None:
@@ -340,22 +340,6 @@ class Scheduler:
         if name not in self._schedules:
             raise InvalidInputError(f"no cron schedule named {name!r}; registered: {sorted(self._schedules)}")
         del self._schedules[name]
-
-    def _plug(self) -> None:
-        if self._plugged:
-            return
-        from chimeway.queue.worker import add_plugin
-
-        # The plugin holds the scheduler weakly so a dropped app is collected.
-        ref = weakref.ref(self)
-
-        def tick() -> None:
-            scheduler = ref()
-            if scheduler is not None:
-                scheduler.run()
-
-        add_plugin(self.jobs, tick, interval=1.0)
-        self._plugged = True
 
     # --- firing ----------------------------------------------------------------------
 
@@ -433,11 +417,13 @@ class Scheduler:
         Returns:
             How many rows were deleted.
         """
-        t = cron_ticks_table
-        newer = t.alias("newer")
-        has_newer = sa.exists().where(newer.c.name == t.c.name, newer.c.tick_at > t.c.tick_at)
-        with self._writer.begin() as conn:
-            return int(conn.execute(sa.delete(t).where(t.c.tick_at < utc(before), has_newer)).rowcount)
+        deleted = 0
+        while True:
+            with self._writer.begin() as conn:
+                n = prune_ticks(conn, utc(before), PRUNE_BATCH)
+            deleted += n
+            if n < PRUNE_BATCH:
+                return deleted
 
     # --- listing -----------------------------------------------------------------------
 
@@ -461,6 +447,56 @@ class Scheduler:
             }
             for s in sorted(self._schedules.values(), key=lambda s: s.name)
         ]
+
+
+PRUNE_BATCH = 1000
+
+
+def prune_ticks(conn: Connection, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` tick rows older than ``before``, never a schedule's latest.
+
+    Args:
+        conn: a write transaction.
+        before: the cutoff.
+        limit: at most this many rows.
+
+    Returns:
+        How many rows were deleted.
+    """
+    t = cron_ticks_table
+    newer = t.alias("newer")
+    has_newer = sa.exists().where(newer.c.name == t.c.name, newer.c.tick_at > t.c.tick_at)
+    doomed = locked(sa.select(t.c.name, t.c.tick_at).where(t.c.tick_at < before, has_newer).limit(limit),
+                    conn, skip_locked=True, of=t).cte("doomed_ticks")
+    stmt = (sa.delete(t).where(sa.tuple_(t.c.name, t.c.tick_at).in_(sa.select(doomed.c.name, doomed.c.tick_at)))
+            .returning(t.c.tick_at))
+    # Counted from RETURNING: sqlite3 reports no rowcount for a statement that starts with WITH.
+    return len(conn.execute(stmt).all())
+
+
+class Cron:
+    """The plugin that fires due cron ticks (every second on every worker).
+
+    Each tick fires once however many workers run it (see the module's
+    description).
+
+    Args:
+        scheduler: the app's scheduler.
+        interval: time between looks at the schedules.
+    """
+
+    name = "cron"
+
+    def __init__(self, scheduler: Scheduler, *, interval: timedelta = timedelta(seconds=1)) -> None:
+        self.scheduler = scheduler
+        self.interval = interval
+
+    def __repr__(self) -> str:
+        return f"<Cron of {len(self.scheduler.schedules)} schedule(s) every {self.interval.total_seconds():g}s>"
+
+    def run(self, now: datetime) -> int:
+        """Fire every tick due at ``now``; returns how many this pass fired."""
+        return len(self.scheduler.run(now))
 
 
 def _claim_ticks(conn: Connection, name: str, ticks: list[datetime], now: datetime) -> set[datetime]:

@@ -25,12 +25,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from chimeway.logs import log_event
-
-if TYPE_CHECKING:
-    from chimeway.queue.manager import JobQueue
 
 try:
     from opentelemetry import metrics as _metrics
@@ -42,6 +39,7 @@ except ImportError:  # the optional extra is not installed: every hook is a no-o
 
 __all__ = [
     "ENABLED",
+    "CountsJobs",
     "attempt",
     "job_finished",
     "job_span",
@@ -211,7 +209,18 @@ def recorded(outcomes: Iterable[Any], sent: Sequence[Any] = ()) -> None:
                       retry_at=outcome.retry_at.isoformat() if outcome.retry_at else None)
 
 
-def observe_queue_depth(queue: JobQueue) -> bool:
+class _StateCounts(Protocol):
+    @property
+    def states(self) -> Mapping[str, int]: ...
+
+
+class CountsJobs(Protocol):
+    """What :func:`observe_queue_depth` reads: ``JobQueue.counts()``."""
+
+    def counts(self) -> Mapping[str, _StateCounts]: ...
+
+
+def observe_queue_depth(queue: CountsJobs) -> bool:
     """Report ``chimeway.queue.depth`` (jobs by queue and state) when the meter collects.
 
     Call it in one process (a worker, say): each collection counts the jobs

@@ -38,9 +38,10 @@ class Dispatcher(Protocol):
 
     Implementations get the caller's ``Session``/``Connection`` in
     :meth:`planned` and must not commit it. A dispatcher may also define
-    ``bind(app)``, which ``Chimeway`` calls once with itself, and set
+    ``bind(app)``, which ``Chimeway`` calls once with itself, set
     ``rescues_itself = True`` when it re-drives sends whose lease ran out on
-    its own (the Celery dispatcher does both).
+    its own, and list in ``plugins`` what the app's workers must run for it
+    (the Celery dispatcher does all three).
     """
 
     name: str

@@ -56,7 +56,7 @@ from chimeway.dispatch.relay import Published, Relay, RescueReport
 from chimeway.errors import ConfigurationError, UnknownChannelError
 from chimeway.models import jobs_table
 from chimeway.queue import JobQueue
-from chimeway.queue.worker import add_plugin
+from chimeway.queue.plugins import Periodic, Plugin
 from chimeway.transactions import after_commit
 
 try:
@@ -123,6 +123,8 @@ class CeleryDispatcher:
     # Chimeway's own rescue plugin gives crashed sends queue jobs; this
     # dispatcher re-drives them through the outbox instead.
     rescues_itself = True
+    plugins: tuple[Plugin, ...] = ()
+    """The worker plugins that relay and rescue (after ``bind``); ``Chimeway`` runs them on its workers."""
 
     def __init__(
         self,
@@ -196,8 +198,11 @@ class CeleryDispatcher:
 
         celery_signals.worker_process_init.connect(forked, weak=False)
         # ``chimeway worker`` runs Chimeway's jobs itself: it only relays and rescues.
-        add_plugin(app.queue, lambda: self.relay_pass(jobs=False), self.relay_interval)
-        add_plugin(app.queue, lambda: self.rescue_pass(jobs=False), self._rescue_interval())
+        self.plugins = (
+            Periodic("celery_relay", timedelta(seconds=self.relay_interval), lambda: self.relay_pass(jobs=False)),
+            Periodic("celery_rescue", timedelta(seconds=self._rescue_interval()),
+                     lambda: _rescued(self.rescue_pass(jobs=False))),
+        )
 
     @property
     def relay(self) -> Relay:
@@ -507,3 +512,7 @@ def _task_info(task: Any) -> dict[str, Any]:
     if delivery_info.get("redelivered"):
         info["redelivered"] = True
     return info
+
+
+def _rescued(report: RescueReport) -> int:
+    return report.lease_expired + report.lost

@@ -124,16 +124,31 @@ class DeliveryRescue:
     ``failed``/``deferred`` ones whose time has come; the ``queue``
     dispatcher's own jobs already cover those.
 
+    It is a worker plugin (``delivery_rescue``); ``run(now)`` is one pass at
+    the executor clock's time.
+
     Args:
         jobs: the delivery jobs.
         include_open: also re-drive pending/failed/deferred deliveries (sync).
         pending_after: how old a ``pending`` delivery must be to count as left behind.
+        interval: time between passes.
     """
 
-    def __init__(self, jobs: DeliveryJobs, *, include_open: bool, pending_after: timedelta) -> None:
+    name = "delivery_rescue"
+
+    def __init__(self, jobs: DeliveryJobs, *, include_open: bool, pending_after: timedelta,
+                 interval: timedelta = timedelta(seconds=15)) -> None:
         self.jobs = jobs
         self.include_open = include_open
         self.pending_after = pending_after
+        self.interval = interval
+
+    def __repr__(self) -> str:
+        return f"<DeliveryRescue every {self.interval.total_seconds():g}s>"
+
+    def run(self, now: datetime) -> int:
+        """One pass (at the executor clock's time); returns how many deliveries got a job."""
+        return self()
 
     def __call__(self) -> int:
         """One pass; returns how many deliveries got a job."""

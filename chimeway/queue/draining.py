@@ -23,6 +23,7 @@ from chimeway.errors import InvalidInputError
 from chimeway.queue import sql
 from chimeway.queue.args import check_args
 from chimeway.queue.browse import JobSummary, _summary
+from chimeway.queue.engine import JobEngine
 from chimeway.queue.outcomes import JobInfo
 from chimeway.queue.registry import JobHandle
 from chimeway.queue.runner import Claimed, Result
@@ -68,7 +69,7 @@ _COUNTED = {"completed": "completed", "cancelled": "cancelled", "scheduled": "sn
             "retryable": "retryable", "discarded": "discarded"}
 
 
-class Draining:
+class Draining(JobEngine):
     """Drain, inline runs and listings of waiting jobs, mixed into :class:`~chimeway.queue.JobQueue`.
 
     Attributes:
@@ -85,13 +86,6 @@ class Draining:
 
     if TYPE_CHECKING:
         def _check_queue(self, queue: str) -> None: ...
-        def _claim(self, queue: str, limit: int, by: str, acks: list[int] | None = None) -> list[Claimed]: ...
-        def _execute(self, job: Claimed) -> Result: ...
-        def _record(self, job: Claimed, result: Result, by: str) -> None: ...
-        def _new_worker_id(self, kind: str) -> str: ...
-        def _register_worker(self, worker_id: str, queues: dict[str, int]) -> None: ...
-        def _release(self, by: str) -> int: ...
-        def _unregister_worker(self, worker_id: str) -> None: ...
 
     def enqueued(self, *, worker: str | None = None, queue: str | None = None) -> list[JobSummary]:
         """Jobs waiting to run (``available`` or ``scheduled``), oldest first.
@@ -134,8 +128,8 @@ class Draining:
             until = _END_OF_TIME if with_scheduled else None
         else:
             raise InvalidInputError(f"with_scheduled must be a bool or a datetime, got {with_scheduled!r}")
-        by = self._new_worker_id("drain")
-        self._register_worker(by, dict.fromkeys(names, 1))
+        by = self.new_worker_id("drain")
+        self.register_worker(by, dict.fromkeys(names, 1))
         ran: set[int] = set()
         outcomes: Counter[str] = Counter()
         try:
@@ -146,17 +140,17 @@ class Draining:
                                                  "now": self.clock.now()})
                 got = 0
                 for name in names:
-                    for job in self._claim(name, DRAIN_BATCH, by):
-                        result = self._execute(job)
-                        self._record(job, result, by)
+                    for job in self.claim(name, DRAIN_BATCH, by):
+                        result = self.execute(job)
+                        self.record(job, result, by)
                         ran.add(job.info.id)
                         outcomes[_COUNTED[result.state]] += 1
                         got += 1
                 if not got:
                     break
         finally:
-            self._release(by)
-            self._unregister_worker(by)
+            self.release(by)
+            self.unregister_worker(by)
         return DrainResult(**outcomes)
 
     def perform(
@@ -188,7 +182,7 @@ class Draining:
         now = self.clock.now()
         info = JobInfo(id=0, worker=handle.name, queue=queue or handle.queue, args=plain, attempt=attempt,
                        max_attempts=limit, inserted_at=now, scheduled_at=now)
-        return self._execute(Claimed(info, [], {}, handle.priority))
+        return self.execute(Claimed(info, [], {}, handle.priority))
 
     def run_jobs(self, ids: Sequence[int]) -> list[Result]:
         """Run the given jobs now, in this thread, if they are due; returns their results.
@@ -198,13 +192,13 @@ class Draining:
         """
         if not ids:
             return []
-        by = self._new_worker_id("inline")
+        by = self.new_worker_id("inline")
         now = self.clock.now()
         with self._writer.begin() as conn:
             rows = conn.execute(sql.CLAIM_IDS, {"ids": list(ids), "now": now, "by": by}).all()
         if not rows:
             return []
-        self._register_worker(by, dict.fromkeys({r.queue for r in rows}, 1))
+        self.register_worker(by, dict.fromkeys({r.queue for r in rows}, 1))
         results = []
         try:
             for r in sorted(rows, key=lambda r: r.id):
@@ -214,12 +208,12 @@ class Draining:
                             scheduled_at=r.scheduled_at),
                     list(r.errors or []), dict(r.meta or {}), r.priority,
                 )
-                result = self._execute(job)
-                self._record(job, result, by)
+                result = self.execute(job)
+                self.record(job, result, by)
                 results.append(result)
         finally:
-            self._release(by)
-            self._unregister_worker(by)
+            self.release(by)
+            self.unregister_worker(by)
         return results
 
     def _inline_after(self, session: Session | Connection, ids: Sequence[int], workers: Iterable[str]) -> None:

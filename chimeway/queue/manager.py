@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from chimeway import telemetry
 from chimeway.clock import Clock, SystemClock, utc
 from chimeway.db import connection_of, is_postgres, writer
 from chimeway.errors import (
@@ -29,10 +25,12 @@ from chimeway.queue.backoff import default_backoff
 from chimeway.queue.browse import Browsing
 from chimeway.queue.draining import DRAIN_BATCH, Draining
 from chimeway.queue.ops import JOB_STATES, Operations, QueueCounts
-from chimeway.queue.outcome_log import log_outcome
-from chimeway.queue.outcomes import JobEvent, JobInfo
+from chimeway.queue.outcomes import JobEvent
+from chimeway.queue.plugins.base import Plugin, check_plugins
+from chimeway.queue.plugins.lifeline import Lifeline
+from chimeway.queue.plugins.pruner import Pruner, job_targets
 from chimeway.queue.registry import Delay, JobHandle, NewJob
-from chimeway.queue.runner import Claimed, Result, run_job
+from chimeway.queue.worker import Worker
 
 __all__ = ["BUILTIN_QUEUES", "JOB_STATES", "JobQueue", "QueueCounts"]
 
@@ -60,6 +58,10 @@ class JobQueue(Operations, Browsing, Draining):
         inline: run your own jobs right after the transaction that enqueued
             them commits, in the committing thread (a testing mode; see
             ``chimeway.testing.inline_jobs``).
+        plugins: what every worker of this queue runs besides jobs (default:
+            a :class:`~chimeway.queue.plugins.Lifeline` and a
+            :class:`~chimeway.queue.plugins.Pruner` of finished jobs); see
+            :attr:`plugins`.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class JobQueue(Operations, Browsing, Draining):
         backoff: Callable[[int], float] = default_backoff,
         stale_after: timedelta = timedelta(seconds=60),
         inline: bool = False,
+        plugins: Sequence[Plugin] | None = None,
     ) -> None:
         self.engine = engine
         self.inline = inline
@@ -87,6 +90,10 @@ class JobQueue(Operations, Browsing, Draining):
         self._handles: dict[str, JobHandle] = {}
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._inserted: list[Callable[[Connection, Sequence[Mapping[str, Any]]], None]] = []
+        self._plugins = check_plugins(
+            plugins if plugins is not None
+            else (Lifeline(self), Pruner(engine, job_targets()))
+        )
 
     # --- declaring -------------------------------------------------------------
 
@@ -99,6 +106,20 @@ class JobQueue(Operations, Browsing, Draining):
     def handles(self) -> Mapping[str, JobHandle]:
         """Registered job functions by worker name."""
         return dict(self._handles)
+
+    @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        """What every worker of this queue runs besides jobs, each on its own thread.
+
+        Assign a new sequence to change it (names must be unique); a
+        ``Chimeway`` app sets its own (see ``Chimeway.plugins``).
+        ``run_worker(plugins=...)`` overrides it for one worker.
+        """
+        return self._plugins
+
+    @plugins.setter
+    def plugins(self, plugins: Sequence[Plugin]) -> None:
+        self._plugins = check_plugins(plugins)
 
     def declare_queue(self, name: str) -> None:
         """Declare a queue so jobs may be enqueued to it.
@@ -322,129 +343,6 @@ class JobQueue(Operations, Browsing, Draining):
             sql.notify(conn, fresh)
             seen[1].update(fresh)
 
-    # --- claiming and recording outcomes -------------------------------------------
-
-    def _claim(self, queue: str, limit: int, by: str, acks: list[int] | None = None) -> list[Claimed]:
-        now = self.clock.now()
-        params = {"claim_queue": queue, "limit": limit, "now": now, "by": by}
-        if self._pg:
-            with self._autocommit.connect() as conn:
-                rows = conn.execute(sql.CLAIM_PG, {**params, "acks": acks or []}).all()
-        else:
-            with self._writer.begin() as conn:
-                # Finished jobs ride along with the next claim: one commit, not two.
-                if acks:
-                    conn.execute(sql.COMPLETE_MANY, {"ids": acks, "by": by, "now": now})
-                rows = conn.execute(sql.CLAIM, params).all()
-        claimed = [
-            Claimed(
-                JobInfo(id=r.id, worker=r.worker, queue=r.queue, args=r.args, attempt=r.attempt,
-                        max_attempts=r.max_attempts, inserted_at=r.inserted_at,
-                        scheduled_at=r.scheduled_at),
-                list(r.errors or []), dict(r.meta or {}), r.priority,
-            )
-            for r in rows
-        ]
-        claimed.sort(key=lambda j: (j.priority, j.info.scheduled_at, j.info.id))
-        return claimed
-
-    def _execute(self, job: Claimed) -> Result:
-        if telemetry.ENABLED:
-            return self._execute_traced(job)
-        if not self._listeners:
-            return run_job(job, self._handles, self.clock.now, self.backoff)
-        return self._execute_observed(job)
-
-    def _execute_traced(self, job: Claimed) -> Result:
-        info = job.info
-        waited = (self.clock.now() - info.scheduled_at).total_seconds()
-        with telemetry.job_span(info.id, info.worker, info.queue, info.attempt, waited) as current:
-            result = (self._execute_observed(job) if self._listeners
-                      else run_job(job, self._handles, self.clock.now, self.backoff))
-            telemetry.job_finished(current, info.queue, result.state, result.error)
-        return result
-
-    def _execute_observed(self, job: Claimed) -> Result:
-        info = job.info
-        self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
-                            attempt=info.attempt))
-        result = run_job(job, self._handles, self.clock.now, self.backoff)
-        failed = result.state in ("retryable", "discarded")
-        self._emit(JobEvent(kind="exception" if failed else "stop", job_id=info.id, worker=info.worker, queue=info.queue,
-                            attempt=info.attempt, duration=result.duration, state=result.state,
-                            error=result.error))
-        return result
-
-    def _emit(self, event: JobEvent) -> None:
-        for callback in self._listeners:
-            try:
-                callback(event)
-            except Exception:
-                log.exception("job event callback %r failed", callback)
-
-    def _record(self, job: Claimed, result: Result, by: str) -> None:
-        values = dict(result.values, state=result.state)
-        if result.state == "completed":
-            values["completed_at"] = self.clock.now()
-        with self._writer.begin() as conn:
-            conn.execute(sql.FINISH.values(**values),
-                         {"job_id": job.info.id, "by": by, "job_attempt": job.info.attempt})
-        if result.state != "completed":
-            log_outcome(job.info, result)
-
-    def _record_retrying(self, job: Claimed, result: Result, by: str, give_up: float = 60.0) -> None:
-        """Record an outcome, riding out a short database outage."""
-        deadline = time.monotonic() + give_up
-        delay = 0.05
-        while True:
-            try:
-                self._record(job, result, by)
-                return
-            except sa.exc.SQLAlchemyError:
-                if time.monotonic() > deadline:
-                    # Left executing: the rescuer re-runs it once this worker's
-                    # heartbeat goes stale.
-                    log.exception("could not record outcome of job %s", job.info.id)
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _complete_many(self, ids: list[int], by: str) -> None:
-        engine = self._autocommit if self._pg else self._writer
-        with engine.begin() as conn:
-            conn.execute(sql.COMPLETE_MANY, {"ids": ids, "by": by, "now": self.clock.now()})
-
-    def _release(self, by: str) -> int:
-        with self._writer.begin() as conn:
-            return conn.execute(sql.RELEASE_MINE, {"by": by, "now": self.clock.now()}).rowcount
-
-    # --- liveness ----------------------------------------------------------------------
-
-    def _new_worker_id(self, kind: str) -> str:
-        return f"{self.node}:{os.getpid()}:{kind}:{uuid.uuid4().hex[:8]}"
-
-    def _register_worker(self, worker_id: str, queues: Mapping[str, int]) -> None:
-        now = self.clock.now()
-        with self._writer.begin() as conn:
-            conn.execute(sql.INSERT_WORKER, {"id": worker_id, "node": self.node,
-                                             "queues": dict(queues), "started_at": now,
-                                             "heartbeat_at": now})
-
-    def _heartbeat(self, worker_id: str, queues: Mapping[str, int] | None = None) -> None:
-        now = self.clock.now()
-        with self._writer.begin() as conn:
-            beat = conn.execute(sql.HEARTBEAT, {"worker_id": worker_id, "now": now})
-            if beat.rowcount == 0:
-                # Another node judged this worker dead (a long stall) and
-                # deleted its row; come back to life rather than stay "dead".
-                conn.execute(sql.INSERT_WORKER, {"id": worker_id, "node": self.node,
-                                                 "queues": dict(queues or {}), "started_at": now,
-                                                 "heartbeat_at": now})
-
-    def _unregister_worker(self, worker_id: str) -> None:
-        with self._writer.begin() as conn:
-            conn.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
-
     # --- running -----------------------------------------------------------------------
 
     def work(self, until_empty: bool = True, queues: Iterable[str] | None = None) -> int:
@@ -464,26 +362,26 @@ class JobQueue(Operations, Browsing, Draining):
         names = sorted(queues) if queues is not None else sorted(self._queues)
         for name in names:
             self._check_queue(name)
-        by = self._new_worker_id("drain")
-        self._register_worker(by, dict.fromkeys(names, 1))
+        by = self.new_worker_id("drain")
+        self.register_worker(by, dict.fromkeys(names, 1))
         ran = 0
         beat = time.monotonic()
         try:
             while True:
                 got = 0
                 for name in names:
-                    for job in self._claim(name, DRAIN_BATCH, by):
-                        self._record(job, self._execute(job), by)
+                    for job in self.claim(name, DRAIN_BATCH, by):
+                        self.record(job, self.execute(job), by)
                         got += 1
                         if time.monotonic() - beat > self.stale_after.total_seconds() / 4:
-                            self._heartbeat(by)
+                            self.heartbeat(by)
                             beat = time.monotonic()
                 ran += got
                 if not got or not until_empty:
                     break
         finally:
-            self._release(by)
-            self._unregister_worker(by)
+            self.release(by)
+            self.unregister_worker(by)
         return ran
 
     def run_worker(
@@ -492,7 +390,11 @@ class JobQueue(Operations, Browsing, Draining):
         poll_interval: float = 1.0,
         shutdown_grace: float = 15.0,
         stop_event: Any = None,
-        **options: Any,
+        *,
+        plugins: Sequence[Plugin] | None = None,
+        heartbeat_interval: float = 5.0,
+        rescue_interval: float | None = None,
+        prune_interval: float | None = None,
     ) -> int:
         """Run a worker until ``stop_event`` is set or SIGTERM/SIGINT arrives.
 
@@ -504,19 +406,31 @@ class JobQueue(Operations, Browsing, Draining):
             shutdown_grace: seconds running jobs get to finish on shutdown;
                 the rest are released back to ``available``.
             stop_event: a ``threading.Event`` that stops the worker when set.
-            **options: ``heartbeat_interval``, ``rescue_interval``,
-                ``prune_interval`` (seconds; 0 disables pruning).
+            plugins: the plugins this worker runs (default: :attr:`plugins`).
+            heartbeat_interval: seconds between heartbeats.
+            rescue_interval: seconds between passes of the ``lifeline`` plugin
+                (default: its own interval, 30).
+            prune_interval: seconds between passes of the ``pruner`` plugin
+                (default: its own interval, 60); 0 leaves it out.
 
         Returns:
             Number of jobs this worker ran.
         """
-        from chimeway.queue.worker import Worker
-
         chosen = dict(queues) if queues is not None else dict.fromkeys(sorted(self._queues), 10)
         for name, limit in chosen.items():
             self._check_queue(name)
             if not isinstance(limit, int) or limit < 1:
                 raise InvalidInputError(f"concurrency for queue {name!r} must be >= 1, got {limit!r}")
+        running = check_plugins(self._plugins if plugins is None else plugins)
+        intervals: dict[str, float] = {}
+        if rescue_interval is not None:
+            intervals[Lifeline.name] = rescue_interval
+        if prune_interval is not None:
+            if prune_interval:
+                intervals[Pruner.name] = prune_interval
+            else:
+                running = tuple(p for p in running if p.name != Pruner.name)
         worker = Worker(self, chosen, poll_interval=poll_interval, shutdown_grace=shutdown_grace,
-                        stop_event=stop_event, **options)
+                        stop_event=stop_event, heartbeat_interval=heartbeat_interval,
+                        plugins=running, intervals=intervals)
         return worker.run()

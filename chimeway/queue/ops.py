@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -16,19 +16,15 @@ from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.models import Job
 from chimeway.queue import sql
 from chimeway.queue.outcome_log import log_rescued
+from chimeway.queue.plugins.pruner import DEFAULT_JOB_AGES, Pruner, job_targets
 
-__all__ = ["DEFAULT_PRUNE_AGES", "JOB_STATES", "Operations", "QueueCounts"]
+__all__ = ["JOB_STATES", "Operations", "QueueCounts"]
 
 log = logging.getLogger("chimeway.queue")
 
 JOB_STATES = (
     "available", "scheduled", "executing", "retryable", "completed", "discarded", "cancelled",
 )
-DEFAULT_PRUNE_AGES = {
-    "completed": timedelta(days=1),
-    "cancelled": timedelta(days=7),
-    "discarded": timedelta(days=7),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,20 +51,22 @@ class Operations:
     _writer: Engine
     _queues: set[str]
 
-    def rescue(self, stale_after: timedelta | None = None) -> int:
+    def rescue(self, stale_after: timedelta | None = None, *, now: datetime | None = None) -> int:
         """Return jobs left ``executing`` by dead workers to ``available``.
 
         A worker is dead when its heartbeat is older than ``stale_after``.
         Rescued jobs keep the attempt they spent; one already at
-        ``max_attempts`` is discarded instead.
+        ``max_attempts`` is discarded instead. Workers do this by themselves
+        (the :class:`~chimeway.queue.plugins.Lifeline` plugin).
 
         Args:
             stale_after: defaults to the queue's ``stale_after``.
+            now: the time to judge heartbeats at (default: the clock's).
 
         Returns:
             Number of jobs rescued or discarded.
         """
-        now = self.clock.now()
+        now = now or self.clock.now()
         params = {"cutoff": now - (stale_after or self.stale_after), "now": now}
         seen = (sql.c.id, sql.c.queue, sql.c.worker, sql.c.attempt, sql.c.attempted_by)
         with self._writer.begin() as conn:
@@ -82,33 +80,28 @@ class Operations:
     def prune(
         self,
         *,
-        completed: timedelta | None = DEFAULT_PRUNE_AGES["completed"],
-        cancelled: timedelta | None = DEFAULT_PRUNE_AGES["cancelled"],
-        discarded: timedelta | None = DEFAULT_PRUNE_AGES["discarded"],
-        limit: int = 10_000,
+        completed: timedelta | None = DEFAULT_JOB_AGES["completed"],
+        cancelled: timedelta | None = DEFAULT_JOB_AGES["cancelled"],
+        discarded: timedelta | None = DEFAULT_JOB_AGES["discarded"],
+        limit: int = 1000,
     ) -> int:
-        """Delete finished jobs older than a per-state age.
+        """Delete every finished job older than its state's age, however many there are.
+
+        Workers do this by themselves every minute (the
+        :class:`~chimeway.queue.plugins.Pruner` plugin).
 
         Args:
             completed: age after which completed jobs go (``None`` keeps them).
             cancelled: likewise for cancelled jobs.
             discarded: likewise for discarded jobs.
-            limit: at most this many rows per state per call, to keep
-                transactions short.
+            limit: jobs per transaction, to keep each one short.
 
         Returns:
             Number of jobs deleted.
         """
-        now = self.clock.now()
-        deleted = 0
-        for state, age in (("completed", completed), ("cancelled", cancelled),
-                           ("discarded", discarded)):
-            if age is None:
-                continue
-            with self._writer.begin() as conn:
-                deleted += conn.execute(sql.prune(state), {"cutoff": now - age,
-                                                           "limit": limit}).rowcount
-        return int(deleted)
+        targets = job_targets(completed=completed, cancelled=cancelled, discarded=discarded)
+        pruner = Pruner(self.engine, targets, batch_size=limit)
+        return sum(pruner.prune(self.clock.now()).values())
 
     def counts(self) -> dict[str, QueueCounts]:
         """Jobs per queue and state, and how long the oldest due job has waited.

@@ -6,17 +6,14 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.queue.args import UniqueSpec
 
-if TYPE_CHECKING:
-    from chimeway.queue.manager import JobQueue
-
-__all__ = ["JobHandle", "NewJob"]
+__all__ = ["Enqueuer", "JobHandle", "NewJob"]
 
 Delay = float | int | timedelta
 
@@ -46,6 +43,26 @@ class NewJob:
     unique_key: str | None = None
 
 
+class Enqueuer(Protocol):
+    """What a :class:`JobHandle` inserts its jobs through (``JobQueue``)."""
+
+    def enqueue(
+        self,
+        session: Session | Connection,
+        worker: str,
+        args: Mapping[str, Any],
+        *,
+        queue: str | None = ...,
+        schedule_in: Delay | None = ...,
+        scheduled_at: datetime | None = ...,
+        priority: int | None = ...,
+    ) -> int | None: ...
+
+    def insert_many(
+        self, session: Session | Connection, jobs: Iterable[NewJob | Mapping[str, Any]]
+    ) -> list[int]: ...
+
+
 class JobHandle:
     """A registered job function: enqueue it, or call it directly in tests.
 
@@ -54,7 +71,7 @@ class JobHandle:
 
     def __init__(
         self,
-        queue_: JobQueue,
+        queue_: Enqueuer,
         fn: Callable[..., Any],
         *,
         name: str,

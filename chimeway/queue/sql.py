@@ -201,21 +201,6 @@ HEARTBEAT = (
 )
 DELETE_WORKER = sa.delete(workers).where(workers.c.id == sa.bindparam("worker_id"))
 
-_FINISHED_AT = {"completed": c.completed_at, "cancelled": c.cancelled_at, "discarded": c.discarded_at}
-
-
-def prune(state: str) -> Any:
-    """DELETE up to ``:limit`` jobs in a final ``state`` finished before ``:cutoff``."""
-    column = _FINISHED_AT[state]
-    doomed = (
-        sa.select(c.id)
-        .where(c.state == state, column < sa.bindparam("cutoff", type_=column.type))
-        .limit(sa.bindparam("limit", type_=sa.Integer))
-        .scalar_subquery()
-    )
-    return sa.delete(jobs).where(c.id.in_(doomed))
-
-
 COUNTS = sa.select(c.queue, c.state, sa.func.count()).group_by(c.queue, c.state)
 OLDEST_DUE = (
     sa.select(c.queue, sa.func.min(c.scheduled_at))

@@ -2,7 +2,10 @@
 
 One thread (the caller's) owns the loop; each queue has a thread pool of its
 concurrency. The loop wakes when a NOTIFY names one of its queues, when a job
-finishes, or when the poll interval passes, whichever comes first.
+finishes, or when the poll interval passes, whichever comes first. Periodic
+work (the heartbeat, rescues, pruning, cron) runs as plugins, each on a
+thread of its own. The worker reaches the queue only through
+:class:`QueueEngine`, the public engine methods of ``JobQueue``.
 """
 
 from __future__ import annotations
@@ -11,22 +14,23 @@ import logging
 import signal
 import threading
 import time
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from chimeway.clock import Clock
 from chimeway.logs import log_event
 from chimeway.queue.listener import Listener
-from chimeway.queue.runner import Claimed, crashed
+from chimeway.queue.plugins.base import Plugin, PluginThreads
+from chimeway.queue.plugins.heartbeat import Heartbeat
+from chimeway.queue.runner import Claimed, Result, crashed
 
-if TYPE_CHECKING:
-    from chimeway.queue.manager import JobQueue
-
-__all__ = ["Worker", "add_plugin"]
+__all__ = ["QueueEngine", "Worker"]
 
 log = logging.getLogger("chimeway.queue")
 
@@ -36,27 +40,39 @@ ACK_BATCH = 100
 ACK_DELAY = 0.005
 STOP_CHECK = 0.25
 REFILL_DELAY = 0.002
+# An outcome the database cannot take is retried this long (a short outage)
+# before the job is left to the lifeline.
+RECORD_PATIENCE = 60.0
 
-_plugins: weakref.WeakKeyDictionary[JobQueue, list[tuple[Callable[[], object], float]]] = (
-    weakref.WeakKeyDictionary()
-)
 
+class QueueEngine(Protocol):
+    """The public ``JobQueue`` methods a worker runs on."""
 
-def add_plugin(jobs: JobQueue, fn: Callable[[], object], interval: float) -> None:
-    """Have every worker of ``jobs`` call ``fn()`` about every ``interval`` seconds.
+    engine: Engine
+    clock: Clock
+    notify: bool
+    backoff: Callable[[int], float]
 
-    Plugins run on the worker's loop thread between claims, so they should be
-    quick (enqueue work rather than do it). An exception is logged and the
-    worker carries on.
+    def new_worker_id(self, kind: str = ...) -> str: ...
 
-    Args:
-        jobs: the queue whose workers run the plugin.
-        fn: called with no arguments.
-        interval: seconds between calls (> 0).
-    """
-    if not interval > 0:
-        raise ValueError(f"plugin interval must be > 0, got {interval!r}")
-    _plugins.setdefault(jobs, []).append((fn, float(interval)))
+    def register_worker(self, worker_id: str, queues: Mapping[str, int]) -> None: ...
+
+    def heartbeat(self, worker_id: str, queues: Mapping[str, int] | None = ..., *,
+                  now: datetime | None = ...) -> None: ...
+
+    def unregister_worker(self, worker_id: str) -> None: ...
+
+    def paused_queues(self) -> Iterable[str]: ...
+
+    def claim(self, queue: str, limit: int, by: str, *, acks: Sequence[int] = ...) -> list[Claimed]: ...
+
+    def execute(self, job: Claimed) -> Result: ...
+
+    def record(self, job: Claimed, result: Result, by: str, *, retry_for: float = ...) -> bool: ...
+
+    def complete(self, ids: Sequence[int], by: str) -> None: ...
+
+    def release(self, by: str) -> int: ...
 
 
 class Worker:
@@ -69,31 +85,28 @@ class Worker:
         shutdown_grace: seconds running jobs get on shutdown.
         stop_event: set to stop.
         heartbeat_interval: seconds between heartbeats.
-        rescue_interval: seconds between rescues of dead workers' jobs.
-        prune_interval: seconds between prunes (0 disables).
+        plugins: periodic work to run besides jobs, each on its own thread.
+        intervals: seconds between a plugin's passes, by name, overriding its own.
     """
 
     def __init__(
         self,
-        jobs: JobQueue,
+        jobs: QueueEngine,
         queues: Mapping[str, int],
         *,
         poll_interval: float = 1.0,
         shutdown_grace: float = 15.0,
         stop_event: threading.Event | None = None,
         heartbeat_interval: float = 5.0,
-        rescue_interval: float = 30.0,
-        prune_interval: float = 60.0,
+        plugins: Sequence[Plugin] = (),
+        intervals: Mapping[str, float] | None = None,
     ) -> None:
         self.jobs = jobs
         self.limits = dict(queues)
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
         self.stop = stop_event or threading.Event()
-        self.heartbeat_interval = heartbeat_interval
-        self.rescue_interval = rescue_interval
-        self.prune_interval = prune_interval
-        self.id = jobs._new_worker_id("worker")
+        self.id = jobs.new_worker_id("worker")
         self.ran = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -103,8 +116,12 @@ class Worker:
         self._first_ack = 0.0
         self._refill_at = {q: n - max(1, n // 2) for q, n in self.limits.items()}
         self._free_since: dict[str, float | None] = dict.fromkeys(self.limits)
-        self._plugins = list(_plugins.get(jobs, ()))
-        self._plugin_due = [0.0] * len(self._plugins)
+        # The heartbeat is what keeps this worker's jobs from being rescued:
+        # it is not optional, and its first beat is the registration itself.
+        beat = Heartbeat(jobs, self.id, self.limits, interval=timedelta(seconds=heartbeat_interval))
+        self.plugins: tuple[Plugin, ...] = (beat, *plugins)
+        self._plugins = PluginThreads(self.plugins, jobs.clock, owner=self.id, intervals=intervals,
+                                      first_delays={beat.name: heartbeat_interval}, halt=self.stop)
         self._paused: frozenset[str] = frozenset()
         self._paused_checked = float("-inf")
         self._pools = {
@@ -130,18 +147,18 @@ class Worker:
         queue = job.info.queue
         acked = False
         try:
-            result = self.jobs._execute(job)
+            result = self.jobs.execute(job)
             if result.state == "completed":
                 acked = True
             else:
-                self.jobs._record_retrying(job, result, self.id)
+                self.jobs.record(job, result, self.id, retry_for=RECORD_PATIENCE)
         except BaseException as exc:
             # Recorded as a failed attempt: left executing, the job would wait
             # for this worker to die before anything retried it.
             log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
                       exc_info=True, job_id=job.info.id, queue=queue, worker_id=self.id)
-            self.jobs._record_retrying(
-                job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id)
+            self.jobs.record(job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id,
+                             retry_for=RECORD_PATIENCE)
         finally:
             with self._lock:
                 if acked:
@@ -197,7 +214,7 @@ class Worker:
         if not ids:
             return
         try:
-            self.jobs._complete_many(ids, self.id)
+            self.jobs.complete(ids, self.id)
         except BaseException:
             self._return_acks(ids)
             raise
@@ -220,7 +237,7 @@ class Worker:
                 continue
             acks = self._take_acks(force=True)
             try:
-                claimed = self.jobs._claim(queue, free, self.id, acks)
+                claimed = self.jobs.claim(queue, free, self.id, acks=acks)
             except BaseException:
                 self._return_acks(acks)
                 raise
@@ -258,7 +275,8 @@ class Worker:
         listener: Listener | None = None
         listener_stop = threading.Event()
         try:
-            self.jobs._register_worker(self.id, self.limits)
+            self.jobs.register_worker(self.id, self.limits)
+            self._plugins.start()
             if self.jobs.notify:
                 listener = Listener(self.jobs.engine, self._notified, self._poll_all,
                                     listener_stop)
@@ -266,6 +284,7 @@ class Worker:
             self._loop()
         finally:
             listener_stop.set()
+            self._plugins.close()
             self._shutdown()
             if listener is not None:
                 listener.join(timeout=2.0)
@@ -273,28 +292,13 @@ class Worker:
         return self.ran
 
     def _loop(self) -> None:
-        now = time.monotonic()
-        next_poll = now + self.poll_interval
-        next_beat = now + self.heartbeat_interval
-        next_rescue = now + min(self.rescue_interval, 1.0)
-        next_prune = now + (self.prune_interval or float("inf"))
+        next_poll = time.monotonic() + self.poll_interval
         failures = 0
         while not self.stop.is_set():
             self._wake.clear()
             try:
                 self._claim_into_free_slots()
                 self._flush_acks()
-                now = time.monotonic()
-                if now >= next_beat:
-                    self.jobs._heartbeat(self.id, self.limits)
-                    next_beat = now + self.heartbeat_interval
-                if now >= next_rescue:
-                    self.jobs.rescue()
-                    next_rescue = now + self.rescue_interval
-                if now >= next_prune:
-                    self.jobs.prune()
-                    next_prune = now + self.prune_interval
-                self._run_plugins(now)
                 failures = 0
             except sa.exc.SQLAlchemyError as exc:
                 # The database went away (restart, failover, terminated
@@ -309,26 +313,13 @@ class Worker:
                 self._poll_all()
                 continue
             now = time.monotonic()
-            timeout = max(0.0, min(next_poll, next_beat, self._ack_deadline(), self._refill_deadline(),
-                                   *self._plugin_due) - now)
+            timeout = max(0.0, min(next_poll, self._ack_deadline(), self._refill_deadline()) - now)
             # A caller's stop_event cannot wake us, so never sleep long past it.
             timeout = min(timeout, STOP_CHECK)
             self._wake.wait(timeout)
             if time.monotonic() >= next_poll:
                 self._poll_all()
                 next_poll = time.monotonic() + self.poll_interval
-
-    def _run_plugins(self, now: float) -> None:
-        for i, (fn, every) in enumerate(self._plugins):
-            if now < self._plugin_due[i]:
-                continue
-            self._plugin_due[i] = now + every
-            try:
-                fn()
-            except Exception:
-                log_event(log, logging.ERROR, "worker.plugin_failed",
-                          f"worker {self.id}: plugin {fn!r} failed", exc_info=True,
-                          worker_id=self.id, plugin=repr(fn))
 
     def _busy(self) -> int:
         with self._lock:
@@ -343,12 +334,12 @@ class Worker:
         self._quietly(lambda: self._flush_acks(force=True))
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
-        released = self._quietly(lambda: self.jobs._release(self.id))
+        released = self._quietly(lambda: self.jobs.release(self.id))
         if released:
             log_event(log, logging.WARNING, "worker.released",
                       f"worker {self.id} released {released} unfinished job(s) on shutdown",
                       worker_id=self.id, count=released)
-        self._quietly(lambda: self.jobs._unregister_worker(self.id))
+        self._quietly(lambda: self.jobs.unregister_worker(self.id))
 
     @staticmethod
     def _quietly(fn: Any) -> Any:

@@ -125,7 +125,7 @@ def bench_claim(engine: sa.Engine, q: JobQueue, claims: int = 200, batch: int = 
     times = []
     for _ in range(claims):
         started = time.perf_counter()
-        q._claim("default", batch, "bench")
+        q.claim("default", batch, "bench")
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

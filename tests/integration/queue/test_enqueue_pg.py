@@ -107,7 +107,7 @@ def test_concurrent_claims_never_share_a_job(pg_engine: sa.Engine) -> None:
 
     def claimer(slot: int) -> None:
         barrier.wait(10)
-        while batch := q._claim("default", 7, f"claimer-{slot}"):
+        while batch := q.claim("default", 7, f"claimer-{slot}"):
             claimed[slot].extend(j.info.id for j in batch)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]

@@ -53,8 +53,8 @@ def test_rescue_returns_a_dead_workers_jobs(q: JobQueue, sqlite_engine: sa.Engin
     with sqlite_engine.begin() as conn:
         ids = [q.enqueue(conn, "ok", {"n": i}) for i in range(3)]
     dead = "node:1:worker:dead"
-    q._register_worker(dead, {"default": 3})
-    claimed = q._claim("default", 3, dead)
+    q.register_worker(dead, {"default": 3})
+    claimed = q.claim("default", 3, dead)
     assert len(claimed) == 3
     with sqlite_engine.begin() as conn:  # one of them is on its last attempt
         conn.execute(sa.text("UPDATE chimeway_jobs SET attempt = 2 WHERE id = :i"), {"i": ids[2]})
@@ -138,12 +138,12 @@ def test_a_lone_completion_is_acknowledged_without_waiting_for_the_poll(
 def test_a_stalled_worker_judged_dead_rejoins_on_its_next_heartbeat(
     q: JobQueue, sqlite_engine: sa.Engine, clock: Any
 ) -> None:
-    q._register_worker("slow", {"default": 1})
+    q.register_worker("slow", {"default": 1})
     clock.advance(minutes=5)
     q.rescue()
     with sqlite_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM chimeway_workers")).scalar() == 0
-    q._heartbeat("slow", {"default": 1})
+    q.heartbeat("slow", {"default": 1})
     with sqlite_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id FROM chimeway_workers")).scalar() == "slow"
 

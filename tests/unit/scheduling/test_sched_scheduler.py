@@ -248,3 +248,15 @@ def test_a_schedule_that_cannot_fire_does_not_hold_up_the_others(app: Chimeway, 
         app.run_scheduler()
     assert ticks(app, "a-first") == []  # its tick row rolled back with the failed enqueue
     assert ticks(app, "b-second") == [at(2026, 1, 5, 9, 0)]
+
+
+def test_the_cron_plugin_fires_due_ticks_once_per_tick(app: Chimeway, clock: FakeClock) -> None:
+    from chimeway.cron import Cron
+
+    [plugin] = [p for p in app.plugins if p.name == "cron"]
+    assert isinstance(plugin, Cron) and plugin.interval == timedelta(seconds=1)
+    app.cron("*/5 * * * *", "test.job")
+    assert plugin.run(clock.now()) == 1
+    assert plugin.run(clock.now()) == 0  # that tick has fired
+    assert plugin.run(at(2026, 1, 5, 9, 5, 1)) == 1
+    assert [j.scheduled_at for j in jobs_of(app, "test.job")] == [at(2026, 1, 5, 9, 0), at(2026, 1, 5, 9, 5)]
