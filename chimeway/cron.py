@@ -238,6 +238,7 @@ class CronSchedule:
         catch_up: window for missed ticks (``None``: only the latest).
         tick_arg: when set, the tick's ISO time is added to the args under this name.
         unique_key: a unique key for the job, so a slow run is not doubled.
+        max_attempts: attempts of each tick's job (``None``: the worker's own).
     """
 
     name: str
@@ -250,6 +251,7 @@ class CronSchedule:
     catch_up: timedelta | None = None
     tick_arg: str | None = None
     unique_key: str | None = None
+    max_attempts: int | None = None
 
     def job_args(self, tick: datetime) -> dict[str, Any]:
         """The job args for one tick.
@@ -385,7 +387,7 @@ class Scheduler:
             for tick in sorted(claimed):
                 job_id = self.jobs.enqueue(
                     conn, schedule.worker, schedule.job_args(tick), queue=schedule.queue,
-                    scheduled_at=tick, unique_key=schedule.unique_key,
+                    scheduled_at=tick, unique_key=schedule.unique_key, max_attempts=schedule.max_attempts,
                 )
                 fired.append(FiredTick(name=schedule.name, at=tick, job_id=job_id))
         for done in fired:

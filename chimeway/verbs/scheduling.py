@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from chimeway.cron import CronExpression, CronSchedule, FiredTick, job_target
+from chimeway.cron import CronSchedule, FiredTick
 from chimeway.errors import InvalidInputError
 from chimeway.notifier import Notifier
-from chimeway.planning import TriggerResult
-from chimeway.queue import JobHandle
 from chimeway.record_triggers import RecordTrigger, ScanResult, build
+from chimeway.scheduling.actions import schedule_action
 from chimeway.verbs.base import AppBase
 
 __all__ = ["SchedulingVerbs"]
@@ -37,15 +36,18 @@ class SchedulingVerbs(AppBase):
         name: str | None = None,
         catch_up: timedelta | None = None,
         queue: str | None = None,
+        max_attempts: int | None = None,
+        actor: str | None = None,
     ) -> CronSchedule:
-        """Run a job (or trigger a notifier) on a cron schedule, once per tick across all workers.
+        """Run an action (or trigger a notifier) on a cron schedule, once per tick across all workers.
 
         Args:
             schedule: five fields (``"*/5 * * * *"``), six with seconds last,
                 or an alias (``@hourly``, ``@daily``, ``@weekly``, ``@monthly``, ``@yearly``).
-            target: a job handle from :meth:`job`, a plain function (registered
-                as a job), a worker name registered elsewhere, or a
-                ``Notifier`` subclass (as :meth:`schedule`).
+            target: a plain function (registered as a job), a job handle from
+                :meth:`job`, a worker name registered elsewhere, or a
+                ``Notifier`` subclass (as :meth:`schedule`). A function that
+                declares ``session`` runs inside a transaction its job commits.
             args: the job's JSON args. A job function with a ``tick``
                 parameter also gets the tick's ISO time as ``tick``.
             timezone: IANA zone the fields are read in; a wall-clock time
@@ -54,35 +56,22 @@ class SchedulingVerbs(AppBase):
             catch_up: fire every tick missed within this window when workers
                 come back; ``None`` fires only the latest missed tick.
             queue: the job's queue (default: the job's own).
+            max_attempts: attempts of each tick's job (default: the job's own; 20
+                for a plain function).
+            actor: who the work is done for (an id), stored in the job's args
+                and handed to a target that declares ``actor``.
 
         Raises:
             InvalidScheduleError: the expression or the time zone is unusable.
             InvalidInputError: ``args`` are not JSON, or the target is unusable.
         """
-        import inspect
-
         if isinstance(target, type) and issubclass(target, Notifier):
-            if args:
+            if args or actor is not None or max_attempts is not None:
                 raise InvalidInputError("args: a scheduled notifier takes its params from params_for_schedule()")
             return self.scheduled_notifiers.add(target, cron=schedule, timezone=timezone, name=name,
                                                 tenant=None, catch_up=catch_up)
-        fn: Callable[..., Any] | None = None
-        if isinstance(target, JobHandle):
-            worker, label, fn = target.name, job_target(target.fn), target.fn
-        elif isinstance(target, str) and target:
-            worker, label = target, target
-        elif callable(target):
-            handle = self.queue.register(target)
-            worker, label, fn = handle.name, job_target(target), target
-        else:
-            raise InvalidInputError(f"target must be a job, a function, a worker name or a Notifier, got {target!r}")
-        # A job function with a ``tick`` parameter is told which tick it runs for.
-        wants_tick = fn is not None and "tick" in inspect.signature(fn).parameters and "tick" not in (args or {})
-        return self.scheduler.add(CronSchedule(
-            name=name or worker, cron=CronExpression(schedule, timezone), worker=worker,
-            args=dict(args or {}), queue=queue, kind="job", target=label, catch_up=catch_up,
-            tick_arg="tick" if wants_tick else None,
-        ))
+        return schedule_action(self.scheduler, self.queue, schedule, target, args=args, timezone=timezone,
+                               name=name, catch_up=catch_up, queue=queue, max_attempts=max_attempts, actor=actor)
 
     def schedule(
         self,
@@ -113,76 +102,124 @@ class SchedulingVerbs(AppBase):
         name: str,
         *,
         model: Any,
-        where: Any,
-        notifier: type[Notifier],
-        params: Any,
+        where: Any = None,
+        action: Any = None,
+        notifier: type[Notifier] | None = None,
+        params: Any = None,
         idempotency_key: Callable[[Any], str] | None = None,
-        cron: str = "* * * * *",
+        cron: str | None = "* * * * *",
         timezone: str = "UTC",
         batch_size: int = 500,
         concurrency: int = 1,
+        record_limit: int | None = None,
+        lock_for_update: bool = False,
         tenant: Any = None,
-        on_error: Callable[[Any, BaseException], object] | None = None,
+        tenants: Callable[[], Any] | None = None,
+        actor: str | None = None,
+        on_error: Callable[..., object] | None = None,
         max_attempts: int = 3,
-        queue: str = "default",
+        queue: str | None = None,
     ) -> RecordTrigger:
-        """Trigger ``notifier`` once for every row of ``model`` matching ``where``.
+        """Run ``action`` (or trigger ``notifier``) once for every row of ``model`` matching ``where``.
 
         On each ``cron`` tick a scan job pages through the matching rows by
-        primary key and triggers the notifier per row, one transaction per
-        batch. The idempotency key makes a row's notification happen once
-        across scans, overlaps and restarts.
+        primary key, one transaction per batch. A notifier is triggered in
+        the batch, once per row across scans (its idempotency key); an
+        action runs in a row job of its own, inside that job's transaction.
 
         Args:
             name: unique, stable trigger name.
-            model: a mapped class (scans see instances) or a ``Table`` (rows).
+            model: a mapped class (actions get instances) or a ``Table`` (rows).
             where: a SQLAlchemy boolean expression, or a function of ``now``
-                (the app's clock) returning one.
-            notifier: the ``Notifier`` subclass.
-            params: function of the row returning the notifier's JSON params (or a dict).
-            idempotency_key: function of the row; default ``"<name>:<primary key>"``.
-            cron: how often to scan.
+                (the app's clock) returning one; ``None`` matches every row.
+                With ``tenants``: a function of ``(now, tenant)``.
+            action: a function called with the row, or a registered job called
+                with its primary key; it may declare ``session`` (the row job's
+                transaction), ``actor``, ``tenant`` and ``job``. A
+                ``Notifier`` subclass here is the same as ``notifier=``.
+            notifier: the ``Notifier`` subclass to trigger per row (instead of an action).
+            params: with a notifier: function of the row returning its JSON params (or a dict).
+            idempotency_key: with a notifier: function of the row; default ``"<name>:<primary key>"``.
+            cron: how often to scan; ``None``: never by itself, only on demand
+                (:meth:`run_record_triggers`, :meth:`scan_record_trigger`).
             timezone: IANA zone of ``cron``.
             batch_size: rows per transaction.
-            concurrency: batches a scan works on at once, each in its own
-                transaction (PostgreSQL; SQLite serializes writers anyway).
+            concurrency: batches a notifier scan works on at once, each in its
+                own transaction (PostgreSQL; SQLite serializes writers anyway).
+            record_limit: at most this many rows per scan (and tenant).
+            lock_for_update: lock each row while working on it, passing over
+                rows another transaction holds (the row job looks again shortly).
             tenant: a tenant, or a function of the row returning one.
-            on_error: ``on_error(row_id, exc)`` after a failing row's last attempt.
-            max_attempts: attempts of a failing row's own job.
-            queue: queue of the scan and row jobs.
+            tenants: a function returning the tenants to scan, each in turn.
+            actor: who the scheduled work is done for (an id), stored with the
+                jobs and handed to an action that declares ``actor``.
+            on_error: an action run on the row, in a transaction of its own,
+                after its last attempt failed (it may declare ``error``); the
+                older ``on_error(row_id, exc)`` form still works.
+            max_attempts: attempts of a row's job (3: each attempt rolls back
+                when it fails, so a retry starts clean).
+            queue: queue of the scan and row jobs; default a queue named after
+                the trigger, declared for you.
 
         Raises:
             InvalidInputError: a field is unusable; the message names it.
         """
 
-        trigger = build(name, model=model, where=where, notifier=notifier, params=params,
-                        idempotency_key=idempotency_key, tenant=tenant, on_error=on_error, cron=cron,
-                        timezone=timezone, batch_size=batch_size, concurrency=concurrency,
-                        max_attempts=max_attempts, queue=queue,
-                        jobs=self.queue, now=self.clock.now())
+        trigger = build(name, model=model, where=where, notifier=notifier, action=action, params=params,
+                        idempotency_key=idempotency_key, tenant=tenant, tenants=tenants, on_error=on_error,
+                        cron=cron, timezone=timezone, batch_size=batch_size, concurrency=concurrency,
+                        max_attempts=max_attempts, queue=queue, record_limit=record_limit,
+                        lock_for_update=lock_for_update, actor=actor, jobs=self.queue, now=self.clock.now())
         return self.record_triggers.add(trigger)
 
-    def run_record_trigger(self, session: Session | Connection, name: str, row: Any) -> TriggerResult:
-        """Trigger record trigger ``name`` for one row, inside the caller's transaction.
+    def run_record_trigger(self, session: Session | Connection, name: str, row: Any, *,
+                           actor: str | None = None) -> Any:
+        """Run record trigger ``name`` on one row now, inside the caller's transaction.
 
-        ``where`` is not checked. The same idempotency key as the scans is used,
-        so a later scan does not notify the row again.
+        ``where`` is not checked. A notifier is triggered with the same
+        idempotency key as the scans use, so a later scan does not notify the
+        row again; an action gets the caller's session.
 
         Args:
             session: the caller's ``Session`` or ``Connection``.
             name: the record trigger.
             row: the model instance.
-        """
-        return self.record_triggers.run_one(session, name, row)
+            actor: who the work is done for (default: the trigger's ``actor``).
 
-    def scan_record_trigger(self, name: str, *, now: Any = None) -> ScanResult:
+        Returns:
+            the notifier's ``TriggerResult``, or what the action returned.
+        """
+        return self.record_triggers.run_one(session, name, row, actor=actor)
+
+    def run_record_triggers(self, name: str, rows: Iterable[Any], *, session: Session | Connection | None = None,
+                            actor: str | None = None, tenant: str | None = None) -> list[int]:
+        """Hand rows to record trigger ``name``'s row jobs (AshOban's ``run_triggers``).
+
+        Each row job checks ``where`` again when it runs, so a row that
+        stopped matching is left alone; a row whose job is already waiting
+        or running gets no second one.
+
+        Args:
+            name: the record trigger (any, including one with ``cron=None``).
+            rows: model instances, rows, or primary-key values.
+            session: enqueue inside the caller's transaction (default: its own).
+            actor: who the work is done for (default: the trigger's ``actor``).
+            tenant: the rows' tenant, for a ``tenants=`` trigger.
+
+        Returns:
+            the ids of the jobs inserted.
+        """
+        return self.record_triggers.run_many(name, rows, session=session, actor=actor, tenant=tenant)
+
+    def scan_record_trigger(self, name: str, *, now: Any = None, actor: str | None = None) -> ScanResult:
         """Run one scan of record trigger ``name`` in this thread (what its scan job does).
 
         Args:
             name: the record trigger.
             now: the time ``where`` is evaluated at (default: the clock's).
+            actor: who the scan runs for (default: the trigger's ``actor``).
         """
-        return self.record_triggers.scan(name, now=now)
+        return self.record_triggers.scan(name, now=now, actor=actor)
 
     def run_scheduler(self, now: Any = None) -> list[FiredTick]:
         """Fire every cron tick due at ``now`` that no worker has fired yet.

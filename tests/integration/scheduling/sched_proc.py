@@ -7,6 +7,9 @@ Run as ``python sched_proc.py MODE URL [options]``:
 - ``scan``: scan the ``reminders`` record trigger once; print the result.
 - ``worker``: run a worker (with its scheduler) for ``--seconds`` seconds; an
   every-second cron job records each tick it runs in ``sec_ticks``.
+- ``actions``: from ``--go``, run a worker for the ``proof_process`` action
+  trigger (every second, ``lock_for_update``) until no row is left to process
+  (at most ``--seconds``); an on-demand trigger on the same rows must never run.
 """
 
 from __future__ import annotations
@@ -55,6 +58,36 @@ class ProofReminder(Notifier):
 
     def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
         return [Recipient(id=f"patient:{params['patient']}")]
+
+
+class ProofOrder(ProofBase):
+    __tablename__ = "proof_orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    processed: Mapped[bool] = mapped_column(default=False)
+    runs: Mapped[int] = mapped_column(default=0)
+    pid: Mapped[int | None] = mapped_column(default=None)
+
+
+def process_order(order: ProofOrder) -> None:
+    order.runs += 1
+    order.processed = True
+    order.pid = os.getpid()
+
+
+def never(order: ProofOrder) -> None:
+    raise AssertionError("an on-demand trigger ran by itself")
+
+
+def build_action_app(url: str) -> Chimeway:
+    """The AshOban-style proof: an action per unprocessed order, and an on-demand trigger."""
+    engine = create_engine(url, pool_size=12, max_overflow=4, pool_pre_ping=True)
+    app = Chimeway(engine=engine, dispatcher="queue")
+    app.scheduler.remove("chimeway.workflow.sweep")
+    app.record_trigger("proof_process", model=ProofOrder, where=ProofOrder.processed.is_(False),
+                       action=process_order, lock_for_update=True, cron="* * * * * *", batch_size=500)
+    app.record_trigger("proof_on_demand", model=ProofOrder, action=never, cron=None)
+    return app
 
 
 def build_app(url: str, *, dispatcher: str = "queue", batch_size: int = 500, slow: float = 0.0,
@@ -122,9 +155,34 @@ def run_worker(ns: argparse.Namespace) -> None:
     app.queue.run_worker(queues={"default": 4}, poll_interval=0.2, stop_event=stop)
 
 
+def run_actions(ns: argparse.Namespace) -> None:
+    app = build_action_app(ns.url)
+    stop = threading.Event()
+    pending = sa.text(
+        "SELECT (SELECT count(*) FROM proof_orders WHERE NOT processed)"
+        " + (SELECT count(*) FROM chimeway_jobs WHERE state IN ('available', 'scheduled', 'executing', 'retryable')"
+        " AND queue = 'proof_process')")
+
+    def watch() -> None:
+        deadline = time.monotonic() + ns.seconds
+        time.sleep(1.0)
+        while not stop.is_set() and time.monotonic() < deadline:
+            with app.engine.connect() as conn:
+                if conn.execute(pending).scalar() == 0:
+                    break
+            time.sleep(0.1)
+        stop.set()
+
+    while time.time() < ns.go:
+        time.sleep(0.001)
+    threading.Thread(target=watch, daemon=True).start()
+    ran = app.queue.run_worker(queues={"proof_process": 8}, poll_interval=0.1, stop_event=stop)
+    print(json.dumps({"ran": ran}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["cron", "scan", "worker"])
+    parser.add_argument("mode", choices=["cron", "scan", "worker", "actions"])
     parser.add_argument("url")
     parser.add_argument("--start", default="2030-01-01T00:00:00+00:00")
     parser.add_argument("--minutes", type=int, default=10)
@@ -136,7 +194,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     ns = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format=f"[{ns.mode} {os.getpid()}] %(message)s")
-    {"cron": run_cron, "scan": run_scan, "worker": run_worker}[ns.mode](ns)
+    {"cron": run_cron, "scan": run_scan, "worker": run_worker, "actions": run_actions}[ns.mode](ns)
 
 
 if __name__ == "__main__":

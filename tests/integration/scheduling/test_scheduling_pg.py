@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from sched_helpers import Procs
-from sched_proc import SEC_TICKS_DDL, ProofAppointment, ProofBase, build_app
+from sched_proc import SEC_TICKS_DDL, ProofAppointment, ProofBase, ProofOrder, build_app
 
 from chimeway import Chimeway
 from chimeway.db import create_engine
@@ -128,3 +128,36 @@ def test_rows_that_stop_matching_before_the_scan_get_nothing(engine: sa.Engine, 
         assert (status["matching"], status["pending"]) == (96, 0)
     finally:
         app.close()
+
+
+@pytest.mark.timeout(300)
+def test_an_action_trigger_runs_once_per_row_across_two_worker_processes(engine: sa.Engine, procs: Procs) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.insert(ProofOrder), [{"id": i} for i in range(1, ROWS + 1)])
+    go = time.time() + 4  # both workers start at the same instant
+    workers = [procs.start("actions", "--go", str(go), "--seconds", "120") for _ in range(2)]
+    # The application holds the first 50 orders until their batch has passed
+    # over them (SKIP LOCKED) and handed them to row jobs that look again later.
+    handed = "SELECT count(*) FROM chimeway_jobs WHERE worker = 'chimeway.record_trigger.row'"
+    with engine.begin() as conn:
+        conn.execute(sa.select(ProofOrder.id).where(ProofOrder.id <= 50).with_for_update()).all()
+        deadline = time.monotonic() + 60
+        while scalar(engine, handed) == 0:
+            assert time.monotonic() < deadline, "no batch reached the held rows"
+            time.sleep(0.05)
+    ran = [json.loads(finish(p, timeout=200))["ran"] for p in workers]
+    assert scalar(engine, "SELECT count(*) FROM proof_orders WHERE processed AND runs = 1") == ROWS
+    assert scalar(engine, "SELECT sum(runs) FROM proof_orders") == ROWS
+    assert scalar(engine, "SELECT count(DISTINCT pid) FROM proof_orders") == 2  # both did their share
+    assert scalar(engine, "SELECT count(*) FROM chimeway_jobs WHERE state <> 'completed'"
+                          " AND queue = 'proof_process'") == 0
+    # Pages of 500 rows went to batch jobs that both workers took from the queue;
+    # rows held by the application when their batch ran were handed to row jobs.
+    batches = "FROM chimeway_jobs WHERE worker = 'chimeway.record_trigger.rows'"
+    assert scalar(engine, f"SELECT count(*) {batches}") == ROWS // 500
+    assert scalar(engine, f"SELECT count(DISTINCT attempted_by) {batches}") == 2
+    held = scalar(engine, handed)
+    assert 0 < held <= 50
+    # The on-demand trigger over the same rows never ran, nor was scanned.
+    assert scalar(engine, "SELECT count(*) FROM chimeway_jobs WHERE args->>'trigger' = 'proof_on_demand'") == 0
+    assert sum(ran) >= ROWS // 500 + held

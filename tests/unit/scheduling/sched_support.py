@@ -83,3 +83,26 @@ def due_within(hours: int) -> Any:
 def reminder_params(appointment: Appointment) -> dict[str, Any]:
     return {"patient": appointment.patient, "appointment": appointment.id,
             "starts_at": appointment.starts_at.isoformat()}
+
+
+class Order(AppBase):
+    """A row an action trigger works on: ``processed`` flips once, ``runs`` counts the calls."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shop: Mapped[str] = mapped_column(sa.String(20), default="acme")
+    processed: Mapped[bool] = mapped_column(default=False)
+    runs: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    by: Mapped[str | None] = mapped_column(sa.String(50), default=None)
+
+
+class Audit(AppBase):
+    """What actions wrote next to the row, in the same transaction."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int]
+    note: Mapped[str] = mapped_column(sa.String(200))
