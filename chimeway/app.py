@@ -298,7 +298,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             One result per request, in order (``duplicate`` where the key was used).
         """
         with translated("trigger"):
-            if telemetry.ENABLED:
+            if telemetry.tracing():
                 return telemetry.trigger(self._trigger_many, notifier, requests, session)  # type: ignore[no-any-return]
             return self._trigger_many(session, notifier, requests)
 

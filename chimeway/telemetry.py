@@ -3,7 +3,12 @@
 With ``opentelemetry-api`` installed (``pip install 'chimeway[otel]'``),
 Chimeway reports through whatever tracer and meter providers the
 application configures; without it every hook is one ``if ENABLED`` that
-is false. Names are stable:
+is false. With the API installed but no provider configured (or a no-op
+one), nothing records: each hook asks :func:`tracing` / :func:`metering`
+at call time, a look at the global provider, and builds no span, no
+attribute and no measurement. Applications usually configure the SDK after
+importing their libraries, so the answer is never cached: a provider set
+later is used from the next call on. Names are stable:
 
 Spans (attributes carry the ids):
     ``chimeway.trigger`` → ``chimeway.plan`` → ``chimeway.policy`` /
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -32,7 +37,7 @@ from chimeway.logs import log_event
 try:
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
-    from opentelemetry.trace import Status, StatusCode
+    from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Status, StatusCode
 except ImportError:  # the optional extra is not installed: every hook is a no-op
     _trace = None  # type: ignore[assignment]
     _metrics = None  # type: ignore[assignment]
@@ -41,23 +46,39 @@ __all__ = [
     "ENABLED",
     "CountsJobs",
     "attempt",
+    "attempt_async",
     "job_finished",
     "job_span",
+    "metering",
     "observe_queue_depth",
+    "observing",
     "recorded",
     "span",
     "traced",
+    "tracing",
     "trigger",
 ]
 
 log = logging.getLogger("chimeway.deliveries")
 
 ENABLED: bool = _trace is not None
-"""Whether ``opentelemetry-api`` is importable; hot paths check this and nothing else."""
+"""Whether ``opentelemetry-api`` is importable (see :func:`tracing` and :func:`metering` for
+whether anything records)."""
 
 _NULL = nullcontext()
 
 if ENABLED:
+    # The API hands out a proxy until the application sets a provider; a
+    # proxy or a no-op provider records nothing.
+    _SILENT_TRACERS: tuple[type, ...] = (ProxyTracerProvider, NoOpTracerProvider)
+    _silent_meters: list[type] = [_metrics.NoOpMeterProvider]
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # another API release: treat its proxy as a provider that records
+        pass
+    else:
+        _silent_meters.append(_ProxyMeterProvider)
+    _SILENT_METERS: tuple[type, ...] = tuple(_silent_meters)
     # Proxies: they follow providers the application sets later.
     _tracer = _trace.get_tracer("chimeway")
     _meter = _metrics.get_meter("chimeway")
@@ -69,6 +90,21 @@ if ENABLED:
         "chimeway.job.queue_latency", unit="s", description="Time from a job being due to its start")
     _jobs = _meter.create_counter(
         "chimeway.jobs", unit="{job}", description="Job runs by queue and the state they ended in")
+
+
+def tracing() -> bool:
+    """Whether spans would be recorded now: the API is installed and a real tracer provider is set."""
+    return ENABLED and not isinstance(_trace.get_tracer_provider(), _SILENT_TRACERS)
+
+
+def metering() -> bool:
+    """Whether measurements would be recorded now: the API is installed and a real meter provider is set."""
+    return ENABLED and not isinstance(_metrics.get_meter_provider(), _SILENT_METERS)
+
+
+def observing() -> bool:
+    """Whether spans or measurements would be recorded now (see :func:`tracing`, :func:`metering`)."""
+    return tracing() or metering()
 
 
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +134,7 @@ def span(name: str, **attributes: Any) -> Any:
         name: the stable span name.
         **attributes: ids and names; ``None`` values are left out.
     """
-    if not ENABLED:
+    if not tracing():
         return _NULL
     return _span(name, attributes)
 
@@ -115,6 +151,8 @@ def traced(name: str, fn: Callable[..., Any], **attributes: Any) -> Callable[...
         return fn
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not tracing():
+            return fn(*args, **kwargs)
         with _span(name, attributes):
             return fn(*args, **kwargs)
 
@@ -123,7 +161,7 @@ def traced(name: str, fn: Callable[..., Any], **attributes: Any) -> Callable[...
 
 def set_attributes(current: Any, **attributes: Any) -> None:
     """Add attributes to a span from :func:`span` (ignored without OpenTelemetry)."""
-    if current is not None and ENABLED:
+    if current is not None and tracing():
         current.set_attributes(_clean(attributes))
 
 
@@ -131,7 +169,10 @@ def job_span(job_id: int, worker: str, queue: str, attempt: int, waited: float) 
     """The span around one job run; records how long it waited after becoming due."""
     if not ENABLED:
         return _NULL
-    _queue_latency.record(max(0.0, waited), {"queue": queue})
+    if metering():
+        _queue_latency.record(max(0.0, waited), {"queue": queue})
+    if not tracing():
+        return _NULL
     return _span("chimeway.job", {"chimeway.job.id": job_id, "chimeway.job.worker": worker,
                                   "chimeway.job.queue": queue, "chimeway.job.attempt": attempt})
 
@@ -140,7 +181,8 @@ def job_finished(current: Any, queue: str, state: str, error: str | None) -> Non
     """Count a job run by the state it ended in, and mark its span failed on an error."""
     if not ENABLED:
         return
-    _jobs.add(1, {"queue": queue, "state": state})
+    if metering():
+        _jobs.add(1, {"queue": queue, "state": state})
     if current is not None:
         current.set_attribute("chimeway.job.state", state)
         if state in ("retryable", "discarded"):
@@ -151,7 +193,10 @@ MAX_IDS = 100
 
 
 def trigger(run: Callable[..., Sequence[Any]], notifier: Any, requests: Sequence[Any], *args: Any) -> Any:
-    """Run a trigger inside a ``chimeway.trigger`` span carrying the event and delivery ids."""
+    """Run a trigger inside a ``chimeway.trigger`` span carrying the event and delivery ids.
+
+    Callers check :func:`tracing` first; without a tracer that records, they call ``run`` directly.
+    """
     attributes = {"chimeway.notifier": getattr(notifier, "key", str(notifier)), "chimeway.requests": len(requests)}
     with _span("chimeway.trigger", attributes) as current:
         results = run(*args, notifier, requests)
@@ -164,19 +209,43 @@ def trigger(run: Callable[..., Sequence[Any]], notifier: Any, requests: Sequence
 
 
 def attempt(send: Callable[[Any], Any], item: Any) -> Any:
-    """Make one provider call (``send(item)``) inside a ``chimeway.attempt`` span; record its duration."""
-    message = item.message
-    attributes = {"chimeway.delivery.id": str(message.delivery_id), "chimeway.event.id": str(message.event_id),
-                  "chimeway.channel": message.channel, "chimeway.attempt": message.attempt}
-    with _span("chimeway.attempt", attributes) as current:
+    """Make one provider call (``send(item)``) inside a ``chimeway.attempt`` span; record its duration.
+
+    Callers check :func:`observing` first; without anything that records, they call ``send`` directly.
+    """
+    with _attempt_span(item) as current:
         started = time.perf_counter()
         result = send(item)
-        outcome = str(getattr(result, "outcome", "unknown"))
-        _send_duration.record(time.perf_counter() - started, {"channel": message.channel, "outcome": outcome})
+        _attempt_done(current, item, result, time.perf_counter() - started)
+        return result
+
+
+async def attempt_async(send: Callable[[Any], Awaitable[Any]], item: Any) -> Any:
+    """:func:`attempt` for a coroutine: ``await send(item)`` inside the same span and measurement."""
+    with _attempt_span(item) as current:
+        started = time.perf_counter()
+        result = await send(item)
+        _attempt_done(current, item, result, time.perf_counter() - started)
+        return result
+
+
+def _attempt_span(item: Any) -> Any:
+    if not tracing():
+        return _NULL
+    message = item.message
+    return _span("chimeway.attempt", {
+        "chimeway.delivery.id": str(message.delivery_id), "chimeway.event.id": str(message.event_id),
+        "chimeway.channel": message.channel, "chimeway.attempt": message.attempt})
+
+
+def _attempt_done(current: Any, item: Any, result: Any, seconds: float) -> None:
+    outcome = str(getattr(result, "outcome", "unknown"))
+    if metering():
+        _send_duration.record(seconds, {"channel": item.message.channel, "outcome": outcome})
+    if current is not None:
         current.set_attribute("chimeway.outcome", outcome)
         if outcome != "succeeded":
             current.set_status(Status(StatusCode.ERROR, str(getattr(result, "detail", None) or outcome)))
-        return result
 
 
 def recorded(outcomes: Iterable[Any], sent: Sequence[Any] = ()) -> None:
@@ -192,13 +261,14 @@ def recorded(outcomes: Iterable[Any], sent: Sequence[Any] = ()) -> None:
     """
     outcomes = list(outcomes)
     warn = log.isEnabledFor(logging.WARNING) and any(o.status in ("failed", "cancelled") for o in outcomes)
-    if not (ENABLED or warn):
+    count = metering()
+    if not (count or warn):
         return
     channels = {item.claimed.message.delivery_id: item.claimed.message.channel for item in sent}
     for outcome in outcomes:
         status = outcome.status
         channel = channels.get(outcome.delivery_id)
-        if ENABLED:
+        if count:
             _deliveries.add(1, {"status": status, **({"channel": channel} if channel else {})})
         if warn and status in ("failed", "cancelled"):
             detail = getattr(outcome.result, "detail", None)

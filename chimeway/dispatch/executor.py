@@ -234,7 +234,7 @@ class Executor:
         """
         started = self.clock.now()
         t0 = time.perf_counter()
-        result = telemetry.attempt(self._send, item) if telemetry.ENABLED else self._send(item)
+        result = telemetry.attempt(self._send, item) if telemetry.observing() else self._send(item)
         return Sent(claimed=item, result=result, started=started,
                     duration_ms=(time.perf_counter() - t0) * 1000.0,
                     max_attempts=max_attempts or self.max_attempts)

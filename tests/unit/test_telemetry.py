@@ -110,3 +110,62 @@ def test_without_opentelemetry_nothing_is_imported_and_everything_works(tmp_path
     assert out["enabled"] is False and out["otel_loaded"] is False
     assert out["statuses"] == ["cancelled", "succeeded"]
     assert "delivery.cancelled" in out["events"]  # type: ignore[operator]
+
+
+LATE_PROVIDER = textwrap.dedent('''
+    import json, sys
+    from sqlalchemy.orm import Session
+    from chimeway import Chimeway, Notifier, Recipient, telemetry
+    from chimeway.models import metadata
+    from chimeway.testing import RecordingChannel
+
+    built = []
+    real_span = telemetry._span
+    def counting_span(name, attributes):
+        built.append(name)
+        return real_span(name, attributes)
+    telemetry._span = counting_span
+
+    class Late(Notifier):
+        key = "otel_late"
+        channels = ["good"]
+        templates = {"good": {"body": "hi"}}
+        def recipients(self, params):
+            return [Recipient(id="user:1")]
+
+    app = Chimeway(sys.argv[1], dispatcher="queue", channels={"good": RecordingChannel()})
+    metadata.create_all(app.engine)
+    with Session(app.engine) as session, session.begin():
+        app.trigger(session, Late, {}, idempotency_key="before")
+    app.work()
+    before = {"tracing": telemetry.tracing(), "metering": telemetry.metering(), "spans": list(built)}
+
+    # The application configures the SDK after Chimeway was imported and used.
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    trace.set_tracer_provider(provider)
+    with Session(app.engine) as session, session.begin():
+        app.trigger(session, Late, {}, idempotency_key="after")
+    app.work()
+    after = {"tracing": telemetry.tracing(), "metering": telemetry.metering(),
+             "exported": sorted({s.name for s in spans.get_finished_spans()})}
+    print(json.dumps({"before": before, "after": after}))
+''')
+
+
+def test_no_provider_builds_no_span_and_a_provider_set_later_is_used(tmp_path: Path) -> None:
+    script = tmp_path / "late.py"
+    script.write_text(LATE_PROVIDER)
+    done = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path / 'late.db'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # Installed but unconfigured: a trigger and its delivery job build nothing at all.
+    assert out["before"] == {"tracing": False, "metering": False, "spans": []}
+    assert out["after"]["tracing"] is True and out["after"]["metering"] is False
+    assert {"chimeway.trigger", "chimeway.plan", "chimeway.job", "chimeway.attempt"} <= set(out["after"]["exported"])
