@@ -324,8 +324,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         self._encrypt_through(conn)
         with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
             results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload")
+        # A workflow's deliveries are planned by its run, after the policy
+        # rules ran (step is set): only the others passed the planning checkpoint.
         due = [
-            Due(d.id, d.not_before)
+            Due(d.id, d.not_before, checked=d.step is None)
             for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
             for d in the_plan.deliveries if d.status in ("pending", "deferred")
         ]

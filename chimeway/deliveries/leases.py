@@ -33,10 +33,11 @@ class ClaimedRow:
     created_at: datetime
     recipient: dict[str, Any]
     notifier_key: str
+    step: int | None = None
 
 
 _CLAIM_COLUMNS = ("id", "notification_id", "event_id", "tenant", "channel", "message", "attempts",
-                  "created_at")
+                  "created_at", "step")
 
 
 def claim(
@@ -84,7 +85,7 @@ def claim(
     return [
         ClaimedRow(id=row.id, notification_id=row.notification_id, event_id=row.event_id, tenant=row.tenant,
                    channel=row.channel, message=row.message, attempts=row.attempts, created_at=row.created_at,
-                   recipient=row.recipient, notifier_key=row.notifier_key)
+                   recipient=row.recipient, notifier_key=row.notifier_key, step=row.step)
         for row in (by_id.get(i) for i in dict.fromkeys(ids)) if row is not None
     ]
 

@@ -27,10 +27,15 @@ class Due:
     Args:
         id: the delivery id.
         not_before: the earliest time to send (quiet hours, retry backoff).
+        checked: the planning checkpoint passed it in the transaction that
+            just committed; a dispatcher that sends it right after that
+            commit may skip the pre-send checkpoint (nothing could have
+            changed in between that the planning pass did not see).
     """
 
     id: uuid.UUID
     not_before: datetime | None = None
+    checked: bool = False
 
 
 class Dispatcher(Protocol):

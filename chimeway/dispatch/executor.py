@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import writer
+from chimeway.db import relaxed_commit, writer
 from chimeway.decisions import Decision
 from chimeway.deliveries import FINAL, Released, Status, apply_decision
 from chimeway.dispatch.base import Due
@@ -73,6 +73,7 @@ class DeliveryOutcome:
         result: what the channel reported.
         attempt: the attempt number made.
         retry_at: when a ``failed`` delivery is due again.
+        step: the workflow step that planned it (``None`` outside workflows).
     """
 
     delivery_id: uuid.UUID
@@ -80,6 +81,7 @@ class DeliveryOutcome:
     result: DeliveryResult
     attempt: int
     retry_at: datetime | None = None
+    step: int | None = None
 
 
 BeforeSend = Callable[[Connection, Sequence[Message]], Mapping[uuid.UUID, Decision]]
@@ -98,6 +100,7 @@ class Claimed:
     channel: Channel
     attempts: int
     holder: str = ""
+    step: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -165,7 +168,8 @@ class Executor:
         self.max_retry_after = max_retry_after.total_seconds()
         self.record_patience = record_patience
 
-    def execute(self, delivery_ids: Iterable[uuid.UUID], *, max_attempts: int | None = None) -> list[DeliveryOutcome]:
+    def execute(self, delivery_ids: Iterable[uuid.UUID], *, max_attempts: int | None = None,
+                checked: Collection[uuid.UUID] = ()) -> list[DeliveryOutcome]:
         """Claim, send and record the given deliveries that are due.
 
         Deliveries already final, not yet due, in flight elsewhere or on a
@@ -175,24 +179,35 @@ class Executor:
         Args:
             delivery_ids: the deliveries to execute.
             max_attempts: overrides the executor's limit (the queue passes the job's).
+            checked: deliveries the planning checkpoint passed in the commit
+                just made (see :attr:`Due.checked <chimeway.dispatch.Due.checked>`).
         """
-        claimed = self.claim(delivery_ids)
+        claimed = self.claim(delivery_ids, checked=checked)
         if not claimed:
             return []
         limit = max_attempts or self.max_attempts
         return self.record([self.send(item, max_attempts=limit) for item in claimed])
 
     def claim(self, ids: Iterable[uuid.UUID], *,
-              on_claimed: Callable[[Connection, Sequence[uuid.UUID]], None] | None = None) -> list[Claimed]:
+              on_claimed: Callable[[Connection, Sequence[uuid.UUID]], None] | None = None,
+              checked: Collection[uuid.UUID] = ()) -> list[Claimed]:
         """Claim due deliveries for one attempt each (one transaction for all).
 
         Pre-send checkpoints run here; a delivery they stop is not returned.
         The leases of those returned are extended until they are recorded.
 
+        The claim commits without waiting for the disk where the database
+        allows it (:func:`chimeway.db.relaxed_commit`): a claim lost in a
+        database crash leaves the delivery claimable again, and it is sent
+        again with the same receiver-side id — at least once, as after any
+        crash between claim and record.
+
         Args:
             ids: the deliveries.
             on_claimed: called in the claim transaction with the ids about to be
                 sent (a dispatcher notes which of its tasks took them).
+            checked: skip the pre-send checkpoint for these (the planning
+                checkpoint passed them in the commit just made).
         """
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -201,6 +216,7 @@ class Executor:
         holder = self.leases.holder
         out: list[Claimed] = []
         with writer(self.engine).begin() as conn:
+            relaxed_commit(conn)
             rows = deliveries.claim(conn, wanted, holder=holder, now=now,
                                     lease_until=self.leases.lease_until(now), channels=self.channels)
             if not rows:
@@ -211,7 +227,7 @@ class Executor:
                 recipient=Recipient.from_json(row.recipient), fields=row.message, attempt=row.attempts,
                 created_at=row.created_at,
             ) for row in rows]
-            decisions = self._checkpoint(conn, messages)
+            decisions = self._checkpoint(conn, [m for m in messages if m.delivery_id not in checked])
             for message, row in zip(messages, rows, strict=True):
                 decision = decisions.get(message.delivery_id)
                 if decision is not None:
@@ -219,7 +235,7 @@ class Executor:
                                    from_status=Status.DISPATCHED, undo_attempt=True)
                     continue
                 out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
-                                   holder=holder))
+                                   holder=holder, step=row.step))
             if out and on_claimed is not None:
                 on_claimed(conn, [c.message.delivery_id for c in out])
         self.leases.hold(c.message.delivery_id for c in out)
@@ -351,6 +367,8 @@ class Executor:
 
     def _checkpoint(self, conn: Connection, messages: list[Message]) -> dict[uuid.UUID, Decision]:
         decisions: dict[uuid.UUID, Decision] = {}
+        if not messages:
+            return decisions
         for check in self.before_send:
             undecided = [m for m in messages if m.delivery_id not in decisions]
             if not undecided:
@@ -396,7 +414,7 @@ class Executor:
         log.exception("could not record attempt %d of delivery %s; it is re-sent when its lease runs out",
                       item.claimed.attempts, message.delivery_id)
         return DeliveryOutcome(delivery_id=message.delivery_id, status=Status.DISPATCHED.value, result=item.result,
-                               attempt=item.claimed.attempts)
+                               attempt=item.claimed.attempts, step=item.claimed.step)
 
     def _retry_hint(self, hint: float | None) -> float | None:
         """A provider's ``Retry-After`` made safe: finite, >= 0, at most ``max_retry_after``."""
@@ -467,6 +485,7 @@ class Executor:
             outcomes.append(DeliveryOutcome(
                 delivery_id=message.delivery_id, status=final_status, result=item.result,
                 attempt=item.claimed.attempts, retry_at=retry_at if final_status == Status.FAILED else None,
+                step=item.claimed.step,
             ))
         return outcomes
 

@@ -33,12 +33,16 @@ class SyncDispatcher:
 
     def planned(self, target: Session | Connection, conn: Connection, deliveries: Sequence[Due]) -> None:
         # Deferred deliveries are not due yet: recover() picks them up when they are.
-        ids = [d.id for d in deliveries if d.not_before is None]
-        if ids:
-            after_commit(target, lambda: self._deliver(ids))
+        due = [d for d in deliveries if d.not_before is None]
+        if due:
+            ids = [d.id for d in due]
+            # Sent right after the commit that planned them: the planning
+            # checkpoint's verdict is still current, so the rules do not run twice.
+            checked = frozenset(d.id for d in due if d.checked)
+            after_commit(target, lambda: self._deliver(ids, checked))
 
-    def _deliver(self, ids: list[uuid.UUID]) -> None:
-        self.executor.execute(ids)
+    def _deliver(self, ids: list[uuid.UUID], checked: frozenset[uuid.UUID]) -> None:
+        self.executor.execute(ids, checked=checked)
 
     def redrive(self, deliveries: Sequence[Due]) -> int:
         return len(self.executor.execute([d.id for d in deliveries]))

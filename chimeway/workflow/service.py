@@ -207,7 +207,10 @@ class Workflows:
         Args:
             outcomes: deliveries that reached ``succeeded``/``cancelled``/``suppressed``.
         """
-        ids = [o.delivery_id for o in outcomes]
+        # Only a workflow's deliveries have a step: the others need no lookup.
+        ids = [o.delivery_id for o in outcomes if o.step is not None]
+        if not ids:
+            return
         link = workflow_deliveries_table
         with self.engine.connect() as conn:
             steps = conn.execute(sa.select(link.c.run_id, link.c.step).where(link.c.delivery_id.in_(ids))

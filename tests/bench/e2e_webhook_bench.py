@@ -27,7 +27,6 @@ duplicates.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import subprocess
@@ -43,6 +42,7 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _db import fresh_postgres
+from _sink import start_sink
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.channels import Webhook
@@ -67,55 +67,6 @@ def make_app(url: str, sink: str) -> Chimeway:
                     channels={"webhook": Webhook(url=sink, secret=SECRET)})
 
 
-class SinkProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive: answers each request ``204`` and notes its ``webhook-id``."""
-
-    def __init__(self, received: list[str]) -> None:
-        self.received = received
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            length, webhook_id = 0, ""
-            for line in self.buffer[:end].split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"webhook-id":
-                    webhook_id = value.strip().decode()
-            if len(self.buffer) < end + 4 + length:
-                return
-            self.buffer = self.buffer[end + 4 + length:]
-            self.received.append(webhook_id)
-            assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-
-
-def run_sink(port_file: Path, ids_file: Path) -> None:
-    received: list[str] = []
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SinkProtocol(received), "127.0.0.1", 0, backlog=512)
-        stopped = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stopped.set)
-        port_file.write_text(str(server.sockets[0].getsockname()[1]))
-        await stopped.wait()
-        ids_file.write_text("\n".join(received))
-
-    asyncio.run(serve())
-
-
 def run_worker(url: str, sink: str, concurrency: int) -> None:
     app = make_app(url, sink)
     app.queue.run_worker(queues={"chimeway_delivery": concurrency}, poll_interval=0.2)
@@ -131,26 +82,16 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--role", choices=["main", "sink", "worker"], default="main")
+    parser.add_argument("--role", choices=["main", "worker"], default="main")
     parser.add_argument("--url")
     parser.add_argument("--sink")
-    parser.add_argument("--files", nargs=2)
     args = parser.parse_args()
-    if args.role == "sink":
-        run_sink(Path(args.files[0]), Path(args.files[1]))
-        return
     if args.role == "worker":
         run_worker(args.url, args.sink, args.concurrency)
         return
 
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"chimeway-e2e-{os.getpid()}"
-    tmp.mkdir(exist_ok=True)
-    port_file, ids_file = tmp / "port", tmp / "ids"
     me = [sys.executable, __file__]
-    sink_proc = subprocess.Popen([*me, "--role", "sink", "--files", str(port_file), str(ids_file)])
-    while not port_file.exists() or not port_file.read_text():
-        time.sleep(0.05)
-    sink = f"http://127.0.0.1:{port_file.read_text()}/hook"
+    sink_proc, sink, ids_file = start_sink(Path(os.environ.get("TMPDIR", "/tmp")) / f"chimeway-e2e-{os.getpid()}")
     d = deliveries_table
     with fresh_postgres("chimeway_e2e") as url:
         engine = create_engine(url)

@@ -1,0 +1,115 @@
+"""What the delivery path asks of the database: no statement twice, claims that need not wait for the disk."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from chimeway import Chimeway, Notifier, Recipient
+from chimeway.testing import RecordingChannel
+from chimeway.workflow import deliver
+
+pytestmark = pytest.mark.postgres
+
+
+class Plain(Notifier):
+    key = "path_plain"
+    channels = ["in_app", "rec"]
+    templates = {"in_app": {"title": "hi"}, "rec": {"body": "hi"}}
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:1")]
+
+
+class Flow(Notifier):
+    key = "path_flow"
+    templates = {"rec": {"body": "step one"}}
+    workflow = [deliver("rec"), deliver("rec")]
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:2")]
+
+
+@contextmanager
+def statements(engine: sa.Engine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def touching(seen: Sequence[str], table: str) -> list[str]:
+    return [s for s in seen if table in s]
+
+
+def test_sync_delivery_reads_preferences_once_and_looks_up_no_workflow(pg_engine: sa.Engine) -> None:
+    rec = RecordingChannel()
+    app = Chimeway(engine=pg_engine, channels={"rec": rec})
+    with statements(pg_engine) as seen, Session(pg_engine) as session, session.begin():
+        result = app.trigger(session, Plain, {}, idempotency_key="once")
+    assert len(rec.sent) == 1
+    assert sorted(app.explain(d).status for d in result.delivery_ids) == ["succeeded", "succeeded"]
+    # The planning checkpoint read them in the transaction that just
+    # committed; the send right after it does not read them again.
+    assert len(touching(seen, "chimeway_preferences")) == 1
+    assert len(touching(seen, "chimeway_recipient_settings")) == 1
+    # Not a workflow's delivery: nothing to look up once it is final.
+    assert touching(seen, "chimeway_workflow_deliveries") == []
+
+
+def test_a_workflow_step_is_checked_before_its_send_and_advances_its_run(pg_engine: sa.Engine) -> None:
+    rec = RecordingChannel()
+    app = Chimeway(engine=pg_engine, channels={"rec": rec})
+    with statements(pg_engine) as seen, Session(pg_engine) as session, session.begin():
+        app.trigger(session, Flow, {}, idempotency_key="flow")
+    # Both steps went out: the final outcome of the first advanced the run.
+    assert [m.fields["body"] for m in rec.sent] == ["step one", "step one"]
+    assert touching(seen, "chimeway_workflow_deliveries")
+    # Workflow steps are planned without the planning checkpoint: each is
+    # checked in its claim transaction, so preferences are read per step.
+    assert len(touching(seen, "chimeway_preferences")) >= 2
+
+
+def test_queue_deliveries_are_checked_again_before_send(pg_engine: sa.Engine) -> None:
+    rec = RecordingChannel()
+    app = Chimeway(engine=pg_engine, dispatcher="queue", channels={"rec": rec})
+    with Session(pg_engine) as session, session.begin():
+        app.trigger(session, Plain, {}, idempotency_key="queued")
+    with statements(pg_engine) as seen:
+        app.work()
+    assert len(rec.sent) == 1
+    assert touching(seen, "chimeway_preferences")
+
+
+def test_the_claim_commits_without_waiting_for_the_disk_and_the_record_waits(pg_engine: sa.Engine) -> None:
+    app = Chimeway(engine=pg_engine, channels={"rec": RecordingChannel()})
+    with Session(pg_engine) as session, session.begin():
+        result = app.trigger(session, Plain, {}, idempotency_key="relaxed")
+    ids = [uuid.UUID(str(d)) for d in result.delivery_ids]
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE chimeway_deliveries SET status = 'pending'"))
+    settings: list[str] = []
+
+    def during_claim(conn: Connection, claimed: Sequence[uuid.UUID]) -> None:
+        settings.append(str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()))
+
+    claimed = app.executor.claim(ids, on_claimed=during_claim)
+    assert settings == ["off"]
+    outcomes = app.executor.record([app.executor.send(c) for c in claimed])
+    assert sorted(o.status for o in outcomes) == ["succeeded", "succeeded"]
+    with pg_engine.connect() as conn:
+        # SET LOCAL: the pooled connection is back to the server's setting.
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
