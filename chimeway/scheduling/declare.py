@@ -82,6 +82,7 @@ class RecordTrigger:
     record_limit: int | None
     lock_for_update: bool
     actor: str | None
+    isolate_rows: bool = True
 
     @property
     def target(self) -> str:
@@ -261,6 +262,7 @@ def build(
     lock_for_update: bool,
     actor: str | None,
     jobs: JobQueue,
+    isolate_rows: bool = True,
     now: datetime,
 ) -> RecordTrigger:
     """Validate a record trigger's declaration; every error names its field.
@@ -318,8 +320,9 @@ def build(
     _check_int(label, "max_attempts", max_attempts, 1, None)
     if record_limit is not None:
         _check_int(label, "record_limit", record_limit, 1, None)
-    if not isinstance(lock_for_update, bool):
-        raise InvalidInputError(f"{label}: lock_for_update must be True or False, got {lock_for_update!r}")
+    for field_, flag in (("lock_for_update", lock_for_update), ("isolate_rows", isolate_rows)):
+        if not isinstance(flag, bool):
+            raise InvalidInputError(f"{label}: {field_} must be True or False, got {flag!r}")
     if actor is not None and (not isinstance(actor, str) or not actor):
         raise InvalidInputError(f"{label}: actor must be a non-empty string (an id), got {actor!r}")
     if queue is None:
@@ -334,7 +337,7 @@ def build(
         action=ran, params=params, idempotency_key=idempotency_key, tenant=tenant, tenants=tenants,
         on_error=failed, cron=None if cron is None else CronExpression(cron, timezone), batch_size=batch_size,
         concurrency=concurrency, max_attempts=max_attempts, queue=queue, record_limit=record_limit,
-        lock_for_update=lock_for_update, actor=actor,
+        lock_for_update=lock_for_update, actor=actor, isolate_rows=isolate_rows,
     )
 
 

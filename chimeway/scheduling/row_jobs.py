@@ -53,6 +53,14 @@ class GaveUp(Exception):
     """A row that used every attempt in its batch; its job records that it was given up."""
 
 
+class _Redo(Exception):
+    """An action raised in a batch without savepoints: redo the batch with them."""
+
+    def __init__(self, row_id: Any) -> None:
+        super().__init__(f"row {row_id!r} failed")
+        self.row_id = row_id
+
+
 class RowJobs:
     """Enqueues and runs the row jobs of every record trigger of one app.
 
@@ -234,7 +242,11 @@ class RowJobs:
 
     def run_batch(self, trigger: str, rows: list[Any], job: JobInfo, actor: str | None = None,
                   tenant: str | None = None) -> None:
-        """The batch job: run the trigger on each of its rows that still matches, one savepoint per row.
+        """The batch job: run the trigger on each of its rows that still matches.
+
+        With ``isolate_rows`` each row runs in a savepoint; without, the batch
+        runs in one transaction, and an action that raises rolls it back and
+        the batch is redone with savepoints.
 
         Args:
             trigger: the trigger's name.
@@ -244,8 +256,27 @@ class RowJobs:
             tenant: the tenant the rows were found in.
         """
         declared = self._lookup(trigger)
+        isolate = declared.isolate_rows
+        while True:
+            try:
+                failed = self._batch(declared, rows, job, actor, tenant, isolate=isolate)
+                break
+            except _Redo as redo:
+                log.info("record trigger %s: row %r failed in a batch without savepoints (%s); "
+                         "redoing the batch row by row", trigger, redo.row_id, redo.__cause__)
+                isolate = True
+        # This was each row's first attempt: a failed row's own job has the
+        # rest; without any left, on_error runs now.
+        if declared.max_attempts == 1 and declared.on_error is not None:
+            for rid, error in failed:
+                try:
+                    self.run_on_error(declared, rid, error, actor=actor, tenant=tenant, job=job)
+                except Exception:
+                    log.exception("record trigger %s: on_error failed for row %r", trigger, rid)
+
+    def _batch(self, declared: RecordTrigger, rows: list[Any], job: JobInfo, actor: str | None,
+               tenant: str | None, *, isolate: bool) -> list[tuple[Any, BaseException]]:
         failed: list[tuple[Any, BaseException]] = []
-        # This is each row's first attempt; a failed row gets the rest in a job of its own.
         left = declared.max_attempts - 1
         with Session(self._writer, expire_on_commit=False) as session, session.begin():
             found = self._fetch_many(session, declared, rows, tenant)
@@ -261,11 +292,18 @@ class RowJobs:
                 row = found.get(row_key(rid))
                 if row is None:
                     continue
+                if not isolate:
+                    try:
+                        self.apply(session, declared, row, rid, actor=actor, tenant=tenant, job=job)
+                    except Exception as exc:
+                        raise _Redo(rid) from exc
+                    continue
                 try:
                     with session.begin_nested():
                         self.apply(session, declared, row, rid, actor=actor, tenant=tenant, job=job)
                 except Exception as exc:
-                    log.warning("record trigger %s: row %r failed (%s: %s)", trigger, rid, type(exc).__name__, exc)
+                    log.warning("record trigger %s: row %r failed (%s: %s)", declared.name, rid,
+                                type(exc).__name__, exc)
                     failed.append((rid, exc))
             if failed:
                 # With attempts left the row's own job retries it; without, the
@@ -277,12 +315,7 @@ class RowJobs:
                                  error=None if left else f"{type(exc).__name__}: {exc}"[:500])
                     for rid, exc in failed
                 ])
-        if not left and declared.on_error is not None:
-            for rid, error in failed:
-                try:
-                    self.run_on_error(declared, rid, error, actor=actor, tenant=tenant, job=job)
-                except Exception:
-                    log.exception("record trigger %s: on_error failed for row %r", trigger, rid)
+        return failed
 
     def _fetch_many(self, session: Session, trigger: RecordTrigger, row_ids: Sequence[Any], tenant: str | None,
                     *, lock: bool | None = None) -> dict[str, Any]:

@@ -113,6 +113,7 @@ class SchedulingVerbs(AppBase):
         concurrency: int = 1,
         record_limit: int | None = None,
         lock_for_update: bool = False,
+        isolate_rows: bool = True,
         tenant: Any = None,
         tenants: Callable[[], Any] | None = None,
         actor: str | None = None,
@@ -149,6 +150,11 @@ class SchedulingVerbs(AppBase):
             record_limit: at most this many rows per scan (and tenant).
             lock_for_update: lock each row while working on it, passing over
                 rows another transaction holds (the row job looks again shortly).
+            isolate_rows: a savepoint per row, so an action that raises undoes
+                only its row; ``False``: one transaction per batch, redone row
+                by row when an action raises (the actions before it run
+                again) — several times faster for actions that only write to
+                the database.
             tenant: a tenant, or a function of the row returning one.
             tenants: a function returning the tenants to scan, each in turn.
             actor: who the scheduled work is done for (an id), stored with the
@@ -169,7 +175,8 @@ class SchedulingVerbs(AppBase):
                         idempotency_key=idempotency_key, tenant=tenant, tenants=tenants, on_error=on_error,
                         cron=cron, timezone=timezone, batch_size=batch_size, concurrency=concurrency,
                         max_attempts=max_attempts, queue=queue, record_limit=record_limit,
-                        lock_for_update=lock_for_update, actor=actor, jobs=self.queue, now=self.clock.now())
+                        lock_for_update=lock_for_update, actor=actor, jobs=self.queue, now=self.clock.now(),
+                        isolate_rows=isolate_rows)
         return self.record_triggers.add(trigger)
 
     def run_record_trigger(self, session: Session | Connection, name: str, row: Any, *,

@@ -7,9 +7,10 @@ Run as ``python sched_proc.py MODE URL [options]``:
 - ``scan``: scan the ``reminders`` record trigger once; print the result.
 - ``worker``: run a worker (with its scheduler) for ``--seconds`` seconds; an
   every-second cron job records each tick it runs in ``sec_ticks``.
-- ``actions``: from ``--go``, run a worker for the ``proof_process`` action
+- ``actions``: once ``--together`` such processes are ready, run a worker for the ``proof_process`` action
   trigger (every second, ``lock_for_update``) until no row is left to process
-  (at most ``--seconds``); an on-demand trigger on the same rows must never run.
+  (at most ``--seconds``; ``--no-isolate``: ``isolate_rows=False``); an
+  on-demand trigger on the same rows must never run.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class ProofOrder(ProofBase):
     pid: Mapped[int | None] = mapped_column(default=None)
 
 
+class ProofGate(ProofBase):
+    """Worker processes sign in here and start once all of them have."""
+
+    __tablename__ = "proof_gate"
+
+    pid: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
 def process_order(order: ProofOrder) -> None:
     order.runs += 1
     order.processed = True
@@ -79,13 +88,14 @@ def never(order: ProofOrder) -> None:
     raise AssertionError("an on-demand trigger ran by itself")
 
 
-def build_action_app(url: str) -> Chimeway:
+def build_action_app(url: str, *, isolate_rows: bool = True) -> Chimeway:
     """The AshOban-style proof: an action per unprocessed order, and an on-demand trigger."""
     engine = create_engine(url, pool_size=12, max_overflow=4, pool_pre_ping=True)
     app = Chimeway(engine=engine, dispatcher="queue")
     app.scheduler.remove("chimeway.workflow.sweep")
     app.record_trigger("proof_process", model=ProofOrder, where=ProofOrder.processed.is_(False),
-                       action=process_order, lock_for_update=True, cron="* * * * * *", batch_size=500)
+                       action=process_order, lock_for_update=True, cron="* * * * * *", batch_size=500,
+                       isolate_rows=isolate_rows)
     app.record_trigger("proof_on_demand", model=ProofOrder, action=never, cron=None)
     return app
 
@@ -156,7 +166,7 @@ def run_worker(ns: argparse.Namespace) -> None:
 
 
 def run_actions(ns: argparse.Namespace) -> None:
-    app = build_action_app(ns.url)
+    app = build_action_app(ns.url, isolate_rows=not ns.no_isolate)
     stop = threading.Event()
     pending = sa.text(
         "SELECT (SELECT count(*) FROM proof_orders WHERE NOT processed)"
@@ -173,8 +183,15 @@ def run_actions(ns: argparse.Namespace) -> None:
             time.sleep(0.1)
         stop.set()
 
-    while time.time() < ns.go:
-        time.sleep(0.001)
+    # Start together with the others: each signs in, then waits for all of them.
+    with app.engine.begin() as conn:
+        conn.execute(sa.insert(ProofGate).values(pid=os.getpid()))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with app.engine.connect() as conn:
+            if conn.execute(sa.text("SELECT count(*) FROM proof_gate")).scalar_one() >= ns.together:
+                break
+        time.sleep(0.01)
     threading.Thread(target=watch, daemon=True).start()
     ran = app.queue.run_worker(queues={"proof_process": 8}, poll_interval=0.1, stop_event=stop)
     print(json.dumps({"ran": ran}), flush=True)
@@ -192,6 +209,9 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--together", type=int, default=1, help="actions: start once this many are ready")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="actions: isolate_rows=False (no savepoint per row)")
     ns = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format=f"[{ns.mode} {os.getpid()}] %(message)s")
     {"cron": run_cron, "scan": run_scan, "worker": run_worker, "actions": run_actions}[ns.mode](ns)

@@ -134,8 +134,9 @@ def test_rows_that_stop_matching_before_the_scan_get_nothing(engine: sa.Engine, 
 def test_an_action_trigger_runs_once_per_row_across_two_worker_processes(engine: sa.Engine, procs: Procs) -> None:
     with engine.begin() as conn:
         conn.execute(sa.insert(ProofOrder), [{"id": i} for i in range(1, ROWS + 1)])
-    go = time.time() + 4  # both workers start at the same instant
-    workers = [procs.start("actions", "--go", str(go), "--seconds", "120") for _ in range(2)]
+    # Two workers that start together; actions that only write to the
+    # database, so one transaction per batch.
+    workers = [procs.start("actions", "--together", "2", "--seconds", "120", "--no-isolate") for _ in range(2)]
     # The application holds the first 50 orders until their batch has passed
     # over them (SKIP LOCKED) and handed them to row jobs that look again later.
     handed = "SELECT count(*) FROM chimeway_jobs WHERE worker = 'chimeway.record_trigger.row'"

@@ -202,6 +202,26 @@ def test_max_attempts_one_tries_a_row_once_and_a_retry_by_hand_tries_again(app: 
     assert calls == [1, 2, 1] and orders(app)[1].processed
 
 
+def test_without_row_isolation_a_failure_redoes_the_batch_with_savepoints(app: Chimeway) -> None:
+    calls: list[int] = []
+
+    def count(order: Order) -> None:
+        calls.append(order.id)
+        order.runs += 1
+        if order.id == 2:
+            raise RuntimeError("no stock")
+        order.processed = True
+
+    app.record_trigger("fast", model=Order, where=Order.processed.is_(False), action=count, isolate_rows=False)
+    add_orders(app, 3)
+    app.scan_record_trigger("fast")
+    app.work()
+    # Row 1 ran again once the batch was redone; its first run was rolled back with the batch.
+    assert calls == [1, 2, 1, 2, 3]
+    assert {i: (o.processed, o.runs) for i, o in orders(app).items()} == {1: (True, 1), 2: (False, 0), 3: (True, 1)}
+    assert [j.args for j in row_jobs(app)] == [{"trigger": "fast", "row": 2, "tried": 1}]
+
+
 def test_record_limit_caps_each_scan(app: Chimeway) -> None:
     app.record_trigger("limited", model=Order, where=Order.processed.is_(False), action=process,
                        record_limit=4, batch_size=3)
@@ -304,6 +324,7 @@ def _unfillable(order: Order, flavour: str) -> None: ...
         ({"tenants": lambda: ["a"], "tenant": "a", "where": lambda now, tenant: sa.true()}, "tenant and tenants"),
         ({"record_limit": 0}, "record_limit must be an int >= 1"),
         ({"lock_for_update": "yes"}, "lock_for_update must be True or False"),
+        ({"isolate_rows": 1}, "isolate_rows must be True or False"),
         ({"actor": 7}, "actor must be a non-empty string"),
         ({"on_error": lambda row, *, flavour: None}, "on_error: .* has a parameter 'flavour'"),
     ],
