@@ -138,7 +138,8 @@ def test_a_lost_listen_connection_loses_no_change(pg_url: str) -> None:
         with app.engine.connect() as conn:
             killed = conn.execute(sa.text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'chimeway-listener' AND pid <> pg_backend_pid()")).scalar()
+                "WHERE application_name = 'chimeway-listener' AND pid <> pg_backend_pid() "
+                "AND datname = current_database()")).scalar()
         assert killed == 1
         await asyncio.to_thread(mention, app, "while-down")
         assert brief(await take(changes)) == ("new", "while-down", 1)
