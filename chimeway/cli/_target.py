@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -21,10 +22,34 @@ from chimeway.app import Chimeway
 from chimeway.db import DEFAULT_DATABASE_URL, mask_url
 from chimeway.errors import ChimewayError, ConfigurationError
 
-__all__ = ["describe_failure", "load_app", "open_app"]
+__all__ = ["describe_failure", "load_app", "load_attr", "open_app"]
 
 ENV_URL = "CHIMEWAY_DATABASE_URL"
 _FIX_URL = f"fix --database-url (or ${ENV_URL})"
+
+
+def load_attr(spec: str, option: str = "--app") -> Any:
+    """Import ``pkg.module:attribute`` and return the attribute, or say in one line what is wrong.
+
+    Args:
+        spec: ``package.module:name``.
+        option: the command-line option it came from, for the message.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"{option} must look like 'package.module:name', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"{option} {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise ConfigurationError(
+            f"{option} {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            f" (it is {module.__file__ or module_name})"
+        )
+    return getattr(module, attr)
 
 
 def load_app(spec: str) -> Chimeway:
@@ -32,21 +57,7 @@ def load_app(spec: str) -> Chimeway:
 
     The attribute may also be a function that returns the app.
     """
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"--app must look like 'package.module:app', got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    if not hasattr(module, attr):
-        raise ConfigurationError(
-            f"--app {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            f" (it is {module.__file__ or module_name})"
-        )
-    app = getattr(module, attr)
+    app = load_attr(spec)
     if callable(app) and not isinstance(app, Chimeway):
         app = app()
     if not isinstance(app, Chimeway):

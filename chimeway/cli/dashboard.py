@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-import sys
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from chimeway.app import Chimeway
-from chimeway.cli._target import check_sqlite, load_app
+from chimeway.cli._target import check_sqlite, load_app, load_attr
 from chimeway.cli.worker import add_log_options
 from chimeway.db import mask_url
 from chimeway.errors import ConfigurationError
@@ -32,25 +30,10 @@ class _QuietHandler(WSGIRequestHandler):
         log_event(log, logging.DEBUG, "dashboard.request", format % args, client=self.client_address[0])
 
 
-def _load_attr(spec: str, option: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"{option} must look like 'package.module:name', got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"{option} {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    if not hasattr(module, attr):
-        raise ConfigurationError(f"{option} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    return getattr(module, attr)
-
-
 def build_dashboard(args: argparse.Namespace) -> Any:
     from chimeway.web import Dashboard
 
-    target = _load_attr(args.app, "--app")
+    target = load_attr(args.app, "--app")
     if isinstance(target, Dashboard):
         if args.authorize or args.open:
             raise ConfigurationError("--app names a Dashboard, which has its own authorize; "
@@ -61,7 +44,7 @@ def build_dashboard(args: argparse.Namespace) -> Any:
         raise ConfigurationError("give --authorize or --open, not both")
     authorize = None
     if args.authorize:
-        authorize = _load_attr(args.authorize, "--authorize")
+        authorize = load_attr(args.authorize, "--authorize")
         if not callable(authorize):
             raise ConfigurationError(f"--authorize {args.authorize!r} is not a function")
     elif args.open:
