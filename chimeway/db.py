@@ -43,7 +43,6 @@ __all__ = [
     "is_postgres",
     "locked",
     "mask_url",
-    "relaxed_commit",
     "rows_json",
     "schema_change",
     "tenant_key",
@@ -121,22 +120,6 @@ def writer(engine: Engine) -> Engine:
     if engine.dialect.name != "sqlite":
         return engine
     return engine.execution_options(chimeway_write=True)
-
-
-def relaxed_commit(conn: Connection) -> None:
-    """Let this transaction's commit return before its WAL reaches the disk (PostgreSQL).
-
-    For writes whose loss in a database crash costs only a repeat: the
-    transaction is atomic and, once committed, visible as usual; a crash
-    within the next few hundred milliseconds may undo it (never partly).
-    Every later commit that waits for the disk makes it durable too. SQLite
-    and other backends: nothing changes.
-
-    Args:
-        conn: at the start of the transaction.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def is_postgres(bind: Engine | Connection) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from spooled import Spooled
 
 from chimeway import Chimeway, Notifier, Recipient
 from chimeway.channels import Webhook
@@ -143,7 +144,7 @@ class ThrowawayRedis:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[Any] | None = None
         self.start()
 
     def start(self) -> None:
@@ -195,7 +196,7 @@ def _environ(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_celery_worker(env: Mapping[str, str], *, name: str, pool: str = "threads", concurrency: int = 20,
-                        beat_dir: Path | None = None) -> subprocess.Popen[bytes]:
+                        beat_dir: Path | None = None) -> subprocess.Popen[Any]:
     """``celery worker`` over the proof's queues, in a process group of its own (so it can be killed whole)."""
     command = [sys.executable, "-m", "celery", "-A", "celery_worker_app:celery_app", "worker",
                "-Q", f"{env['CW_QUEUE']},{env['CW_RELAY_QUEUE']}", "-P", pool, "-c", str(concurrency),
@@ -203,19 +204,17 @@ def start_celery_worker(env: Mapping[str, str], *, name: str, pool: str = "threa
                "-l", "WARNING"]
     if beat_dir is not None:
         command += ["-B", "-s", str(beat_dir / f"beat-{name}")]
-    return subprocess.Popen(command, cwd=str(HERE), env=_environ(env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return Spooled(command, cwd=str(HERE), env=_environ(env), start_new_session=True)
 
 
-def start_chimeway_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+def start_chimeway_worker(env: Mapping[str, str]) -> subprocess.Popen[Any]:
     """``chimeway worker`` on the same app: it runs the outbox relay and rescue as plugins."""
     command = [sys.executable, "-m", "chimeway.cli", "worker", "--app", "celery_worker_app:app",
                "--poll-interval", "0.2"]
-    return subprocess.Popen(command, cwd=str(HERE), env=_environ(env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return Spooled(command, cwd=str(HERE), env=_environ(env), start_new_session=True)
 
 
-def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+def _signal(proc: subprocess.Popen[Any], signum: int) -> None:
     # The whole group when the process leads one (started with start_new_session).
     with contextlib.suppress(ProcessLookupError):
         if os.getpgid(proc.pid) == proc.pid:
@@ -224,13 +223,13 @@ def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
             proc.send_signal(signum)
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL the process and every child (a prefork pool's children too)."""
     _signal(proc, signal.SIGKILL)
     proc.wait(30)
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> str:
+def stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> str:
     """SIGTERM (then SIGKILL) the process (group); returns what it wrote to stderr."""
     if proc.poll() is None:
         _signal(proc, signal.SIGTERM)
@@ -238,7 +237,4 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> str:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             kill_group(proc)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
-    if proc.stderr is not None:
-        proc.stderr.close()
-    return err
+    return proc.stderr_text() if isinstance(proc, Spooled) else ""

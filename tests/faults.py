@@ -35,6 +35,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from spooled import Spooled
 from sqlalchemy.orm import Session
 
 from chimeway import Chimeway, Notifier, Recipient
@@ -226,11 +227,12 @@ def plan(url: str, receiver: str, deliveries: int) -> list[str]:
 
 
 def start_worker(url: str, receiver: str, *, lease: float, concurrency: int = 50, grace: float = 15.0,
-                 stale_after: float = 3.0) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+                 stale_after: float = 3.0) -> Spooled:
+    # Spooled, not a pipe: after a database restart every retried job logs a
+    # traceback, and a full pipe nobody reads would stall the worker.
+    return Spooled(
         [sys.executable, str(WORKER), url, receiver, "--lease", str(lease), "--concurrency", str(concurrency),
          "--grace", str(grace), "--stale-after", str(stale_after)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
 
@@ -262,7 +264,7 @@ def run(fault: str, url: str, *, deliveries: int = 1000, lease: float = 2.0, clu
     """
     slow = fault == "sigterm_slow"
     receiver = Receiver(delay=3.0 if slow else delay)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Spooled] = []
     try:
         ids = plan(url, receiver.url, deliveries)
         first = start_worker(url, receiver.url, lease=lease, grace=1.0 if slow else 15.0, concurrency=concurrency)
@@ -289,8 +291,13 @@ def run(fault: str, url: str, *, deliveries: int = 1000, lease: float = 2.0, clu
                 procs.append(start_worker(url, receiver.url, lease=lease, concurrency=concurrency))
         else:
             raise ValueError(f"unknown fault {fault!r}")
-        wait_for(lambda: set(statuses(url)) <= {"succeeded", "cancelled", "suppressed"}, timeout,
-                 "every delivery to be final")
+        try:
+            wait_for(lambda: set(statuses(url)) <= {"succeeded", "cancelled", "suppressed"}, timeout,
+                     "every delivery to be final")
+        except TimeoutError as exc:
+            logs = "\n".join(f"--- worker {p.pid} (exit {p.poll()}) stderr, last 3000 characters:\n"
+                             f"{p.stderr_text()[-3000:]}" for p in procs)
+            raise TimeoutError(f"{exc}; statuses {statuses(url)}\n{logs}") from None
         recovered = time.monotonic() - started
         final = statuses(url)
         seen = receiver.snapshot()
@@ -307,6 +314,4 @@ def run(fault: str, url: str, *, deliveries: int = 1000, lease: float = 2.0, clu
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            if proc.stderr is not None:
-                proc.stderr.close()
         receiver.close()

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import relaxed_commit, writer
+from chimeway.db import writer
 from chimeway.decisions import Decision
 from chimeway.deliveries import FINAL, Released, Status, apply_decision
 from chimeway.dispatch.base import Due
@@ -196,11 +196,9 @@ class Executor:
         Pre-send checkpoints run here; a delivery they stop is not returned.
         The leases of those returned are extended until they are recorded.
 
-        The claim commits without waiting for the disk where the database
-        allows it (:func:`chimeway.db.relaxed_commit`): a claim lost in a
-        database crash leaves the delivery claimable again, and it is sent
-        again with the same receiver-side id — at least once, as after any
-        crash between claim and record.
+        The claim is durable before anything is sent: a claim a database
+        crash could undo would let the send's record find the delivery
+        ``pending`` again, with an attempt row that no longer matches it.
 
         Args:
             ids: the deliveries.
@@ -216,7 +214,6 @@ class Executor:
         holder = self.leases.holder
         out: list[Claimed] = []
         with writer(self.engine).begin() as conn:
-            relaxed_commit(conn)
             rows = deliveries.claim(conn, wanted, holder=holder, now=now,
                                     lease_until=self.leases.lease_until(now), channels=self.channels)
             if not rows:

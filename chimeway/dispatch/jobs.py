@@ -93,7 +93,10 @@ class DeliveryJobs:
             if outcome.status == Status.DISPATCHED:
                 raise Retry("the attempt could not be recorded; the delivery is re-sent when its lease runs out",
                             after=self.executor.leases.ttl.total_seconds() + LEASE_MARGIN)
-            return
+            if outcome.status in FINAL:
+                return
+            # The record changed nothing (the delivery was taken back or
+            # re-driven meanwhile): the job ends only once the delivery is final.
         self._not_claimed(did)
 
     def _not_claimed(self, did: uuid.UUID) -> None:

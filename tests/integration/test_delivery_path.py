@@ -1,4 +1,4 @@
-"""What the delivery path asks of the database: no statement twice, claims that need not wait for the disk."""
+"""What the delivery path asks of the database: no statement twice, durable claims, jobs that end with their delivery."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ class Plain(Notifier):
 
     def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
         return [Recipient(id="user:1")]
+
+
+class OnlyRec(Notifier):
+    key = "path_only_rec"
+    channels = ["rec"]
+    templates = {"rec": {"body": "hi"}}
+
+    def recipients(self, params: Mapping[str, Any]) -> list[Recipient]:
+        return [Recipient(id="user:3")]
 
 
 class Flow(Notifier):
@@ -94,10 +103,12 @@ def test_queue_deliveries_are_checked_again_before_send(pg_engine: sa.Engine) ->
     assert touching(seen, "chimeway_preferences")
 
 
-def test_the_claim_commits_without_waiting_for_the_disk_and_the_record_waits(pg_engine: sa.Engine) -> None:
+def test_the_claim_waits_for_the_disk(pg_engine: sa.Engine) -> None:
+    # A claim a database crash could undo would let the record of its send
+    # find the delivery pending again (see the next test): the claim is durable.
     app = Chimeway(engine=pg_engine, channels={"rec": RecordingChannel()})
     with Session(pg_engine) as session, session.begin():
-        result = app.trigger(session, Plain, {}, idempotency_key="relaxed")
+        result = app.trigger(session, Plain, {}, idempotency_key="durable")
     ids = [uuid.UUID(str(d)) for d in result.delivery_ids]
     with pg_engine.begin() as conn:
         conn.execute(sa.text("UPDATE chimeway_deliveries SET status = 'pending'"))
@@ -107,9 +118,42 @@ def test_the_claim_commits_without_waiting_for_the_disk_and_the_record_waits(pg_
         settings.append(str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()))
 
     claimed = app.executor.claim(ids, on_claimed=during_claim)
-    assert settings == ["off"]
+    assert settings == ["on"]
     outcomes = app.executor.record([app.executor.send(c) for c in claimed])
     assert sorted(o.status for o in outcomes) == ["succeeded", "succeeded"]
-    with pg_engine.connect() as conn:
-        # SET LOCAL: the pooled connection is back to the server's setting.
-        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+class ClaimUndone(RecordingChannel):
+    """Sends, but first puts its delivery back to ``pending``: a claim a crash undid, or an operator's re-drive."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.undone = 0
+
+    def send(self, message: Any) -> Any:
+        if not self.undone:
+            self.undone += 1
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE chimeway_deliveries SET status = 'pending', lease_holder = NULL "
+                                     "WHERE id = :id"), {"id": message.delivery_id})
+        return super().send(message)
+
+
+def test_a_delivery_job_ends_only_once_its_delivery_is_final(pg_engine: sa.Engine) -> None:
+    from chimeway.testing import drain
+
+    rec = ClaimUndone(pg_engine)
+    app = Chimeway(engine=pg_engine, dispatcher="queue", channels={"rec": rec})
+    with Session(pg_engine) as session, session.begin():
+        result = app.trigger(session, OnlyRec, {}, idempotency_key="undone")
+    (delivery_id,) = result.delivery_ids
+    first = drain(app, "chimeway_delivery", with_scheduled=False)
+    # The send went out but its record found the delivery pending again: the
+    # job must not complete, or nothing would ever send it.
+    assert app.explain(delivery_id).status == "pending"
+    assert first.snoozed == 1 and first.completed == 0, first
+    drain(app, "chimeway_delivery")
+    assert app.explain(delivery_id).status == "succeeded"
+    assert len(rec.sent) == 2      # at least once: the same receiver-side id twice
+    assert {m.delivery_id for m in rec.sent} == {delivery_id}

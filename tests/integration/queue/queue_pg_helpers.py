@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from spooled import Spooled
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
@@ -26,9 +27,9 @@ class Workers:
 
     def start(self, *args: str, url: str | None = None) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
+        proc = Spooled(
             [sys.executable, str(HERE / "queue_worker_proc.py"), url or self.url, *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, env=env,
         )
         self.procs.append(proc)
         return proc

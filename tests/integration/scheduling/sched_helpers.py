@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from spooled import Spooled
+
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
 
@@ -20,9 +22,9 @@ class Procs:
 
     def start(self, mode: str, *args: str) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
+        proc = Spooled(
             [sys.executable, str(HERE / "sched_proc.py"), mode, self.url, *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, env=env,
         )
         self.procs.append(proc)
         return proc
