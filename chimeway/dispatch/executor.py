@@ -213,6 +213,7 @@ class Executor:
         now = self.clock.now()
         holder = self.leases.holder
         out: list[Claimed] = []
+        stopped: list[DeliveryOutcome] = []
         with writer(self.engine).begin() as conn:
             rows = deliveries.claim(conn, wanted, holder=holder, now=now,
                                     lease_until=self.leases.lease_until(now), channels=self.channels)
@@ -228,14 +229,24 @@ class Executor:
             for message, row in zip(messages, rows, strict=True):
                 decision = decisions.get(message.delivery_id)
                 if decision is not None:
-                    apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
-                                   from_status=Status.DISPATCHED, undo_attempt=True)
+                    applied = apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
+                                             from_status=Status.DISPATCHED, undo_attempt=True)
+                    if applied and decision.status in FINAL and row.step is not None:
+                        stopped.append(DeliveryOutcome(
+                            delivery_id=message.delivery_id, status=decision.status,
+                            result=DeliveryResult(outcome="permanent", detail=f"{decision.status}: {decision.reason}",
+                                                  error_class="before_send"),
+                            attempt=row.attempts - 1, step=row.step))
                     continue
                 out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
                                    holder=holder, step=row.step))
             if out and on_claimed is not None:
                 on_claimed(conn, [c.message.delivery_id for c in out])
         self.leases.hold(c.message.delivery_id for c in out)
+        if stopped:
+            # A workflow step stopped before its send is final too: its run
+            # moves on now rather than at the next sweep.
+            self._final(stopped)
         return out
 
     def send(self, item: Claimed, *, max_attempts: int | None = None) -> Sent:
@@ -275,14 +286,17 @@ class Executor:
         finally:
             self.leases.drop(item.claimed.message.delivery_id for item in sent)
         telemetry.recorded(outcomes, sent)
-        final = [o for o in outcomes if o.status in FINAL]
-        if final and self.on_final is not None:
-            try:
-                self.on_final(final)
-            except Exception:
-                # The workflow sweep advances runs whose deliveries became final.
-                log.exception("on_final hook failed for %d deliveries", len(final))
+        self._final([o for o in outcomes if o.status in FINAL])
         return outcomes
+
+    def _final(self, final: Sequence[DeliveryOutcome]) -> None:
+        if not final or self.on_final is None:
+            return
+        try:
+            self.on_final(final)
+        except Exception:
+            # The workflow sweep advances runs whose deliveries became final.
+            log.exception("on_final hook failed for %d deliveries", len(final))
 
     def release_expired(self, *, ids: Sequence[uuid.UUID] | None = None, limit: int = 1000,
                         max_attempts: int | None = None) -> Released:

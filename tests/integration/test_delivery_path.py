@@ -157,3 +157,20 @@ def test_a_delivery_job_ends_only_once_its_delivery_is_final(pg_engine: sa.Engin
     assert app.explain(delivery_id).status == "succeeded"
     assert len(rec.sent) == 2      # at least once: the same receiver-side id twice
     assert {m.delivery_id for m in rec.sent} == {delivery_id}
+
+
+def test_a_workflow_step_stopped_before_its_send_moves_its_run_on_at_once(pg_engine: sa.Engine) -> None:
+    rec = RecordingChannel()
+    app = Chimeway(engine=pg_engine, dispatcher="queue", channels={"rec": rec})
+    with Session(pg_engine) as session, session.begin():
+        result = app.trigger(session, Flow, {}, idempotency_key="stopped")
+    # Opted out after the trigger: the first step is stopped in its claim.
+    app.preferences("user:2").set(enabled=False, notifier=Flow)
+    app.work()
+    run = app.explain_run(notification_id=result.notification_ids[0])
+    assert rec.sent == []
+    # Both steps were suppressed and the run finished within this one drain,
+    # not at the workflow sweep a minute later.
+    assert run.state == "completed", run
+    assert sorted(run.deliveries) == [0, 1]
+    assert {app.explain(d).status for ids in run.deliveries.values() for d in ids} == {"suppressed"}
