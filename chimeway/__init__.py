@@ -10,6 +10,7 @@ from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
 from chimeway.policy import Cap, Dedupe, PreviewItem
 from chimeway.queue import Cancel, JobEvent, JobInfo, Retry, Snooze
+from chimeway.retention import Retention
 from chimeway.traces import OutcomeCount, Outcomes, TracePage
 from chimeway.values import DeliveryResult, Feedback, Message, Recipient
 
@@ -35,6 +36,7 @@ __all__ = [
     "Outcomes",
     "PreviewItem",
     "Recipient",
+    "Retention",
     "Retry",
     "Snooze",
     "TimelineEntry",

@@ -46,9 +46,10 @@ from chimeway.planning import (
 )
 from chimeway.policy import Policy
 from chimeway.queue import JobHandle, JobQueue
-from chimeway.queue.plugins import Lifeline, Plugin, Pruner, job_targets
+from chimeway.queue.plugins import Lifeline, Plugin, Pruner
 from chimeway.record_triggers import RecordTriggers
 from chimeway.reencrypt import reencrypt
+from chimeway.retention import Retention
 from chimeway.verbs import (
     LiveVerbs,
     OperatingVerbs,
@@ -115,6 +116,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             and a reuse returns the first event as a duplicate.
         plugins: more plugins for every worker of this app, run besides the
             built-in ones (see :attr:`plugins`).
+        retention: how long each kind of row stays (default ``Retention()``:
+            see guides/operations.md); every worker's pruner deletes what is
+            past its age.
     """
 
     def __init__(
@@ -132,7 +136,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         encryption_keys: Sequence[str | bytes] | None = None,
         idempotency: str = "payload",
         plugins: Sequence[Plugin] = (),
+        retention: Retention | None = None,
     ) -> None:
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigurationError(f"retention must be a chimeway.Retention, got {retention!r}")
         if engine is not None and database_url is not None:
             raise ConfigurationError("pass database_url or engine, not both")
         self.encryption = Encryption(encryption_keys) if encryption_keys is not None else None
@@ -196,7 +203,9 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         # The workflow sweep is the safety net behind each wait's own timer job.
         self.scheduler.add(workflow_sweep_schedule())
 
-        self.pruner = Pruner(self.engine, job_targets())
+        self.retention = retention or Retention()
+        self.pruner = Pruner(self.engine, self.retention.targets(), interval=self.retention.interval,
+                             time_limit=self.retention.time_limit)
         # Every worker of the app runs these, each on its own thread. A
         # dispatcher that re-drives its own deliveries needs no delivery rescue.
         rescues = () if getattr(self.dispatcher, "rescues_itself", False) else (self.rescue,)
@@ -208,7 +217,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         """What every worker of this app runs besides jobs.
 
         ``lifeline`` (rescue jobs of dead workers, every 30 s), ``pruner``
-        (delete finished jobs past their age, every minute),
+        (delete every kind of row past its :attr:`retention` age, every minute),
         ``cron`` (fire due cron ticks, every second), ``delivery_rescue``
         (re-drive deliveries a crash left behind, every ``lease_ttl / 4``;
         not with a dispatcher that re-drives its own), the dispatcher's own

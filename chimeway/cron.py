@@ -68,10 +68,10 @@ log = logging.getLogger("chimeway.cron")
 ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 FIRST_RUN_GRACE = timedelta(minutes=1)
 CATCH_UP_LIMIT = 1000
-# Tick rows older than this are pruned; each schedule's latest tick is kept,
-# since it is what "missed since" is measured from.
+# Tick rows older than this are pruned by default (``Retention.cron_ticks``);
+# each schedule's latest tick is kept, since it is what "missed since" is
+# measured from.
 TICK_RETENTION = timedelta(days=7)
-PRUNE_EVERY = timedelta(hours=1)
 MAX_NAME = 200
 
 
@@ -293,7 +293,6 @@ class Scheduler:
         self.clock = clock
         self._writer = writer(jobs.engine)
         self._schedules: dict[str, CronSchedule] = {}
-        self._last_prune: datetime | None = None
 
     @property
     def schedules(self) -> Mapping[str, CronSchedule]:
@@ -375,7 +374,6 @@ class Scheduler:
             except Exception as exc:
                 log.exception("cron %s: could not fire %d tick(s)", schedule.name, len(ticks))
                 failure = failure or exc
-        self._maybe_prune(now)
         if failure is not None:
             raise failure
         return fired
@@ -403,12 +401,6 @@ class Scheduler:
         query = sa.select(t.c.name, sa.func.max(t.c.tick_at)).where(t.c.name.in_(names)).group_by(t.c.name)
         with self.jobs.engine.connect() as conn:
             return {name: utc(at) for name, at in conn.execute(query) if at is not None}
-
-    def _maybe_prune(self, now: datetime) -> None:
-        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
-            return
-        self._last_prune = now
-        self.prune(now - TICK_RETENTION)
 
     def prune(self, before: datetime) -> int:
         """Delete tick rows older than ``before``, keeping each schedule's latest.

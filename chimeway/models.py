@@ -109,6 +109,8 @@ class Event(Base):
         sa.Index("ix_chimeway_events_correlation", "correlation_id"),
         # A notifier's outcomes since a time (app.outcomes).
         sa.Index("ix_chimeway_events_notifier_time", "notifier_key", "created_at"),
+        # The pruner walks events by age (Retention.events).
+        sa.Index("ix_chimeway_events_created", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -255,7 +257,7 @@ class ProviderEvent(Base):
     provider_event_id: Mapped[str] = mapped_column(sa.String(300))
     delivery_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
     status: Mapped[str] = mapped_column(sa.String(30))
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 # --- the job queue -----------------------------------------------------------
@@ -464,6 +466,7 @@ class CapUsage(Base):
     __tablename__ = "chimeway_cap_usage"
     __table_args__ = (
         sa.Index("ix_chimeway_cap_usage_window", "tenant", "recipient_id", "channel", "at"),
+        sa.Index("ix_chimeway_cap_usage_at", "at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -486,7 +489,7 @@ class DedupeMark(Base):
     dedupe_key: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class DigestBatch(Base):
@@ -519,7 +522,7 @@ class DigestBatch(Base):
     item_count: Mapped[int] = mapped_column(sa.Integer, default=0)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
     flush_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    flushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    flushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class DigestItem(Base):
@@ -580,6 +583,7 @@ class WorkflowRun(Base):
     __table_args__ = (
         sa.Index("ix_chimeway_workflow_runs_actor", "tenant", "recipient_id", "state"),
         sa.Index("ix_chimeway_workflow_runs_due", "state", "wait_until"),
+        sa.Index("ix_chimeway_workflow_runs_finished", "finished_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -652,6 +656,7 @@ class Signal(Base):
             postgresql_where=sa.text("routed_at IS NULL"),
             sqlite_where=sa.text("routed_at IS NULL"),
         ),
+        sa.Index("ix_chimeway_signals_routed", "routed_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)

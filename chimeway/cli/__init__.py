@@ -12,6 +12,7 @@ from chimeway.cli._output import print_json, print_rows
 from chimeway.cli._target import describe_failure, load_app, open_app
 from chimeway.cli.dashboard import add_dashboard_parser
 from chimeway.cli.jobs import add_jobs_parser
+from chimeway.cli.prune import add_prune_parser
 from chimeway.cli.worker import add_worker_parser
 from chimeway.errors import ConfigurationError
 from chimeway.explain import Explanation, format_explanation
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_parser(sub)
     add_jobs_parser(sub, _add_target)
+    add_prune_parser(sub, _add_target)
     add_dashboard_parser(sub)
 
     p = sub.add_parser("cron", help="registered cron schedules and their next run times")

@@ -36,7 +36,20 @@ Every decision is a :class:`chimeway.decisions.Decision` recorded as a row
 from __future__ import annotations
 
 from chimeway.digest import Digest
-from chimeway.policy.core import Policy, PreviewItem, preview, prune
+from chimeway.policy.bookkeeping import DEFAULT_KEEP, policy_targets, prune
+from chimeway.policy.core import Policy, PreviewItem, preview
 from chimeway.policy.options import Cap, Dedupe, caps_of, dedupe_of
 
-__all__ = ["Cap", "Dedupe", "Digest", "Policy", "PreviewItem", "caps_of", "dedupe_of", "preview", "prune"]
+__all__ = [
+    "DEFAULT_KEEP",
+    "Cap",
+    "Dedupe",
+    "Digest",
+    "Policy",
+    "PreviewItem",
+    "caps_of",
+    "dedupe_of",
+    "policy_targets",
+    "preview",
+    "prune",
+]

@@ -17,8 +17,8 @@ from chimeway.clock import Clock
 from chimeway.db import tenant_key
 from chimeway.decisions import Decision
 from chimeway.deliveries import PlannedDelivery, Status, decide
-from chimeway.errors import ConfigurationError, InvalidNotifierError
-from chimeway.models import cap_usage_table, dedupe_marks_table, digest_items_table, digests_table
+from chimeway.errors import InvalidNotifierError
+from chimeway.models import cap_usage_table
 from chimeway.notifier import Notifier, get_notifier
 from chimeway.planning import Plan
 from chimeway.policy.options import Cap
@@ -38,7 +38,7 @@ from chimeway.preferences import PreferenceEntry, Settings, load_recipient_polic
 from chimeway.unsubscribe import DEFAULT_TOKEN_TTL, build_url, sign_token
 from chimeway.values import Message, Recipient
 
-__all__ = ["Policy", "PreviewItem", "preview", "prune"]
+__all__ = ["Policy", "PreviewItem", "preview"]
 
 log = logging.getLogger("chimeway.policy")
 
@@ -252,34 +252,3 @@ def preview(policy: Policy, conn: Connection, plan: Plan) -> list[PreviewItem]:
                                reason=d.reason, why=why, not_before=d.not_before,
                                decisions=tuple(d.decisions)))
     return out
-
-
-def prune(conn: Connection, now: datetime, *, keep: timedelta) -> dict[str, int]:
-    """Delete policy bookkeeping no rule can look at any more.
-
-    Cap usage older than ``keep``, expired dedupe marks, and digests flushed
-    more than ``keep`` ago (with their items). ``keep`` must be at least the
-    longest cap window, or caps would count too little.
-
-    Args:
-        conn: a write transaction.
-        now: the clock's time.
-        keep: how much history to keep.
-
-    Returns:
-        rows deleted per table.
-    """
-    if not isinstance(keep, timedelta) or keep <= timedelta(0):
-        raise ConfigurationError(f"keep must be a positive timedelta, got {keep!r}")
-    cutoff = now - keep
-    d, i = digests_table, digest_items_table
-    old_digests = sa.select(d.c.id).where(d.c.status == "flushed", d.c.flushed_at < cutoff).scalar_subquery()
-    return {
-        "chimeway_cap_usage": conn.execute(
-            sa.delete(cap_usage_table).where(cap_usage_table.c.at < cutoff)).rowcount,
-        "chimeway_dedupe_marks": conn.execute(
-            sa.delete(dedupe_marks_table).where(dedupe_marks_table.c.expires_at < now)).rowcount,
-        "chimeway_digest_items": conn.execute(sa.delete(i).where(i.c.digest_id.in_(old_digests))).rowcount,
-        "chimeway_digests": conn.execute(
-            sa.delete(d).where(d.c.status == "flushed", d.c.flushed_at < cutoff)).rowcount,
-    }

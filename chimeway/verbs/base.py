@@ -11,6 +11,7 @@ from chimeway.dispatch.base import Dispatcher
 from chimeway.inbox_live import InboxHub
 from chimeway.policy import Policy
 from chimeway.queue import JobQueue
+from chimeway.queue.plugins import Pruner
 from chimeway.record_triggers import RecordTriggers
 from chimeway.workflow.service import Workflows
 
@@ -24,6 +25,7 @@ class AppBase:
     clock: Clock
     channels: dict[str, Channel]
     queue: JobQueue
+    pruner: Pruner
     dispatcher: Dispatcher
     policy: Policy
     workflows: Workflows

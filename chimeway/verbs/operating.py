@@ -1,4 +1,4 @@
-"""Operator verbs: sending a delivery again."""
+"""Operator verbs: sending a delivery again, deleting what is past its age."""
 
 from __future__ import annotations
 
@@ -52,3 +52,16 @@ class OperatingVerbs(AppBase):
                 raise InvalidInputError(
                     f"delivery {did} is {row.status}; only failed or cancelled deliveries can be sent again")
         self.dispatcher.redrive([Due(did)])
+
+    def prune(self) -> dict[str, int]:
+        """Delete every row past its retention age now, however many there are.
+
+        The same pass every worker's ``pruner`` plugin runs each minute
+        (bounded by ``Retention.time_limit`` there), here without a time
+        limit: it ends when nothing is left past its age. Each batch is a
+        transaction of its own, so triggers and sends go on meanwhile.
+
+        Returns:
+            rows deleted per table.
+        """
+        return self.pruner.prune(self.clock.now())

@@ -10,7 +10,7 @@ fixed number of rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -107,6 +107,10 @@ class AgePrune:
             ``age_column``); every row past its age must have it before the
             cutoff too.
         batch_size: rows per transaction.
+        children: the rows that belong to a doomed row, deleted first in the
+            same transaction, children before parents: each maps the doomed
+            keys (an expanding bind parameter) to a ``(table, condition)``
+            pair. The table needs a one-column primary key then.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class AgePrune:
         where: Sequence[sa.ColumnElement[bool]] = (),
         order_column: sa.Column[Any] | None = None,
         batch_size: int = 1000,
+        children: Sequence[Callable[[sa.BindParameter[Any]], tuple[sa.Table, sa.ColumnElement[bool]]]] = (),
     ) -> None:
         self.name = name
         self.max_age = check_age(name, max_age) or timedelta(0)
@@ -126,28 +131,54 @@ class AgePrune:
         order = order_column if order_column is not None else age_column
         cutoff = sa.bindparam("cutoff", type_=age_column.type)
         keys = list(table.primary_key.columns)
-        doomed = (
+        chosen = (
             sa.select(*keys)
             .where(order >= sa.bindparam("after", type_=order.type), order < cutoff, age_column < cutoff,
                    *where)
             .order_by(order)
             .limit(sa.bindparam("limit", type_=sa.Integer))
             .with_for_update(skip_locked=True)
-            .cte(f"doomed_{table.name}")
         )
         key: Any = keys[0] if len(keys) == 1 else sa.tuple_(*keys)
         self._table = table.name
-        self._statement = sa.delete(table).where(key.in_(sa.select(*doomed.c))).returning(order)
+        self._children: list[tuple[str, sa.Delete]] = []
+        self._select = chosen.add_columns(order)
+        self._statement: sa.Executable
+        if not children:
+            doomed = chosen.cte(f"doomed_{table.name}")
+            self._statement = sa.delete(table).where(key.in_(sa.select(*doomed.c))).returning(order)
+            return
+        if len(keys) != 1:
+            raise ConfigurationError(f"{name}: a target with children needs a one-column primary key")
+        # With children the doomed keys are read (and locked) first, then
+        # every child table is emptied of their rows before the parents go.
+        doomed_keys = sa.bindparam("keys", expanding=True, type_=key.type)
+        for child in children:
+            child_table, condition = child(doomed_keys)
+            self._children.append((child_table.name, sa.delete(child_table).where(condition)))
+        self._statement = sa.delete(table).where(key.in_(doomed_keys))
 
     def __repr__(self) -> str:
         return f"<AgePrune {self.name} after {self.max_age}>"
 
     def prune_batch(self, conn: Connection, now: datetime, limit: int, cursor: Any) -> PruneBatch:
         after = cursor if cursor is not None else BEGINNING
-        marks = conn.execute(self._statement, {"cutoff": now - self.max_age, "after": after,
-                                               "limit": limit}).scalars().all()
-        return PruneBatch({self._table: len(marks)}, done=len(marks) < limit,
-                          cursor=max(marks, default=after))
+        bounds = {"cutoff": now - self.max_age, "after": after, "limit": limit}
+        if not self._children:
+            marks = conn.execute(self._statement, bounds).scalars().all()
+            return PruneBatch({self._table: len(marks)}, done=len(marks) < limit,
+                              cursor=max(marks, default=after))
+        rows = conn.execute(self._select, bounds).all()
+        if not rows:
+            return PruneBatch({}, done=True, cursor=after)
+        doomed = {"keys": [row[0] for row in rows]}
+        deleted: dict[str, int] = {}
+        for name, statement in self._children:
+            n = conn.execute(statement, doomed).rowcount
+            if n:
+                deleted[name] = deleted.get(name, 0) + n
+        deleted[self._table] = conn.execute(self._statement, doomed).rowcount
+        return PruneBatch(deleted, done=len(rows) < limit, cursor=max(row[-1] for row in rows))
 
 
 _jobs = sql.jobs
@@ -230,13 +261,21 @@ class Pruner:
         """One pass of at most ``time_limit``; returns how many rows it deleted."""
         return sum(self.prune(now, time_limit=self.time_limit).values())
 
-    def prune(self, now: datetime, *, time_limit: timedelta | None = None) -> dict[str, int]:
+    def prune(
+        self,
+        now: datetime,
+        *,
+        time_limit: timedelta | None = None,
+        on_batch: Callable[[str, Mapping[str, int]], None] | None = None,
+    ) -> dict[str, int]:
         """Delete what is past its age at ``now``, batch by batch, taking turns between targets.
 
         Args:
             now: the time ages are measured from.
             time_limit: stop starting new batches after this long (``None``:
                 go on until nothing is left).
+            on_batch: called after each batch's commit with the target's
+                name and the rows it deleted per table (progress reports).
 
         Returns:
             rows deleted per table.
@@ -253,6 +292,8 @@ class Pruner:
                     batch = target.prune_batch(conn, now, self.batch_size or target.batch_size, cursor)
                 for table, n in batch.deleted.items():
                     deleted[table] = deleted.get(table, 0) + n
+                if on_batch is not None:
+                    on_batch(target.name, batch.deleted)
                 if not batch.done:
                     still.append((target, batch.cursor))
             pending = still
