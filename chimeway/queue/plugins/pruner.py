@@ -170,7 +170,7 @@ class AgePrune:
                               cursor=max(marks, default=after))
         rows = conn.execute(self._select, bounds).all()
         if not rows:
-            return PruneBatch({}, done=True, cursor=after)
+            return PruneBatch({self._table: 0}, done=True, cursor=after)
         doomed = {"keys": [row[0] for row in rows]}
         deleted: dict[str, int] = {}
         for name, statement in self._children:
