@@ -87,6 +87,7 @@ class BoundApp(Protocol):
     executor: Executor
     queue: JobQueue
     scheduler: _Scheduler
+    pruner: Plugin
 
 
 class CeleryDispatcher:
@@ -393,7 +394,7 @@ class CeleryDispatcher:
         """One rescue pass: re-drive sends whose lease ran out and deliveries whose task was lost.
 
         Args:
-            jobs: also rescue jobs of dead ``run_jobs`` tasks and prune old jobs.
+            jobs: also rescue jobs of dead ``run_jobs`` tasks and prune what is past its age.
         """
         report = self.relay.rescue(self.app.executor, idle=self.stale_after)
         if jobs and self._bridged():
@@ -403,7 +404,7 @@ class CeleryDispatcher:
                 if due:
                     self._last_prune = time.monotonic()
             if due:
-                self.app.queue.prune()
+                self.app.pruner.run(self.app.clock.now())
         self.relay.publish_due()
         return report
 

@@ -289,7 +289,7 @@ def test_a_bad_retention_value_is_refused_naming_its_field(ages: dict[str, Any],
 
 
 def test_the_app_refuses_what_is_not_a_retention(sqlite_url: str) -> None:
-    with pytest.raises(ConfigurationError, match="retention must be a chimeway.Retention"):
+    with pytest.raises(ConfigurationError, match=r"retention must be a chimeway\.Retention"):
         Chimeway(sqlite_url, retention={"events": timedelta(days=1)})  # type: ignore[arg-type]
 
 
