@@ -264,12 +264,22 @@ class ProviderEvent(Base):
 
 ACTIVE_JOB_STATES = ("available", "scheduled", "executing", "retryable")
 
+# Partial index predicates on chimeway_jobs; an upsert spells the unique
+# index's the same way (SQLite matches a partial index by its text). The
+# claim's conditions imply only the due index's predicate, and an
+# acknowledgement's (by id, executing) only the executing index's, so their
+# plans do not hinge on statistics of the state column.
+DUE_WHERE = "state IN ('available','scheduled','retryable')"
+EXECUTING_WHERE = "state = 'executing'"
+UNIQUE_WHERE = "unique_key IS NOT NULL AND state IN ('available','scheduled','executing','retryable')"
+CANCELLED_WHERE = "state = 'cancelled'"
+
 
 class Job(Base):
     __tablename__ = "chimeway_jobs"
     __table_args__ = (
+        # The dashboard's counts and oldest job per queue and state.
         sa.Index("ix_chimeway_jobs_fetch", "queue", "state", "priority", "scheduled_at", "id"),
-        sa.Index("ix_chimeway_jobs_state_scheduled", "state", "scheduled_at"),
         # The claim reads due jobs of one queue in (priority, scheduled_at, id)
         # order; a partial index over the due states serves it without a sort.
         sa.Index(
@@ -278,15 +288,32 @@ class Job(Base):
             "priority",
             "scheduled_at",
             "id",
-            postgresql_where=sa.text("state IN ('available','scheduled','retryable')"),
-            sqlite_where=sa.text("state IN ('available','scheduled','retryable')"),
+            postgresql_where=sa.text(DUE_WHERE),
+            sqlite_where=sa.text(DUE_WHERE),
         ),
+        # Running jobs, for the rescuer; keyed by id so that the only way into
+        # it for an acknowledgement is by the acknowledged ids.
+        sa.Index(
+            "ix_chimeway_jobs_executing",
+            "id",
+            postgresql_where=sa.text(EXECUTING_WHERE),
+            sqlite_where=sa.text(EXECUTING_WHERE),
+        ),
+        # Only jobs that have a key: the claim and the acknowledgement never
+        # name unique_key, so the planner cannot take this index for them.
         sa.Index(
             "uq_chimeway_jobs_unique_key",
             "unique_key",
             unique=True,
-            postgresql_where=sa.text("state IN ('available','scheduled','executing','retryable')"),
-            sqlite_where=sa.text("state IN ('available','scheduled','executing','retryable')"),
+            postgresql_where=sa.text(UNIQUE_WHERE),
+            sqlite_where=sa.text(UNIQUE_WHERE),
+        ),
+        # The pruner walks cancelled jobs by when they were cancelled.
+        sa.Index(
+            "ix_chimeway_jobs_cancelled",
+            "cancelled_at",
+            postgresql_where=sa.text(CANCELLED_WHERE),
+            sqlite_where=sa.text(CANCELLED_WHERE),
         ),
     )
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.db import insert
-from chimeway.models import ACTIVE_JOB_STATES, Job, WorkerRow
+from chimeway.models import ACTIVE_JOB_STATES, UNIQUE_WHERE, Job, WorkerRow
 
 __all__ = [
     "CLAIM",
@@ -34,7 +34,7 @@ c = jobs.c
 NOTIFY_CHANNEL = "chimeway_jobs"
 DUE_STATES = ("available", "scheduled", "retryable")
 FINAL_STATES = ("completed", "cancelled", "discarded")
-_ACTIVE_WHERE = sa.text("state IN ('available','scheduled','executing','retryable')")
+_UNIQUE_WHERE = sa.text(UNIQUE_WHERE)
 assert tuple(ACTIVE_JOB_STATES) == ("available", "scheduled", "executing", "retryable")
 
 claim_columns = (
@@ -46,13 +46,13 @@ claim_columns = (
 def insert_jobs(conn: Connection) -> Any:
     """INSERT ... ON CONFLICT (unique_key) DO NOTHING RETURNING id, for ``conn``'s dialect.
 
-    The conflict target names the partial unique index's predicate so both
+    The conflict target spells the partial unique index's predicate so both
     PostgreSQL and SQLite pick ``uq_chimeway_jobs_unique_key``; a duplicate
     unique job is skipped silently, even when two transactions race.
     """
     return (
         insert(conn, jobs)
-        .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_ACTIVE_WHERE)
+        .on_conflict_do_nothing(index_elements=["unique_key"], index_where=_UNIQUE_WHERE)
         .returning(c.id)
     )
 
@@ -65,8 +65,7 @@ _BULK_PG = sa.text(
     " FROM unnest(CAST(:states AS text[]), CAST(:queues AS text[]), CAST(:workers AS text[]),"
     " CAST(:args AS text[]), CAST(:max_attempts AS integer[]), CAST(:priorities AS integer[]),"
     " CAST(:unique_keys AS text[]), CAST(:scheduled AS timestamptz[])) AS t(s, q, w, a, m, p, u, d)"
-    " ON CONFLICT (unique_key) WHERE state IN ('available','scheduled','executing','retryable')"
-    " DO NOTHING RETURNING id"
+    f" ON CONFLICT (unique_key) WHERE {UNIQUE_WHERE} DO NOTHING RETURNING id"
 )
 
 
