@@ -5,8 +5,9 @@ Run as ``python queue_worker_proc.py URL [options]``. It registers:
 - ``record(n, sleep=0)``: inserts ``(n, job id, attempt, pid)`` into
   ``queue_side_effects`` (its own transaction) after sleeping ``sleep`` seconds;
 - ``noop(**args)``: does nothing;
-- ``stamp(sent)``: records ``time.time() - sent`` in ``queue_latency`` (the
-  enqueue-to-start latency, both clocks being this host's).
+- ``stamp(key)``: records the wall-clock time it started in ``queue_latency``
+  under ``key`` (the benchmark notes when each job's enqueue committed; both
+  clocks are this host's).
 
 and works the ``default`` queue until SIGTERM.
 """
@@ -29,7 +30,7 @@ SIDE_EFFECTS_DDL = (
     "(n INTEGER NOT NULL, job_id BIGINT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
 )
 
-LATENCY_DDL = "CREATE TABLE IF NOT EXISTS queue_latency (seconds DOUBLE PRECISION NOT NULL)"
+LATENCY_DDL = "CREATE TABLE IF NOT EXISTS queue_latency (key INTEGER PRIMARY KEY, started DOUBLE PRECISION NOT NULL)"
 
 
 def build(url: str, *, concurrency: int, notify: bool, backoff: float | None,
@@ -55,12 +56,12 @@ def build(url: str, *, concurrency: int, notify: bool, backoff: float | None,
     def noop(**_: Any) -> None:
         pass
 
-    stamp_insert = sa.text("INSERT INTO queue_latency (seconds) VALUES (:s)")
+    stamp_insert = sa.text("INSERT INTO queue_latency (key, started) VALUES (:k, :t)")
 
-    def stamp(sent: float) -> None:
-        latency = time.time() - sent
+    def stamp(key: int) -> None:
+        started = time.time()
         with side.begin() as conn:
-            conn.execute(stamp_insert, {"s": latency})
+            conn.execute(stamp_insert, {"k": key, "t": started})
 
     q.register(record, name="record")
     q.register(noop, name="noop")
