@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _db import fresh_postgres  # noqa: E402
 
-from chimeway import Chimeway, Notifier, Recipient, Retention, TriggerRequest  # noqa: E402
+from chimeway import Chimeway, Notifier, Recipient, TriggerRequest  # noqa: E402
 from chimeway.db import create_engine  # noqa: E402
 from chimeway.models import metadata  # noqa: E402
 from chimeway.testing import FakeClock, RecordingChannel  # noqa: E402
