@@ -20,7 +20,15 @@ from chimeway.channels.base import Channel
 from chimeway.channels.in_app import InApp
 from chimeway.clock import Clock, SystemClock
 from chimeway.cron import Cron, ScheduledNotifiers, Scheduler, workflow_sweep_schedule
-from chimeway.db import DEFAULT_DATABASE_URL, connection_of, create_engine, tenant_key, translated
+from chimeway.db import (
+    DEFAULT_DATABASE_URL,
+    check_schema,
+    create_engine,
+    own_tables,
+    tenant_key,
+    translated,
+    with_schema,
+)
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
 from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
@@ -119,6 +127,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         retention: how long each kind of row stays (default ``Retention()``:
             see guides/operations.md); every worker's pruner deletes what is
             past its age.
+        schema: PostgreSQL only: the schema every table of Chimeway's (and
+            its Alembic version table) lives in, e.g. ``"notify"``;
+            ``migrate()`` creates it. Default: wherever the connection's
+            search path puts them. See guides/integrations.md.
     """
 
     def __init__(
@@ -137,6 +149,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         idempotency: str = "payload",
         plugins: Sequence[Plugin] = (),
         retention: Retention | None = None,
+        schema: str | None = None,
     ) -> None:
         if retention is not None and not isinstance(retention, Retention):
             raise ConfigurationError(f"retention must be a chimeway.Retention, got {retention!r}")
@@ -145,7 +158,14 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         self.encryption = Encryption(encryption_keys) if encryption_keys is not None else None
         self._encrypted: weakref.WeakSet[Dialect] = weakref.WeakSet()
         self._owns_engine = engine is None
-        self.engine: Engine = engine if engine is not None else create_engine(database_url or DEFAULT_DATABASE_URL)
+        base = engine if engine is not None else create_engine(database_url or DEFAULT_DATABASE_URL)
+        self.schema = check_schema(schema)
+        if self.schema is not None and base.dialect.name != "postgresql":
+            if self._owns_engine:
+                base.dispose()
+            raise ConfigurationError(f"schema is for PostgreSQL; this database is {base.dialect.name}")
+        # Chimeway's own statements find its tables in its schema; see chimeway.db.own_tables.
+        self.engine: Engine = with_schema(base, self.schema)
         self._encrypt_through(self.engine)
         self.clock: Clock = clock or SystemClock()
         if not isinstance(max_attempts, int) or max_attempts < 1:
@@ -329,20 +349,20 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             )
             for request in requests
         ]
-        conn = connection_of(session)
-        self._encrypt_through(conn)
-        with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
-            results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload")
-        # A workflow's deliveries are planned by its run, after the policy
-        # rules ran (step is set): only the others passed the planning checkpoint.
-        due = [
-            Due(d.id, d.not_before, checked=d.step is None)
-            for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
-            for d in the_plan.deliveries if d.status in ("pending", "deferred")
-        ]
-        if due:
-            with telemetry.span("chimeway.dispatch", **{"chimeway.dispatcher": self.dispatcher.name}):
-                self.dispatcher.planned(session, conn, due)
+        with own_tables(session, self.engine) as conn:
+            self._encrypt_through(conn)
+            with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
+                results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload")
+            # A workflow's deliveries are planned by its run, after the policy
+            # rules ran (step is set): only the others passed the planning checkpoint.
+            due = [
+                Due(d.id, d.not_before, checked=d.step is None)
+                for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
+                for d in the_plan.deliveries if d.status in ("pending", "deferred")
+            ]
+            if due:
+                with telemetry.span("chimeway.dispatch", **{"chimeway.dispatcher": self.dispatcher.name}):
+                    self.dispatcher.planned(session, conn, due)
         return results
 
     # -- reading ----------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "INBOX_NOTIFY_DDL",
     "JsonText",
     "TextBefore",
+    "check_schema",
     "connection_of",
     "create_engine",
     "insert",
@@ -43,12 +44,18 @@ __all__ = [
     "is_postgres",
     "locked",
     "mask_url",
+    "own_tables",
+    "plain",
+    "qualified",
     "rows_json",
     "schema_change",
+    "schema_of",
+    "sql_in",
     "tenant_key",
     "translated",
     "update_returning",
     "update_rows",
+    "with_schema",
     "writer",
 ]
 
@@ -120,6 +127,106 @@ def writer(engine: Engine) -> Engine:
     if engine.dialect.name != "sqlite":
         return engine
     return engine.execution_options(chimeway_write=True)
+
+
+# --- the schema Chimeway's tables live in --------------------------------------------------------
+#
+# ``Chimeway(schema="notify")`` puts every table of Chimeway's in that
+# PostgreSQL schema. Its engine carries a ``schema_translate_map`` that
+# qualifies Chimeway's (schema-less) tables, so every Core statement run on
+# it finds them there. Two kinds of connection do not carry it, and must not
+# for long: the caller's own (their tables are schema-less too, and would be
+# looked for in Chimeway's schema) and those reading an application's tables
+# for record triggers. Chimeway sets the map on such a connection only while
+# it runs its own statements there (:func:`own_tables`), and hand-written
+# SQL names its tables through :func:`qualified` / :func:`sql_in`.
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def check_schema(schema: str | None) -> str | None:
+    """``schema`` if it is ``None`` or a plain PostgreSQL identifier; else a ``ConfigurationError``."""
+    if schema is None:
+        return None
+    if not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema) or schema.lower().startswith("pg_"):
+        raise ConfigurationError(
+            f"schema must be a plain identifier of at most 63 letters, digits and underscores, not starting "
+            f"with a digit or pg_, got {schema!r}"
+        )
+    return schema
+
+
+def with_schema(engine: Engine, schema: str | None) -> Engine:
+    """``engine`` finding Chimeway's tables in ``schema`` (the same pool; ``None``: unchanged)."""
+    if schema is None:
+        return engine
+    return engine.execution_options(schema_translate_map={None: schema})
+
+
+def plain(engine: Engine) -> Engine:
+    """``engine`` without a schema for schema-less tables: for reading an application's own tables."""
+    if schema_of(engine) is None:
+        return engine
+    return engine.execution_options(schema_translate_map=None)
+
+
+def schema_of(bind: Engine | Connection) -> str | None:
+    """The schema ``bind`` finds Chimeway's tables in (``None``: wherever the search path does)."""
+    mapping = bind.get_execution_options().get("schema_translate_map")
+    return mapping.get(None) if mapping else None
+
+
+@contextmanager
+def own_tables(target: Session | Connection, like: Engine | Connection) -> Iterator[Connection]:
+    """The caller's connection, finding Chimeway's tables where ``like`` does while inside the block.
+
+    Nothing changes when Chimeway uses no schema of its own. Otherwise the
+    connection's ``schema_translate_map`` is set for the block and put back
+    after it, so the caller's own statements, before and after, are theirs
+    as written.
+
+    Args:
+        target: the caller's session or connection, in its transaction.
+        like: Chimeway's engine.
+    """
+    conn = connection_of(target)
+    wanted = like.get_execution_options().get("schema_translate_map")
+    current = conn.get_execution_options().get("schema_translate_map")
+    if (wanted or None) == (current or None):
+        yield conn
+        return
+    conn.execution_options(schema_translate_map=wanted)
+    try:
+        yield conn
+    finally:
+        conn.execution_options(schema_translate_map=current)
+
+
+def qualified(bind: Engine | Connection, name: str) -> str:
+    """A table name of Chimeway's, schema-qualified and quoted as ``bind``'s schema needs, for hand-written SQL."""
+    schema = schema_of(bind)
+    if schema is None:
+        return name
+    return f"{bind.dialect.identifier_preparer.quote_schema(schema)}.{name}"
+
+
+_TEXTS: dict[tuple[str, str | None], sa.TextClause] = {}
+_TABLE_TOKEN = re.compile(r"\{(chimeway_\w+)\}")
+
+
+def sql_in(bind: Engine | Connection, template: str) -> sa.TextClause:
+    """Hand-written SQL naming Chimeway's tables as ``{chimeway_jobs}``, for ``bind``'s schema.
+
+    Each (template, schema) is built once; the result is an ordinary
+    ``text()`` construct, so SQLAlchemy's compiled cache applies.
+    """
+    schema = schema_of(bind)
+    key = (template, schema)
+    found = _TEXTS.get(key)
+    if found is None:
+        found = sa.text(_TABLE_TOKEN.sub(lambda m: qualified(bind, m.group(1)), template))
+        _TEXTS[key] = found
+    return found
 
 
 def is_postgres(bind: Engine | Connection) -> bool:
@@ -423,9 +530,10 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
         return
     rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
     names = ", ".join(rows[0])
+    name = qualified(conn, table.name)
     conn.execute(sa.text(
-        f"INSERT INTO {table.name} ({names}) SELECT {names}"
-        f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json))"
+        f"INSERT INTO {name} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{name}, CAST(:rows AS json))"
     ), {"rows": rows_json(rows)})
 
 
@@ -452,10 +560,11 @@ def update_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *
         )
         return
     rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
+    name = qualified(conn, table.name)
     conn.execute(sa.text(
-        f"UPDATE {table.name} SET " + ", ".join(f"{n} = v.{n}" for n in names)
-        + f" FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)) AS v"
-        + f" WHERE {table.name}.{key} = v.{key}"
+        f"UPDATE {name} SET " + ", ".join(f"{n} = v.{n}" for n in names)
+        + f" FROM json_populate_recordset(NULL::{name}, CAST(:rows AS json)) AS v"
+        + f" WHERE {name}.{key} = v.{key}"
     ), {"rows": rows_json(rows)})
 
 

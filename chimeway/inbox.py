@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, tenant_key, translated, writer
+from chimeway.db import own_tables, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, NotFoundError
 from chimeway.ids import as_uuid
 from chimeway.models import notifications_table
@@ -120,7 +120,8 @@ class Inbox:
     def _conn(self, write: bool = False) -> Iterator[Connection]:
         with translated("inbox"):
             if self._session is not None:
-                yield connection_of(self._session)
+                with own_tables(self._session, self._engine) as conn:
+                    yield conn
                 return
             engine = writer(self._engine) if write else self._engine
             with engine.begin() as conn:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, insert, tenant_key, translated, writer
+from chimeway.db import insert, own_tables, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
@@ -262,7 +262,8 @@ class _Scoped:
     def _write(self) -> Iterator[Connection]:
         with translated("preferences"):
             if self._session is not None:
-                yield connection_of(self._session)
+                with own_tables(self._session, self._engine) as conn:
+                    yield conn
             else:
                 with writer(self._engine).begin() as conn:
                     yield conn
@@ -271,7 +272,8 @@ class _Scoped:
     def _read(self) -> Iterator[Connection]:
         with translated("preferences"):
             if self._session is not None:
-                yield connection_of(self._session)
+                with own_tables(self._session, self._engine) as conn:
+                    yield conn
             else:
                 with self._engine.connect() as conn:
                     yield conn

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from chimeway.cli._output import print_json, print_rows
-from chimeway.cli._target import describe_failure, load_app, open_app
+from chimeway.cli._target import ENV_SCHEMA, describe_failure, load_app, open_app
 from chimeway.cli.dashboard import add_dashboard_parser
 from chimeway.cli.jobs import add_jobs_parser
 from chimeway.cli.prune import add_prune_parser
@@ -31,6 +31,9 @@ def _add_target(parser: argparse.ArgumentParser, *, suppress: bool = False) -> N
     parser.add_argument("--app", metavar="MODULE:APP", default=default,
                         help="import your Chimeway app (e.g. myproject.notify:app)")
     parser.add_argument("--database-url", metavar="URL", default=default, help=DATABASE_HELP)
+    parser.add_argument("--schema", metavar="NAME", default=default,
+                        help=f"the PostgreSQL schema Chimeway's tables are in, with --database-url "
+                             f"(or ${ENV_SCHEMA}); an --app brings its own")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -22,9 +22,10 @@ from chimeway.app import Chimeway
 from chimeway.db import DEFAULT_DATABASE_URL, mask_url
 from chimeway.errors import ChimewayError, ConfigurationError
 
-__all__ = ["describe_failure", "load_app", "load_attr", "open_app"]
+__all__ = ["ENV_SCHEMA", "ENV_URL", "describe_failure", "load_app", "load_attr", "open_app"]
 
 ENV_URL = "CHIMEWAY_DATABASE_URL"
+ENV_SCHEMA = "CHIMEWAY_SCHEMA"
 _FIX_URL = f"fix --database-url (or ${ENV_URL})"
 
 
@@ -127,7 +128,7 @@ def open_app(args: argparse.Namespace, *, create: bool = False) -> Chimeway:
         raw = getattr(args, "database_url", None) or os.environ.get(ENV_URL) or DEFAULT_DATABASE_URL
         args.shown_url = mask_url(raw)
         url = _parse(raw)
-        app = Chimeway(raw)
+        app = Chimeway(raw, schema=getattr(args, "schema", None) or os.environ.get(ENV_SCHEMA) or None)
     args.shown_url = mask_url(url)
     check_sqlite(url, create=create)
     return app
@@ -162,7 +163,7 @@ def _user(url: str | None) -> str:
         return "(unknown)"
 
 
-_MISSING_TABLE = re.compile(r'no such table: (chimeway_\w+)|relation "(chimeway_\w+)" does not exist')
+_MISSING_TABLE = re.compile(r'no such table: (chimeway_\w+)|relation "(?:(\w+)\.)?(chimeway_\w+)" does not exist')
 _MISSING_DB = re.compile(r'database "([^"]+)" does not exist')
 _MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
 
@@ -170,9 +171,12 @@ _MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
 def _database_message(text: str, url: str) -> str:
     lower = text.lower()
     if match := _MISSING_TABLE.search(text):
-        table = match.group(1) or match.group(2)
-        return (f"database {url} has no Chimeway tables ({table} is missing): "
-                f"run `chimeway migrate --database-url {url}` (or app.migrate()), or {_FIX_URL}")
+        table = match.group(1) or match.group(3)
+        schema = match.group(2)
+        where = f" in schema {schema}" if schema else ""
+        flag = f" --schema {schema}" if schema else ""
+        return (f"database {url} has no Chimeway tables{where} ({table} is missing): "
+                f"run `chimeway migrate --database-url {url}{flag}` (or app.migrate()), or {_FIX_URL}")
     if match := _MISSING_DB.search(text):
         return (f"database {url}: the database {match.group(1)!r} does not exist on {_host(url)}; "
                 f"create it (createdb {match.group(1)}) or {_FIX_URL}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from chimeway.db import schema_of
 from chimeway.migrations import VERSION_TABLE
 from chimeway.models import metadata
 
@@ -23,6 +24,8 @@ def run() -> None:
         connection=connection,
         target_metadata=metadata,
         version_table=VERSION_TABLE,
+        # Chimeway(schema=...): the version table beside Chimeway's tables.
+        version_table_schema=schema_of(connection),
         include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,

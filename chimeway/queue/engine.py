@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from chimeway import telemetry
 from chimeway.clock import Clock
+from chimeway.db import sql_in
 from chimeway.queue import sql
 from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
@@ -58,7 +59,7 @@ class JobEngine:
         params = {"claim_queue": queue, "limit": limit, "now": now, "by": by}
         if self._pg:
             with self._autocommit.connect() as conn:
-                rows = conn.execute(sql.CLAIM_PG, {**params, "acks": list(acks)}).all()
+                rows = conn.execute(sql_in(conn, sql.CLAIM_PG), {**params, "acks": list(acks)}).all()
         else:
             with self._writer.begin() as conn:
                 # Finished jobs ride along with the next claim: one commit, not two.

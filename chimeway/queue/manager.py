@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock, SystemClock, utc
-from chimeway.db import connection_of, is_postgres, writer
+from chimeway.db import is_postgres, own_tables, writer
 from chimeway.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -245,13 +245,13 @@ class JobQueue(Operations, Browsing, Draining):
                      scheduled_at=scheduled_at, priority=priority, max_attempts=max_attempts,
                      unique_key=unique_key)
         row = self._row(job, self.clock.now())
-        conn = connection_of(session)
-        job_id = conn.execute(sql.insert_jobs(conn), row).scalar()
-        self._announce(conn, {row["queue"]})
-        if job_id is None:
-            return None
-        for callback in self._inserted:
-            callback(conn, [row])
+        with own_tables(session, self.engine) as conn:
+            job_id = conn.execute(sql.insert_jobs(conn), row).scalar()
+            self._announce(conn, {row["queue"]})
+            if job_id is None:
+                return None
+            for callback in self._inserted:
+                callback(conn, [row])
         self._inline_after(session, [int(job_id)], [row["worker"]])
         return int(job_id)
 
@@ -273,12 +273,12 @@ class JobQueue(Operations, Browsing, Draining):
         rows = [self._row(j if isinstance(j, NewJob) else NewJob(**j), now) for j in jobs]
         if not rows:
             return []
-        conn = connection_of(session)
-        ids = sql.bulk_insert(conn, rows)
-        self._announce(conn, {r["queue"] for r in rows})
-        if ids:
-            for callback in self._inserted:
-                callback(conn, rows)
+        with own_tables(session, self.engine) as conn:
+            ids = sql.bulk_insert(conn, rows)
+            self._announce(conn, {r["queue"] for r in rows})
+            if ids:
+                for callback in self._inserted:
+                    callback(conn, rows)
         self._inline_after(session, ids, {r["worker"] for r in rows})
         return ids
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chimeway.db import insert
+from chimeway.db import insert, sql_in
 from chimeway.models import ACTIVE_JOB_STATES, UNIQUE_WHERE, Job, WorkerRow
 
 __all__ = [
@@ -57,8 +57,8 @@ def insert_jobs(conn: Connection) -> Any:
     )
 
 
-_BULK_PG = sa.text(
-    "INSERT INTO chimeway_jobs (state, queue, worker, args, meta, errors, attempt, max_attempts,"
+_BULK_PG = (
+    "INSERT INTO {chimeway_jobs} (state, queue, worker, args, meta, errors, attempt, max_attempts,"
     " priority, unique_key, inserted_at, scheduled_at)"
     " SELECT s, q, w, CAST(a AS jsonb), CAST('{}' AS jsonb), CAST('[]' AS jsonb), 0, m, p, u,"
     " :inserted_at, d"
@@ -90,7 +90,7 @@ def bulk_insert(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         "unique_keys": [r["unique_key"] for r in rows],
         "scheduled": [r["scheduled_at"] for r in rows],
     }
-    return [int(i) for i in conn.execute(_BULK_PG, params).scalars()]
+    return [int(i) for i in conn.execute(sql_in(conn, _BULK_PG), params).scalars()]
 
 
 def notify(conn: Connection, queues: set[str]) -> None:
@@ -131,18 +131,19 @@ CLAIM = (
 
 # PostgreSQL runs acknowledgement and claim as ONE autocommit statement: the
 # data-modifying CTE always runs to completion, so a worker's loop costs one
-# round trip and one commit per cycle.
-CLAIM_PG = sa.text(
+# round trip and one commit per cycle. Run it as ``sql_in(conn, CLAIM_PG)``
+# (it names the jobs table in Chimeway's schema).
+CLAIM_PG = (
     "WITH acked AS ("
-    " UPDATE chimeway_jobs SET state = 'completed', completed_at = :now"
+    " UPDATE {chimeway_jobs} SET state = 'completed', completed_at = :now"
     " WHERE id = ANY(CAST(:acks AS bigint[])) AND state = 'executing' AND attempted_by = :by"
     " RETURNING id),"
     " picked AS ("
-    " SELECT id FROM chimeway_jobs"
+    " SELECT id FROM {chimeway_jobs}"
     " WHERE queue = :claim_queue AND state IN ('available','scheduled','retryable')"
     " AND scheduled_at <= :now"
     " ORDER BY priority, scheduled_at, id LIMIT :limit FOR UPDATE SKIP LOCKED)"
-    " UPDATE chimeway_jobs AS j SET state = 'executing', attempt = j.attempt + 1,"
+    " UPDATE {chimeway_jobs} AS j SET state = 'executing', attempt = j.attempt + 1,"
     " attempted_at = :now, attempted_by = :by"
     " FROM picked WHERE j.id = picked.id"
     " RETURNING j.id, j.worker, j.queue, j.args, j.meta, j.errors, j.attempt, j.max_attempts,"

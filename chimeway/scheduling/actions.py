@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from chimeway.cron import CronExpression, CronSchedule, Scheduler, job_target
-from chimeway.db import writer
+from chimeway.db import plain, writer
 from chimeway.errors import InvalidInputError
 from chimeway.queue import JobHandle, JobInfo, JobQueue
 
@@ -203,7 +203,7 @@ def _register_in_session(jobs: JobQueue, fn: Callable[..., Any], label: str, tak
 
     def run(job: JobInfo, **args: Any) -> Any:
         # The tick's work and its own writes commit together, or not at all.
-        with Session(writer(engine), expire_on_commit=False) as session, session.begin():
+        with Session(writer(plain(engine)), expire_on_commit=False) as session, session.begin():
             return fn(**args, session=session, **({"job": job} if "job" in takes else {}))
 
     return jobs.register(run, name=label, max_attempts=max_attempts or 20).name

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import locked, writer
+from chimeway.db import locked, plain, writer
 from chimeway.models import Job
 from chimeway.planning import TriggerResult
 from chimeway.queue import JobInfo, JobOutcome, JobQueue, NewJob, Retry, Snooze
@@ -77,7 +77,7 @@ class RowJobs:
         self.clock = clock
         self._trigger = trigger
         self._lookup = lookup
-        self._writer = writer(jobs.engine)
+        self._writer = writer(plain(jobs.engine))  # the application's table: see chimeway.db.own_tables
         self._registered = False
 
     def register(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from chimeway.db import locked, tenant_key, writer
+from chimeway.db import locked, own_tables, plain, tenant_key, writer
 from chimeway.models import events_table
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
@@ -83,7 +83,7 @@ class Scanner:
         self.row_jobs = row_jobs
         self._trigger = trigger
         self._trigger_many = trigger_many
-        self._writer = writer(jobs.engine)
+        self._writer = writer(plain(jobs.engine))  # the application's table: see chimeway.db.own_tables
 
     def scan(self, trigger: RecordTrigger, now: datetime, *, actor: str | None) -> ScanResult:
         """One scan: every tenant in turn, at most ``record_limit`` rows each.
@@ -237,7 +237,7 @@ class Scanner:
             except Exception as exc:
                 failed[rkey] = (row_id, exc)
                 counts["failed"] += 1
-        done = existing_keys(session, [(tenant, key) for _, _, key, tenant in todo])
+        done = existing_keys(session, [(tenant, key) for _, _, key, tenant in todo], like=self.jobs.engine)
         fresh = []
         for item in todo:
             if (tenant_key(item[3]), item[2]) in done:
@@ -276,19 +276,22 @@ class Scanner:
         return counts
 
 
-def existing_keys(session: Session | sa.Connection, keys: Sequence[tuple[str | None, str]]) -> set[tuple[str, str]]:
+def existing_keys(session: Session | sa.Connection, keys: Sequence[tuple[str | None, str]], *,
+                  like: sa.Engine) -> set[tuple[str, str]]:
     """The ``(tenant, idempotency key)`` pairs that already have an event.
 
     Args:
         session: where to read.
         keys: ``(tenant, key)`` pairs.
+        like: Chimeway's engine (whose schema the events table is in).
     """
     by_tenant: dict[str, list[str]] = {}
     for tenant, key in keys:
         by_tenant.setdefault(tenant_key(tenant), []).append(key)
     found: set[tuple[str, str]] = set()
     e = events_table.c
-    for tenant, names in by_tenant.items():
-        query = sa.select(e.idempotency_key).where(e.tenant == tenant, e.idempotency_key.in_(names))
-        found.update((tenant, key) for key in session.execute(query).scalars())
+    with own_tables(session, like) as conn:
+        for tenant, names in by_tenant.items():
+            query = sa.select(e.idempotency_key).where(e.tenant == tenant, e.idempotency_key.in_(names))
+            found.update((tenant, key) for key in conn.execute(query).scalars())
     return found

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock, utc
 from chimeway.cron import CronSchedule, Scheduler
-from chimeway.db import tenant_key, writer
+from chimeway.db import plain, tenant_key, writer
 from chimeway.errors import InvalidInputError
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
@@ -56,7 +56,7 @@ class RecordTriggers:
         self.jobs = jobs
         self.scheduler = scheduler
         self.clock = clock
-        self._writer = writer(jobs.engine)
+        self._writer = writer(plain(jobs.engine))  # the application's table: see chimeway.db.own_tables
         self._triggers: dict[str, RecordTrigger] = {}
         self._registered = False
         self.row_jobs = RowJobs(jobs, clock, trigger, self.get)
@@ -220,7 +220,7 @@ class RecordTriggers:
         for tenant in trigger.tenant_list():
             condition = trigger.condition(now, tenant)
             last: tuple[Any, ...] | None = None
-            with Session(self.jobs.engine) as session:
+            with Session(plain(self.jobs.engine)) as session:
                 while True:
                     query = trigger.select(condition).where(trigger.after(last)).limit(trigger.batch_size)
                     rows = list(session.scalars(query).all() if trigger.orm else session.execute(query).all())
@@ -232,8 +232,7 @@ class RecordTriggers:
                     session.expunge_all()
         return matching, pending
 
-    @staticmethod
-    def _not_done(session: Session, trigger: RecordTrigger, rows: Sequence[Any], tenant: str | None,
+    def _not_done(self, session: Session, trigger: RecordTrigger, rows: Sequence[Any], tenant: str | None,
                   given: set[str]) -> int:
         if trigger.action is not None:
             return sum(1 for row in rows if row_key(trigger.row_id(row)) not in given)
@@ -243,5 +242,5 @@ class RecordTriggers:
                 keys.append((trigger.tenant_for(row, tenant), trigger.key_for(row, trigger.row_id(row))))
             except Exception:
                 continue
-        done = existing_keys(session, keys)
+        done = existing_keys(session, keys, like=self.jobs.engine)
         return sum(1 for t, key in keys if (tenant_key(t), key) not in done)

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from chimeway.clock import utc
-from chimeway.db import connection_of, tenant_key, writer
+from chimeway.db import own_tables, tenant_key, writer
 from chimeway.digest import flush_due
 from chimeway.dispatch.base import Due
 from chimeway.errors import ConfigurationError
@@ -147,7 +147,8 @@ class PolicyVerbs(AppBase):
         values = dict(tenant=tenant_key(request.tenant), recipient_id=request.recipient, scope=request.scope,
                       scope_key=request.scope_key, channel=request.channel)
         if session is not None:
-            write_preference(connection_of(session), **values, enabled=False, source="unsubscribe", now=now)
+            with own_tables(session, self.engine) as conn:
+                write_preference(conn, **values, enabled=False, source="unsubscribe", now=now)
         else:
             with writer(self.engine).begin() as conn:
                 write_preference(conn, **values, enabled=False, source="unsubscribe", now=now)
@@ -193,4 +194,5 @@ class PolicyVerbs(AppBase):
         when = utc(at) if at is not None else self.clock.now()
         the_plan = plan(notifier, params if params is not None else {}, idempotency_key="preview", tenant=tenant,
                         actor=None, correlation_id=None, cancellation_key=None, channels=self.channels, now=when)
-        return preview(self.policy, connection_of(session), the_plan)
+        with own_tables(session, self.engine) as conn:
+            return preview(self.policy, conn, the_plan)

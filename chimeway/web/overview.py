@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from chimeway.db import sql_in
 from chimeway.errors import InvalidInputError
 from chimeway.models import jobs_table
 from chimeway.queue import JOB_STATES
@@ -33,26 +34,26 @@ MINUTES = 60
 c = jobs_table.c
 
 # Every queue that has a job, one index probe per queue (a loose index scan).
-_QUEUES = sa.text(
+_QUEUES = (
     "WITH RECURSIVE q(name) AS ("
-    " SELECT min(queue) FROM chimeway_jobs"
-    " UNION ALL SELECT (SELECT min(queue) FROM chimeway_jobs WHERE queue > q.name)"
+    " SELECT min(queue) FROM {chimeway_jobs}"
+    " UNION ALL SELECT (SELECT min(queue) FROM {chimeway_jobs} WHERE queue > q.name)"
     " FROM q WHERE q.name IS NOT NULL)"
     " SELECT name FROM q WHERE name IS NOT NULL"
 )
 
 # The oldest job of one queue and state, whatever its priority: the fetch
 # index is ordered by priority first, so visit each priority present once.
-_OLDEST = sa.text(
+_OLDEST = (
     "WITH RECURSIVE p(priority) AS ("
-    " SELECT min(priority) FROM chimeway_jobs WHERE queue = :q AND state = :s"
-    " UNION ALL SELECT (SELECT min(priority) FROM chimeway_jobs"
+    " SELECT min(priority) FROM {chimeway_jobs} WHERE queue = :q AND state = :s"
+    " UNION ALL SELECT (SELECT min(priority) FROM {chimeway_jobs}"
     "  WHERE queue = :q AND state = :s AND priority > p.priority)"
     " FROM p WHERE p.priority IS NOT NULL)"
-    " SELECT min((SELECT min(scheduled_at) FROM chimeway_jobs j"
+    " SELECT min((SELECT min(scheduled_at) FROM {chimeway_jobs} j"
     "  WHERE j.queue = :q AND j.state = :s AND j.priority = p.priority)) AS oldest"
     " FROM p WHERE p.priority IS NOT NULL"
-).columns(oldest=UTCDateTime())
+)
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _oldest_due(conn: Connection, queue: str, counts: dict[tuple[str, str], int]
     for state in DUE_STATES:
         if not counts.get((queue, state)):
             continue
-        at = conn.execute(_OLDEST, {"q": queue, "s": state}).scalar()
+        at = conn.execute(sql_in(conn, _OLDEST).columns(oldest=UTCDateTime()), {"q": queue, "s": state}).scalar()
         if at is not None and at <= now and (oldest is None or at < oldest):
             oldest = at
     return oldest
@@ -121,7 +122,7 @@ def queue_rows(view: View) -> list[QueueRow]:
     paused = app.queue.paused_queues()
     since = now - timedelta(minutes=MINUTES)
     with app.engine.connect() as conn:
-        names = sorted(declared | set(conn.execute(_QUEUES).scalars()) | set(paused))
+        names = sorted(declared | set(conn.execute(sql_in(conn, _QUEUES)).scalars()) | set(paused))
         counts = _capped_counts(conn, names)
         rows = {n: QueueRow(name=n, declared=n in declared, paused_at=paused.get(n)) for n in names}
         for name, row in rows.items():

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import connection_of, locked, tenant_key, update_rows
+from chimeway.db import locked, own_tables, tenant_key, update_rows
 from chimeway.errors import InvalidInputError
 from chimeway.ids import as_uuid, new_id
 from chimeway.inbox import InboxItem
@@ -116,10 +116,10 @@ class SignalRouter:
             raise InvalidInputError(f"payload must be a dict, got {type(payload).__name__}")
         check_json(dict(payload or {}), name="payload")
         nid = None if notification_id is None else as_uuid(notification_id, name="notification_id")
-        conn = connection_of(session)
-        signal_id = self._insert(conn, name=name, actor=actor, tenant=tenant_key(tenant),
-                                 payload=redact(dict(payload or {})), notification_id=nid)
-        self._route_after(session, conn, signal_id)
+        with own_tables(session, self.workflows.engine) as conn:
+            signal_id = self._insert(conn, name=name, actor=actor, tenant=tenant_key(tenant),
+                                     payload=redact(dict(payload or {})), notification_id=nid)
+            self._route_after(session, conn, signal_id)
         return signal_id
 
     def inbox_signal(self, conn: Connection, name: str, item: InboxItem) -> None:

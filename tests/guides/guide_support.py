@@ -101,6 +101,36 @@ class GuideContext(contextlib.ExitStack):
         """A running SMTP server (aiosmtpd) that stores what it accepts."""
         return self.enter_context(smtp_server())
 
+    def postgres(self) -> str:
+        """URL of a fresh, empty PostgreSQL database, dropped when the guide ends.
+
+        Skips the guide when no PostgreSQL can be found or started (fails
+        instead under ``CHIMEWAY_REQUIRE_POSTGRES=1``).
+        """
+        import uuid
+
+        import pg
+
+        server = pg.server_url()
+        if server is None:
+            message = "no PostgreSQL for this guide's PostgreSQL-only section"
+            if pg.required():
+                pytest.fail(message)
+            pytest.skip(message)
+        name = f"chimeway_guide_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(f"postgresql+psycopg://{server[len('postgresql://'):]}/postgres",
+                                 isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+
+        self.callback(drop)
+        return f"postgresql+psycopg://{server[len('postgresql://'):]}/{name}"
+
     def cli(self, *args: str) -> str:
         """Run the ``chimeway`` command in-process; return what it printed (exit 0 asserted)."""
         out = io.StringIO()
