@@ -94,6 +94,11 @@ NAMING = {
 metadata = sa.MetaData(naming_convention=NAMING)
 
 
+def _partial(name: str, *columns: Any, where: str, **options: Any) -> sa.Index:
+    """An index over only the rows that match ``where`` (the same predicate on both backends)."""
+    return sa.Index(name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where), **options)
+
+
 class Base(DeclarativeBase):
     metadata = metadata
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
@@ -160,11 +165,10 @@ class Delivery(Base):
     __table_args__ = (
         sa.Index("ix_chimeway_deliveries_status_due", "status", "not_before"),
         # Sends in flight whose lease ran out: the rescuer's only query.
-        sa.Index(
+        _partial(
             "ix_chimeway_deliveries_lease",
             "lease_expires_at",
-            postgresql_where=sa.text("status = 'dispatched'"),
-            sqlite_where=sa.text("status = 'dispatched'"),
+            where="status = 'dispatched'",
         ),
     )
 
@@ -282,38 +286,34 @@ class Job(Base):
         sa.Index("ix_chimeway_jobs_fetch", "queue", "state", "priority", "scheduled_at", "id"),
         # The claim reads due jobs of one queue in (priority, scheduled_at, id)
         # order; a partial index over the due states serves it without a sort.
-        sa.Index(
+        _partial(
             "ix_chimeway_jobs_due",
             "queue",
             "priority",
             "scheduled_at",
             "id",
-            postgresql_where=sa.text(DUE_WHERE),
-            sqlite_where=sa.text(DUE_WHERE),
+            where=DUE_WHERE,
         ),
         # Running jobs, for the rescuer; keyed by id so that the only way into
         # it for an acknowledgement is by the acknowledged ids.
-        sa.Index(
+        _partial(
             "ix_chimeway_jobs_executing",
             "id",
-            postgresql_where=sa.text(EXECUTING_WHERE),
-            sqlite_where=sa.text(EXECUTING_WHERE),
+            where=EXECUTING_WHERE,
         ),
         # Only jobs that have a key: the claim and the acknowledgement never
         # name unique_key, so the planner cannot take this index for them.
-        sa.Index(
+        _partial(
             "uq_chimeway_jobs_unique_key",
             "unique_key",
             unique=True,
-            postgresql_where=sa.text(UNIQUE_WHERE),
-            sqlite_where=sa.text(UNIQUE_WHERE),
+            where=UNIQUE_WHERE,
         ),
         # The pruner walks cancelled jobs by when they were cancelled.
-        sa.Index(
+        _partial(
             "ix_chimeway_jobs_cancelled",
             "cancelled_at",
-            postgresql_where=sa.text(CANCELLED_WHERE),
-            sqlite_where=sa.text(CANCELLED_WHERE),
+            where=CANCELLED_WHERE,
         ),
     )
 
@@ -405,19 +405,17 @@ queue_states_table = _table(QueueState)
 
 # The dashboard finds a delivery's jobs by the id in their args, and charts
 # jobs finished per minute; neither may scan the whole table.
-sa.Index(
+_partial(
     "ix_chimeway_jobs_delivery",
     JsonText(jobs_table.c.args, "delivery_id"),
-    postgresql_where=sa.text("worker = 'chimeway.deliver'"),
-    sqlite_where=sa.text("worker = 'chimeway.deliver'"),
+    where="worker = 'chimeway.deliver'",
 )
-sa.Index(
+_partial(
     "ix_chimeway_jobs_finished",
     jobs_table.c.attempted_at,
     jobs_table.c.state,
     jobs_table.c.queue,
-    postgresql_where=sa.text("state IN ('completed','retryable','discarded')"),
-    sqlite_where=sa.text("state IN ('completed','retryable','discarded')"),
+    where="state IN ('completed','retryable','discarded')",
 )
 cron_ticks_table = _table(CronTick)
 
@@ -528,12 +526,11 @@ class DigestBatch(Base):
 
     __tablename__ = "chimeway_digests"
     __table_args__ = (
-        sa.Index(
+        _partial(
             "uq_chimeway_digests_open",
             "tenant", "notifier_key", "recipient_id", "channel", "digest_key",
             unique=True,
-            postgresql_where=sa.text("status = 'open'"),
-            sqlite_where=sa.text("status = 'open'"),
+            where="status = 'open'",
         ),
         sa.Index("ix_chimeway_digests_due", "status", "flush_at"),
     )
@@ -677,11 +674,10 @@ class Signal(Base):
     __tablename__ = "chimeway_signals"
     __table_args__ = (
         sa.Index("ix_chimeway_signals_actor", "tenant", "actor", "name"),
-        sa.Index(
+        _partial(
             "ix_chimeway_signals_unrouted",
             "created_at",
-            postgresql_where=sa.text("routed_at IS NULL"),
-            sqlite_where=sa.text("routed_at IS NULL"),
+            where="routed_at IS NULL",
         ),
         sa.Index("ix_chimeway_signals_routed", "routed_at"),
     )

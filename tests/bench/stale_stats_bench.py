@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _db import fresh_postgres  # noqa: E402
 
-from chimeway.db import create_engine  # noqa: E402
+from chimeway.db import create_engine, sql_in  # noqa: E402
 from chimeway.models import metadata  # noqa: E402
 from chimeway.queue import sql  # noqa: E402
 from chimeway.queue.plugins.pruner import Pruner, job_targets  # noqa: E402
@@ -96,7 +96,7 @@ def plans(engine: sa.Engine) -> list[str]:
     lines = []
     with engine.connect() as conn, conn.begin() as tx:
         params = {"claim_queue": "default", "limit": 20, "now": now, "by": "explain", "acks": []}
-        text = str(sql.CLAIM_PG.compile(dialect=conn.dialect))
+        text = str(sql_in(conn, sql.CLAIM_PG).compile(dialect=conn.dialect))
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cur = raw.cursor()

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg.sql import Literal
 
-from chimeway.db import create_engine
+from chimeway.db import create_engine, sql_in
 from chimeway.queue import sql
 
 pytestmark = pytest.mark.postgres
@@ -69,7 +69,7 @@ def plan(engine: sa.Engine, mode: str, acks: list[int], limit: int) -> dict[str,
             names.append(m.group(1))
         return f"${names.index(m.group(1)) + 1}"
 
-    text = re.sub(r"(?<!:):(\w+)", positional, sql.CLAIM_PG.text)
+    text = re.sub(r"(?<!:):(\w+)", positional, sql_in(engine, sql.CLAIM_PG).text)
     values = {"claim_queue": "default", "limit": limit, "now": NOW, "by": "w1", "acks": acks}
     with engine.connect() as conn:
         conn.execute(sa.text(f"SET plan_cache_mode = {mode}"))
