@@ -245,7 +245,9 @@ def test_trace_lookups_use_their_indexes_on_postgresql(pg_url: str) -> None:
         "recipient_any_tenant": "ix_chimeway_notifications_trace",
         "correlation": "ix_chimeway_events_correlation",
         "notifier": "ix_chimeway_events_notifier",
-        "outcomes": "ix_chimeway_events_notifier_time",
+        # By notifier and time, or by time alone when the window is short and
+        # the rows lie in time order (the planner's choice; both are bounded).
+        "outcomes": ("ix_chimeway_events_notifier_time", "ix_chimeway_events_created"),
     }
     found = {}
     for name, lookup in lookups.items():
@@ -263,7 +265,9 @@ def test_trace_lookups_use_their_indexes_on_postgresql(pg_url: str) -> None:
                 for table in ("events", "notifications", "deliveries"):
                     assert f"Seq Scan on chimeway_{table}" not in plan, f"{name} statement {i}:\n{statement}\n{plan}"
                 if i == 0:
-                    assert expected[name] in plan, f"{name}:\n{plan}"
+                    wanted = expected[name]
+                    assert any(index in plan for index in ((wanted,) if isinstance(wanted, str) else wanted)), \
+                        f"{name}:\n{plan}"
     assert [t.correlation_id for t in found["correlation"]] == ["req-777"]
     assert len(found["notifier"]) == 5 and found["notifier"].next_cursor is not None
     assert {t.deliveries[0].recipient_id for t in found["recipient"]} == {"user:42"}
