@@ -192,7 +192,9 @@ def own_tables(target: Session | Connection, like: Engine | Connection) -> Itera
     conn = connection_of(target)
     wanted = like.get_execution_options().get("schema_translate_map")
     current = conn.get_execution_options().get("schema_translate_map")
-    if (wanted or None) == (current or None):
+    # Without a schema of Chimeway's, the caller's connection is used exactly
+    # as it is (a translate map of the caller's own included).
+    if schema_of(like) is None or wanted == current:
         yield conn
         return
     conn.execution_options(schema_translate_map=wanted)

@@ -233,3 +233,19 @@ def test_two_apps_with_two_schemas_share_one_engine(engine: sa.Engine) -> None:
     assert first.work() == 2 and second.work() == 4
     first.close()
     second.close()
+
+
+def test_without_a_schema_the_callers_own_translate_map_is_left_alone(engine: sa.Engine) -> None:
+    # An application that maps schema-less tables itself (a schema per
+    # customer, say) keeps doing so for Chimeway's statements in its session.
+    Chimeway(engine=engine, schema="customer_7").migrate()
+    app = Chimeway(engine=engine, dispatcher="queue", channels={"rec": RecordingChannel()})
+    with engine.connect() as conn:
+        conn.execution_options(schema_translate_map={None: "customer_7"})
+        with conn.begin():
+            app.trigger(conn, Shipped, {"order": 1, "customer": "customer:ada"}, idempotency_key="mapped")
+        assert conn.get_execution_options()["schema_translate_map"][None] == "customer_7"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM customer_7.chimeway_events")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM customer_7.chimeway_jobs")).scalar() == 2
+    app.close()
