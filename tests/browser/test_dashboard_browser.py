@@ -129,14 +129,24 @@ def site(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Sit
 
 
 def _wait(browser: Any, condition: Any, timeout: float = 20.0) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)
+    # The live parts of a page are replaced as they refresh: an element found
+    # just before a refresh is gone by the time its text is read; look again.
+    return WebDriverWait(browser, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def _text(browser: Any, css: str) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
+    for _ in range(4):
+        try:
+            return str(browser.find_element(By.CSS_SELECTOR, css).text)
+        except StaleElementReferenceException:  # replaced by a live refresh between find and read
+            continue
     return str(browser.find_element(By.CSS_SELECTOR, css).text)
 
 
@@ -174,13 +184,14 @@ def test_find_a_failed_delivery_send_it_again_and_watch_it_succeed(
 
     site.receiver.ok = True
     browser.find_element(By.XPATH, "//button[normalize-space()='Send again']").click()
-    assert _text(browser, ".flash") == "Delivery sent again."
+    _wait(browser, lambda b: _text(b, ".flash") == "Delivery sent again.")
     # The worker sends it; the page's live refresh shows the new status without a reload.
     _wait(browser, lambda b: "succeeded" in _text(b, "#delivery .status"))
     assert "resent" in _text(browser, "#delivery")
     browser.save_screenshot(str(artifacts / "delivery-succeeded.png"))
 
     browser.find_element(By.CSS_SELECTOR, "#delivery a[href^='/events/']").click()
+    _wait(browser, lambda b: "/events/" in b.current_url)
     assert "Deliveries" in _text(browser, "main")
     browser.save_screenshot(str(artifacts / "event.png"))
 
@@ -191,7 +202,7 @@ def test_find_a_failed_delivery_send_it_again_and_watch_it_succeed(
     browser.save_screenshot(str(artifacts / "jobs.png"))
     browser.find_element(By.CSS_SELECTOR, f"input[name=ids][value='{waiting.id}']").click()
     browser.find_element(By.CSS_SELECTOR, "button[value=retry]").click()
-    assert _text(browser, ".flash") == "1 job(s) made due again."
+    _wait(browser, lambda b: _text(b, ".flash") == "1 job(s) made due again.")
     deadline = time.monotonic() + 20
     while site.app.explain(site.delivery_ids[1]).status != "succeeded":
         assert time.monotonic() < deadline
