@@ -190,11 +190,14 @@ def own_tables(target: Session | Connection, like: Engine | Connection) -> Itera
         like: Chimeway's engine.
     """
     conn = connection_of(target)
-    wanted = like.get_execution_options().get("schema_translate_map")
-    current = conn.get_execution_options().get("schema_translate_map")
     # Without a schema of Chimeway's, the caller's connection is used exactly
     # as it is (a translate map of the caller's own included).
-    if schema_of(like) is None or wanted == current:
+    if schema_of(like) is None:
+        yield conn
+        return
+    wanted = like.get_execution_options().get("schema_translate_map")
+    current = conn.get_execution_options().get("schema_translate_map")
+    if wanted == current:
         yield conn
         return
     conn.execution_options(schema_translate_map=wanted)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from chimeway.values import DeliveryResult
 
-__all__ = ["combine_devices", "token_hint"]
+__all__ = ["combine_devices", "data_object", "token_hint"]
+
+
+def data_object(raw: Any) -> Mapping[str, Any]:
+    """A push's custom ``data`` field as a mapping: rendered templates give JSON text, callers a dict.
+
+    Raises:
+        ValueError: the value is not a JSON object.
+    """
+    if raw is None or raw == "":
+        return {}
+    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(value, Mapping):
+        raise ValueError("data must be a JSON object")
+    return value
 
 
 def token_hint(token: str) -> str:

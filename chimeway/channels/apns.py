@@ -40,7 +40,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, EllipticCurvePrivateKey
 
-from chimeway.channels._devices import combine_devices, token_hint
+from chimeway.channels._devices import combine_devices, data_object, token_hint
 from chimeway.channels._http import HTTPChannel, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
@@ -85,11 +85,7 @@ def _verify(value: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
 
 def _data(raw: Any) -> dict[str, Any]:
     """Custom keys sent beside ``aps``: a JSON object (rendered templates give its text)."""
-    if raw is None or raw == "":
-        return {}
-    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
-    if not isinstance(value, Mapping):
-        raise ValueError("data must be a JSON object")
+    value = data_object(raw)
     if "aps" in value:
         raise ValueError("data cannot set 'aps' (Apple's own dictionary)")
     return dict(value)

@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from chimeway.channels._devices import combine_devices, token_hint
+from chimeway.channels._devices import combine_devices, data_object, token_hint
 from chimeway.channels._http import HTTPChannel, classify_http, json_object, parse_retry_after
 from chimeway.errors import ConfigurationError
 from chimeway.values import DeliveryResult, Message, Recipient
@@ -59,11 +59,7 @@ def _load_service_account(source: Mapping[str, Any] | str | os.PathLike[str]) ->
 
 def _data_field(raw: Any) -> dict[str, str]:
     """FCM's ``data`` is a string-to-string map; templates render JSON text."""
-    if raw is None or raw == "":
-        return {}
-    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
-    if not isinstance(value, Mapping):
-        raise ValueError("data must be a JSON object")
+    value = data_object(raw)
     reserved = [
         str(k)
         for k in value
