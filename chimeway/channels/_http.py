@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import math
 import socket
 import ssl
@@ -40,6 +41,17 @@ TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # the body waits for the peer's delayed ACK (~40 ms on Linux) on kept-alive
 # connections.
 NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+# Request arguments the direct path (see ``HTTPChannel.request``) builds
+# itself; anything else (``auth``, ``files``, ``cookies``...) goes through the
+# client.
+DIRECT_ARGS = frozenset({"content", "data", "json", "headers", "params"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
+    # Parsing a URL is a tenth of a request's cost; an endpoint is called many times.
+    return httpx.URL(url)
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
@@ -176,6 +188,7 @@ class HTTPChannel(Channel):
         self._owned: list[httpx.Client] = []
         self._owned_lock = threading.Lock()
         self._async_clients: dict[int, httpx.AsyncClient] = {}
+        self._timeouts = httpx.Timeout(timeout).as_dict()
 
     @property
     def client(self) -> httpx.Client:
@@ -185,14 +198,11 @@ class HTTPChannel(Channel):
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
             limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
-            client = httpx.Client(
-                timeout=self.timeout,
-                headers=self._headers,
-                limits=limits,
-                transport=httpx.HTTPTransport(limits=limits, socket_options=NO_DELAY, http2=self.http2,
-                                              verify=self.verify),
-            )
+            transport = httpx.HTTPTransport(limits=limits, socket_options=NO_DELAY, http2=self.http2,
+                                            verify=self.verify)
+            client = httpx.Client(timeout=self.timeout, headers=self._headers, limits=limits, transport=transport)
             self._local.client = client
+            self._local.transport = transport
             with self._owned_lock:
                 self._owned.append(client)
         return client
@@ -243,12 +253,41 @@ class HTTPChannel(Channel):
         return parse_retry_after(response.headers.get("retry-after"))
 
     def request(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response | DeliveryResult:
-        """Make one request; a transport error comes back as a temporary result."""
+        """Make one request; a transport error comes back as a temporary result.
+
+        The response is read in full and closed. A request with only
+        ``content``, ``data``, ``json``, ``headers`` and ``params`` goes
+        straight to this thread's connection pool, with the client's headers:
+        no cookie jar (a provider's ``Set-Cookie`` is never sent back, so one
+        recipient's endpoint cannot plant state in another's requests), no
+        redirects (never followed, as with the client), no auth flow. That
+        halves the per-request cost of httpx. Other arguments, and a
+        ``client=`` passed in, go through ``httpx.Client.request``.
+        """
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         try:
+            if self._shared_client is None and kwargs.keys() <= DIRECT_ARGS:
+                return self._direct(method, url, kwargs)
             return self.client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             return classify_transport_error(exc)
+
+    def _direct(self, method: str, url: str, kwargs: dict[str, Any]) -> httpx.Response:
+        client = self.client
+        transport: httpx.HTTPTransport = self._local.transport
+        headers = client.headers
+        extra = kwargs.pop("headers", None)
+        if extra:
+            headers = headers.copy()
+            headers.update(extra)
+        request = httpx.Request(method, _parsed(url), headers=headers, extensions={"timeout": self._timeouts}, **kwargs)
+        response = transport.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        response.request = request
+        return response
 
     async def request_async(
         self, method: str, path_or_url: str, **kwargs: Any

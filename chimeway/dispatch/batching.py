@@ -7,6 +7,11 @@ whichever thread arrives first become the leader: it takes every request
 queued so far and runs them as one batch, while the others wait for their
 share of the answer. Under load batches grow by themselves; a lone caller
 pays nothing extra (there is no waiting for company).
+
+Each waiter sleeps on a lock of its own, and is woken exactly once: when its
+answer is ready, or when it is handed the lead for the requests that queued up
+during the batch before. Nothing wakes every waiter at once, so fifty threads
+waiting cost no more than one.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "lead", "result", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.done = False
+        self.lead = False
         self.result: R | None = None
         self.error: BaseException | None = None
+        # Held from birth; released once, by whoever finishes or hands over.
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class Combiner(Generic[T, R]):
@@ -42,19 +51,19 @@ class Combiner(Generic[T, R]):
     def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 200) -> None:
         self._fn = fn
         self._max = max_batch
-        self._cv = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Slot[T, R]] = []
         self._busy = False
 
     def call(self, item: T) -> R:
         """Submit ``item`` and wait for its result (an exception of ``fn`` is re-raised)."""
         slot: _Slot[T, R] = _Slot(item)
-        with self._cv:
+        with self._mutex:
             self._queue.append(slot)
-            while not slot.done and self._busy:
-                self._cv.wait()
-            if not slot.done:
-                self._busy = True
+            if not self._busy:
+                self._busy = slot.lead = True
+        if not slot.lead:
+            slot.wake.acquire()
         if not slot.done:
             self._lead(slot)
         if slot.error is not None:
@@ -64,16 +73,20 @@ class Combiner(Generic[T, R]):
     def _lead(self, own: _Slot[T, R]) -> None:
         try:
             while not own.done:
-                with self._cv:
+                with self._mutex:
                     batch = self._queue[: self._max]
                     del self._queue[: self._max]
-                self._run(batch)
+                self._run(batch, own)
         finally:
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
+            with self._mutex:
+                # Hand the lead to the oldest waiter, or stand down.
+                heir = self._queue[0] if self._queue else None
+                self._busy = heir is not None
+            if heir is not None:
+                heir.lead = True
+                heir.wake.release()
 
-    def _run(self, batch: list[_Slot[T, R]]) -> None:
+    def _run(self, batch: list[_Slot[T, R]], own: _Slot[T, R]) -> None:
         try:
             results = self._fn([slot.item for slot in batch])
             if len(results) != len(batch):
@@ -86,5 +99,6 @@ class Combiner(Generic[T, R]):
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
                 slot.done = True
-        with self._cv:
-            self._cv.notify_all()
+        for slot in batch:
+            if slot is not own:
+                slot.wake.release()

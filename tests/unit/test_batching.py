@@ -58,3 +58,31 @@ def test_max_batch_splits_large_queues() -> None:
     for t in threads:
         t.join()
     assert sum(seen) == 10 and max(seen) <= 3
+
+
+def test_many_threads_hammering_one_combiner_each_get_their_own_answer() -> None:
+    # Leadership passes from thread to thread as batches finish; nobody may be
+    # left waiting, answered twice, or given another caller's result.
+    calls: list[int] = []
+    combiner: Combiner[int, int] = Combiner(lambda items: (calls.append(len(items)), [-i for i in items])[1],
+                                            max_batch=7)
+    results: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def caller(base: int) -> None:
+        for k in range(200):
+            n = base * 1000 + k
+            r = combiner.call(n)
+            with lock:
+                assert n not in results
+                results[n] = r
+
+    threads = [threading.Thread(target=caller, args=(b,)) for b in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert results == {b * 1000 + k: -(b * 1000 + k) for b in range(16) for k in range(200)}
+    assert sum(calls) == 16 * 200 and max(calls) <= 7
+    assert not combiner._busy and not combiner._queue

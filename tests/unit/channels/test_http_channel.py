@@ -65,3 +65,30 @@ def test_unreachable_is_temporary_and_retry_after_reads_dates() -> None:
     response = httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
     assert HTTPChannel.retry_after(response) == 0.0      # a date in the past: retry now
     hook.close()
+
+
+def test_a_providers_cookie_is_never_sent_back(server: FakeServer) -> None:
+    # One endpoint's Set-Cookie must not ride along on later deliveries (to it
+    # or to anyone else on the same host): channels keep no cookie jar.
+    hook = Hook(base_url=server.base_url)
+    server.enqueue(Reply(200, "ok", headers={"Set-Cookie": "session=planted; Path=/"}), Reply(200, "ok"))
+    assert [hook.send(_message()).outcome for _ in range(2)] == ["succeeded", "succeeded"]
+    assert "cookie" not in {k.lower() for k in server.requests[1].headers}
+    hook.close()
+
+
+def test_direct_requests_carry_the_clients_headers_and_the_callers(server: FakeServer) -> None:
+    class Tagged(HTTPChannel):
+        def send(self, message: Message) -> DeliveryResult:
+            response = self.request("POST", "/t", content=b"x", headers={"X-Call": "1"}, params={"q": "a b"})
+            assert not isinstance(response, DeliveryResult)
+            assert response.request.url.params["q"] == "a b" and response.read() == b"ok"
+            return self.classify(response)
+
+    hook = Tagged(base_url=server.base_url, headers={"X-Team": "core"})
+    assert hook.send(_message()).outcome == "succeeded"
+    (seen,) = server.requests
+    headers = {k.lower(): v for k, v in seen.headers.items()}
+    assert (headers["x-team"], headers["x-call"], seen.query, seen.body) == ("core", "1", {"q": ["a b"]}, b"x")
+    assert headers["user-agent"].startswith("python-httpx/") and headers["connection"] == "keep-alive"
+    hook.close()
