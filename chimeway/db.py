@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -486,6 +486,24 @@ def locked(query: sa.Select[Any], conn: Connection, *, skip_locked: bool = False
     if conn.dialect.name == "postgresql":
         return query.with_for_update(skip_locked=skip_locked, of=of)
     return query
+
+
+def any_of(bind: Engine | Connection, column: sa.ColumnElement[Any], values: Iterable[Any]) -> sa.ColumnElement[bool]:
+    """``column IN (values)``, as SQL whose text does not grow with the values.
+
+    On PostgreSQL it is ``column = ANY(:array)``: one parameter however many
+    values, so the statement's text is the same every time and the driver
+    prepares it once (an ``IN`` list of 50 ids is a new statement for every
+    length, parsed and planned afresh). SQLite gets the ``IN`` list.
+
+    Args:
+        bind: decides the dialect.
+        column: the column to match.
+        values: the values it may take.
+    """
+    if bind.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=sa.ARRAY(column.type)))
+    return column.in_(list(values))
 
 
 def update_returning(conn: Connection, statement: sa.Update, columns: Sequence[Any], *,

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import insert, own_tables, tenant_key, translated, writer
+from chimeway.db import insert, is_postgres, own_tables, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
@@ -441,27 +441,34 @@ def load_settings(conn: Connection, tenant: str, recipient_ids: Iterable[str]) -
     return out
 
 
-@lru_cache(maxsize=1)
-def _recipient_policy_query() -> sa.CompoundSelect[Any]:
-    # Built once: constructing this statement costs more than running it.
+@lru_cache(maxsize=2)
+def _recipient_policy_query(postgres: bool) -> sa.CompoundSelect[Any]:
+    # Built once per dialect: constructing this statement costs more than
+    # running it. On PostgreSQL the ids are one array parameter, so the text
+    # never changes and the driver prepares it once.
     p, r = preferences_table, recipient_settings_table
     text = sa.String(200)
     tenant: sa.BindParameter[str] = sa.bindparam("tenant")
-    ids: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+    ids: sa.BindParameter[Any] = (sa.bindparam("ids", type_=sa.ARRAY(text)) if postgres
+                                  else sa.bindparam("ids", expanding=True))
+
+    def among(column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+        return column == sa.any_(ids) if postgres else column.in_(ids)
+
     return sa.union_all(
         sa.select(
             sa.literal("p").label("kind"), p.c.recipient_id, p.c.scope, p.c.scope_key, p.c.channel,
             p.c.enabled, p.c.source, p.c.updated_at,
             sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
             sa.cast(sa.null(), text).label("quiet_end"),
-        ).where(p.c.tenant == tenant, p.c.recipient_id.in_(ids)),
+        ).where(p.c.tenant == tenant, among(p.c.recipient_id)),
         sa.select(
             sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
             sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
             sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
             sa.cast(sa.null(), p.c.updated_at.type),
             r.c.timezone, r.c.quiet_start, r.c.quiet_end,
-        ).where(r.c.tenant == tenant, r.c.recipient_id.in_(ids)),
+        ).where(r.c.tenant == tenant, among(r.c.recipient_id)),
     )
 
 
@@ -483,7 +490,7 @@ def load_recipient_policy(
     settings: dict[str, Settings] = {}
     if not ids:
         return preferences, settings
-    rows = conn.execute(_recipient_policy_query(), {"tenant": tenant, "ids": ids}).all()
+    rows = conn.execute(_recipient_policy_query(is_postgres(conn)), {"tenant": tenant, "ids": ids}).all()
     for row in rows:
         if row.kind == "p":
             preferences[row.recipient_id].append(_entry(row))

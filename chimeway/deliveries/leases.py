@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chimeway.db import locked, update_returning
+from chimeway.db import any_of, locked, rows_json, sql_in, update_returning
 from chimeway.deliveries.rows import decision_row
 from chimeway.deliveries.states import CLAIMABLE, Status, check_transition
 from chimeway.models import decisions_table, deliveries_table, notifications_table
@@ -70,10 +70,10 @@ def claim(
     statement = (
         sa.update(d)
         .where(
-            d.c.id.in_(list(ids)),
+            any_of(conn, d.c.id, ids),
             d.c.status.in_(CLAIMABLE),
             sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
-            d.c.channel.in_(list(channels)),
+            any_of(conn, d.c.channel, channels),
         )
         .values(status=Status.DISPATCHED, attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now,
                 lease_holder=holder, lease_expires_at=lease_until)
@@ -126,7 +126,44 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], *, now: datet
     for update in updates:
         check_transition([Status.DISPATCHED], update["b_status"])
     d = deliveries_table
-    statement = (
+    ids = [u["b_id"] for u in updates]
+    if conn.dialect.name == "postgresql":
+        # One statement of fixed text for the whole batch: the attempts travel
+        # as one JSON document, and the changed rows come back with RETURNING.
+        result = conn.execute(sql_in(conn, _RECORD_PG), {
+            "rows": rows_json([{k[2:]: v for k, v in u.items()} for u in updates]), "now": now,
+            "dispatched": Status.DISPATCHED,
+        })
+        changed = {row.id: row.status for row in result}
+        missing = [i for i in ids if i not in changed]
+    else:
+        # One statement for every row (executemany): the values differ per row, the shape does not.
+        conn.execute(_record_statement(now), list(updates))
+        changed, missing = {}, ids
+    if missing:
+        query = sa.select(d.c.id, d.c.status).where(any_of(conn, d.c.id, missing))
+        changed.update((row.id, row.status) for row in conn.execute(query))
+    return changed
+
+
+_RECORD_PG = """
+UPDATE {chimeway_deliveries} AS d SET
+    status = b.status, reason = b.reason, completed_at = b.completed_at,
+    not_before = coalesce(b.not_before, d.not_before),
+    provider_message_id = coalesce(b.provider_message_id, d.provider_message_id),
+    updated_at = :now
+FROM json_to_recordset(CAST(:rows AS json)) AS b(
+    id uuid, status text, reason text, completed_at timestamptz, not_before timestamptz,
+    provider_message_id text, holder text, attempt integer, succeeded boolean)
+WHERE d.id = b.id AND d.status = :dispatched
+  AND ((d.lease_holder = b.holder AND d.attempts = b.attempt) OR b.succeeded)
+RETURNING d.id, d.status
+"""
+
+
+def _record_statement(now: datetime) -> sa.Update:
+    d = deliveries_table
+    return (
         sa.update(d)
         .where(
             d.c.id == sa.bindparam("b_id"),
@@ -147,10 +184,6 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], *, now: datet
             updated_at=now,
         )
     )
-    # One statement for every row (executemany): the values differ per row, the shape does not.
-    conn.execute(statement, list(updates))
-    ids = [u["b_id"] for u in updates]
-    return {row.id: row.status for row in conn.execute(sa.select(d.c.id, d.c.status).where(d.c.id.in_(ids)))}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import writer
+from chimeway.db import insert_rows, writer
 from chimeway.decisions import Decision
 from chimeway.deliveries import FINAL, Released, Status, apply_decision
 from chimeway.dispatch.base import Due
@@ -474,7 +474,7 @@ class Executor:
             planned.append((item, status, retry_at))
         with writer(self.engine).begin() as conn:
             actual = deliveries.record(conn, updates, now=now)
-            conn.execute(sa.insert(attempts_table), attempts)
+            insert_rows(conn, attempts_table, attempts)
             inbox = [
                 {"b_id": item.claimed.message.notification_id, "b_content": dict(item.claimed.message.fields)}
                 for item, status, _ in planned
