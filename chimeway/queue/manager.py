@@ -282,6 +282,23 @@ class JobQueue(Operations, Browsing, Draining):
         self._inline_after(session, ids, {r["worker"] for r in rows})
         return ids
 
+    def cancel_unique(self, session: Session | Connection, keys: Sequence[str]) -> int:
+        """Cancel the jobs with these unique keys that have not started, in the caller's transaction.
+
+        A job already executing is left to finish.
+
+        Args:
+            session: the caller's ``Session`` or ``Connection``.
+            keys: unique keys (as given to ``NewJob(unique_key=...)``).
+
+        Returns:
+            how many jobs were cancelled.
+        """
+        if not keys:
+            return 0
+        with own_tables(session, self.engine) as conn:
+            return int(conn.execute(sql.CANCEL_UNIQUE, {"keys": list(keys), "now": self.clock.now()}).rowcount)
+
     def _row(self, job: NewJob, now: datetime) -> dict[str, Any]:
         handle = self._handles.get(job.worker)
         if not isinstance(job.worker, str) or not job.worker or len(job.worker) > 300:

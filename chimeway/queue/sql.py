@@ -249,6 +249,18 @@ CANCEL_ONE = (
     .values(state="cancelled", cancelled_at=sa.bindparam("now", type_=c.cancelled_at.type))
 )
 
+# Jobs made pointless by their callers' own writes (a workflow run that left
+# its wait before its timer fired), looked up through the unique key index.
+CANCEL_UNIQUE = (
+    sa.update(jobs)
+    .where(
+        c.unique_key.in_(sa.bindparam("keys", expanding=True)),
+        _UNIQUE_WHERE,
+        c.state.in_(DUE_STATES),
+    )
+    .values(state="cancelled", cancelled_at=sa.bindparam("now", type_=c.cancelled_at.type))
+)
+
 # Claiming given jobs (a test's inline mode runs the jobs its commit made):
 # the same transition as CLAIM, for the ones that are still due.
 CLAIM_IDS = (

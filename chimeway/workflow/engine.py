@@ -68,9 +68,12 @@ __all__ = [
     "run_from",
     "step_outcome",
     "wait_due",
+    "wait_key",
 ]
 
 FINAL = tuple(sorted(DELIVERY_FINAL))
+# Runs whose early signals one statement reads (each adds an actor and a notification id to it).
+SIGNAL_CHUNK = 500
 
 
 @dataclass(kw_only=True)
@@ -151,6 +154,11 @@ class Batch:
     planned_notifications: list[dict[str, Any]] = field(default_factory=list)
     # Messages the planner already rendered: (recipient id, step) → fields.
     rendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    # The timer jobs of the waits runs left here (their unique keys): pointless now.
+    left_waits: list[str] = field(default_factory=list)
+    # The first unused signal of a due wait, read for many runs at once:
+    # run id → (the run's signal mark, the deadline, the signal or None).
+    early_signals: dict[uuid.UUID, tuple[uuid.UUID, datetime, SignalRow | None]] = field(default_factory=dict)
 
     @property
     def due(self) -> list[Due]:
@@ -168,6 +176,8 @@ class Batch:
             reason: why it moved.
             context: the details of why (JSON values).
         """
+        if run.state == "waiting" and run.wait_until is not None:
+            self.left_waits.append(wait_key(run))
         self.transitions.append({
             "id": new_id(), "run_id": run.id, "seq": run.transitions + 1, "at": self.now,
             "from_state": None if run.transitions == 0 else run.state, "to_state": to_state,
@@ -198,6 +208,52 @@ class Batch:
             insert_rows(conn, decisions_table, decisions)
         insert_rows(conn, workflow_deliveries_table, self.links)
         insert_rows(conn, workflow_transitions_table, self.transitions)
+
+    def read_early_signals(self, waits: Sequence[tuple[RunState, Sequence[str]]]) -> None:
+        """Find, for many due waits at once, the first signal each run has not used yet.
+
+        What :func:`wait_due` would otherwise ask the database once per run:
+        one statement per :data:`SIGNAL_CHUNK` runs reads every candidate
+        (one of their tenants, actors and signal names, newer than the oldest
+        mark, older than the latest deadline) and each run then picks its own.
+
+        Args:
+            waits: runs waiting on a due wait, each with the signal names that wait takes.
+        """
+        s = signals_table
+        for first in range(0, len(waits), SIGNAL_CHUNK):
+            part = [(run, names) for run, names in waits[first:first + SIGNAL_CHUNK]
+                    if names and run.wait_until is not None]
+            if not part:
+                continue
+            # Three plain lists rather than (tenant, actor, name) tuples: the
+            # database plans one index scan, not one per tuple.
+            query = (
+                sa.select(s.c.id, s.c.tenant, s.c.name, s.c.actor, s.c.notification_id, s.c.created_at)
+                .where(s.c.tenant.in_(sorted({run.tenant for run, _ in part})),
+                       s.c.actor.in_(sorted({run.recipient.id for run, _ in part})),
+                       s.c.name.in_(sorted({name for _, names in part for name in names})),
+                       s.c.id > min(run.signal_mark for run, _ in part),
+                       s.c.created_at < max(run.wait_until for run, _ in part if run.wait_until is not None),
+                       sa.or_(s.c.notification_id.is_(None),
+                              s.c.notification_id.in_(sorted({run.notification_id for run, _ in part}))))
+                .order_by(s.c.id)
+            )
+            found: dict[tuple[str, str], list[Any]] = {}
+            for row in self.conn.execute(query):
+                found.setdefault((row.tenant, row.actor), []).append(row)
+            for run, names in part:
+                assert run.wait_until is not None
+                first_unused = next((
+                    row for row in found.get((run.tenant, run.recipient.id), ())
+                    if row.name in names and row.id > run.signal_mark and row.created_at < run.wait_until
+                    and row.notification_id in (None, run.notification_id)
+                ), None)
+                self.early_signals[run.id] = (run.signal_mark, run.wait_until, None if first_unused is None else
+                                              SignalRow(id=first_unused.id, name=first_unused.name,
+                                                        actor=first_unused.actor,
+                                                        notification_id=first_unused.notification_id,
+                                                        created_at=first_unused.created_at))
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,
@@ -250,7 +306,7 @@ def run_from(batch: Batch, program: Program, run: RunState, index: int | None, r
         batch.transition(run, "waiting", index, reason, waiting)
         run.wait_signals = list(op.signals) or None
         if batch.check_signals and op.signals:
-            early = _unused_signal(batch.conn, run, op.signals)
+            early = _unused_signal(batch, run, op.signals)
             if early is not None:
                 moved = apply_signal(batch, program, run, early, before_wait=True)
                 if moved:
@@ -258,7 +314,7 @@ def run_from(batch: Batch, program: Program, run: RunState, index: int | None, r
         if run.wait_until is not None:
             batch.jobs.append(NewJob(worker=PROGRESS_WORKER, queue=WORKFLOW_QUEUE,
                                      args={"run_id": str(run.id), "step": index},
-                                     scheduled_at=run.wait_until))
+                                     scheduled_at=run.wait_until, unique_key=wait_key(run)))
         return
 
 
@@ -326,7 +382,7 @@ def wait_due(batch: Batch, program: Program, run: RunState) -> bool:
     if op.signals:
         # A signal recorded before the deadline wins, however late it is
         # routed (a backlog of router jobs, a crash between commit and routing).
-        early = _unused_signal(batch.conn, run, op.signals, before=run.wait_until)
+        early = _unused_signal(batch, run, op.signals, before=run.wait_until)
         if early is not None and apply_signal(batch, program, run, early, routed_late=True):
             return True
     reason = "timeout" if op.until else "wait_elapsed"
@@ -366,10 +422,23 @@ def apply_signal(batch: Batch, program: Program, run: RunState, signal: SignalRo
     return True
 
 
-def _unused_signal(conn: Connection, run: RunState, names: Sequence[str], *,
+def wait_key(run: RunState) -> str:
+    """The unique key of the timer job of the wait ``run`` is in (its transition into the wait names it).
+
+    Args:
+        run: a run that has just entered, or is in, a wait.
+    """
+    return f"{PROGRESS_WORKER}:{run.id}:{run.transitions}"
+
+
+def _unused_signal(batch: Batch, run: RunState, names: Sequence[str], *,
                    before: datetime | None = None) -> SignalRow | None:
     # A signal that came while the run was elsewhere (the recipient read the
     # in-app message before its delivery step finished) still counts once.
+    known = batch.early_signals.get(run.id)
+    if known is not None and before is not None and known[:2] == (run.signal_mark, before):
+        return known[2]
+    conn = batch.conn
     s = signals_table
     query = (
         sa.select(s.c.id, s.c.name, s.c.actor, s.c.notification_id, s.c.created_at)

@@ -64,6 +64,7 @@ from chimeway.workflow.engine import (
     wait_due,
 )
 from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
+from chimeway.workflow.program import WaitOp
 from chimeway.workflow.signals import SignalRouter
 from chimeway.workflow.steps import (
     DeliverOp,
@@ -78,6 +79,8 @@ log = logging.getLogger("chimeway.workflows")
 
 ACTIVE = ("active", "waiting")
 SWEEP_BATCH = 500
+# Transactions of due waits one ProgressionWorker job advances at most.
+JOB_ROUNDS = 10
 _ZERO = uuid.UUID(int=0)
 
 
@@ -234,7 +237,7 @@ class Workflows:
         """
         rid = as_uuid(run_id, name="run_id")
         r = workflow_runs_table
-        return self._advance([r.c.id == rid], lambda b, p, run: self._due(b, p, run, step)) > 0
+        return bool(self._advance([r.c.id == rid], lambda b, p, run: self._due(b, p, run, step)))
 
     def progress_due(self, *, limit: int = SWEEP_BATCH, stale_after: timedelta = timedelta(seconds=60)) -> int:
         """The safety-net sweep: advance every run whose wait is due or whose step is done.
@@ -252,20 +255,14 @@ class Workflows:
             how many runs advanced.
         """
         r, link, d = workflow_runs_table, workflow_deliveries_table, deliveries_table
-        moved = 0
-        while True:
-            now = self.clock.now()
-            n = self._advance([r.c.state == "waiting", r.c.wait_until <= now],
-                              lambda b, p, run: wait_due(b, p, run), limit=limit, order=r.c.wait_until)
-            moved += n
-            if n < limit:
-                break
+        moved = len(self._advance_due_waits(limit=limit))
         cutoff = self.clock.now() - stale_after
         unfinished = (sa.select(link.c.delivery_id).join(d, d.c.id == link.c.delivery_id)
                       .where(link.c.run_id == r.c.id, link.c.step == r.c.step, d.c.status.not_in(FINAL)))
         while True:
-            n = self._advance([r.c.state == "active", r.c.updated_at <= cutoff, ~unfinished.exists()],
-                              lambda b, p, run: self._due(b, p, run, None), limit=limit, order=r.c.updated_at)
+            n = len(self._advance([r.c.state == "active", r.c.updated_at <= cutoff, ~unfinished.exists()],
+                                  lambda b, p, run: self._due(b, p, run, None), limit=limit,
+                                  order=r.c.updated_at))
             moved += n
             if n < limit:
                 break
@@ -273,7 +270,12 @@ class Workflows:
         return moved
 
     def progression_worker(self, run_id: str | None = None, step: int | None = None) -> int:
-        """The ``ProgressionWorker`` job: one run's due wait, or (no args) the sweep.
+        """The ``ProgressionWorker`` job: a run's due wait, with every other due wait; or (no args) the sweep.
+
+        Waits fall due in crowds (a campaign, a restart), so the job of the
+        first one advances all that are due, :data:`SWEEP_BATCH` runs per
+        transaction, and each of those transactions cancels the jobs of the
+        runs it moved: they are not left queued to find nothing to do.
 
         Args:
             run_id: the run whose wait fell due.
@@ -281,25 +283,33 @@ class Workflows:
         """
         if run_id is None:
             return self.progress_due()
+        rid = as_uuid(run_id, name="run_id")
+        moved = self._advance_due_waits(limit=SWEEP_BATCH, rounds=JOB_ROUNDS)
+        if rid in moved:
+            return len(moved)
         r = workflow_runs_table
-        now = self.clock.now()
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(r.c.state, r.c.step, r.c.wait_until)
-                               .where(r.c.id == as_uuid(run_id, name="run_id"))).first()
-            backlog = conn.execute(sa.select(r.c.id).where(r.c.state == "waiting", r.c.wait_until <= now,
-                                                           r.c.id != as_uuid(run_id)).limit(1)).first()
-        moved = 0
-        # A committed run only moves forward: if it has left this wait (the
-        # sweep or a signal got there first) there is nothing to lock.
+            row = conn.execute(sa.select(r.c.state, r.c.step).where(r.c.id == rid)).first()
+        # A committed run only moves forward: if it has left this wait (a
+        # batch or a signal got there first) there is nothing to lock. If it
+        # still waits, another transaction held it above: wait for its lock.
         if row is not None and row.state == "waiting" and (step is None or row.step == step):
-            moved += int(self.progress(run_id, step=step))
-        if backlog is not None:
-            # Many waits falling due together (a campaign, a restart) are
-            # advanced in batches by whichever job runs first; the jobs of the
-            # runs it advanced then find nothing to do.
-            moved += self._advance([r.c.state == "waiting", r.c.wait_until <= now],
-                                   lambda b, p, run: wait_due(b, p, run), limit=SWEEP_BATCH,
-                                   order=r.c.wait_until)
+            return len(moved) + int(self.progress(rid, step=step))
+        return len(moved)
+
+    def _advance_due_waits(self, *, limit: int, rounds: int | None = None) -> list[uuid.UUID]:
+        """Advance runs whose wait is due, ``limit`` per transaction, skipping runs others hold."""
+        r = workflow_runs_table
+        moved: list[uuid.UUID] = []
+        done = 0
+        while rounds is None or done < rounds:
+            now = self.clock.now()
+            ids = self._advance([r.c.state == "waiting", r.c.wait_until <= now],
+                                lambda b, p, run: wait_due(b, p, run), limit=limit, order=r.c.wait_until)
+            moved += ids
+            done += 1
+            if len(ids) < limit:
+                break
         return moved
 
     def _due(self, batch: Batch, program: Program, run: RunState, step: int | None) -> bool:
@@ -329,23 +339,24 @@ class Workflows:
 
     def _advance(self, where: Sequence[sa.ColumnElement[bool]],
                  act: Callable[[Batch, Program, RunState], bool], *, limit: int | None = None,
-                 order: Any = None) -> int:
-        """Lock the matching runs, apply ``act`` to each, write what it decided; returns how many moved."""
+                 order: Any = None) -> list[uuid.UUID]:
+        """Lock the matching runs, apply ``act`` to each, write what it decided; returns the runs that moved."""
         with self._writer.begin() as conn:
             rows = self.locked_runs(conn, where, limit=limit, order=order, skip_locked=limit is not None)
             if not rows:
-                return 0
+                return []
             batch = self.new_batch(conn, rows)
-            moved = 0
-            for row in rows:
-                run = load_run(row)
-                program = self.program(conn, run)
+            runs = [(run, self.program(conn, run)) for run in map(load_run, rows)]
+            batch.read_early_signals([(run, names) for run, program in runs if program is not None
+                                      for names in [_due_wait_signals(program, run, batch.now)] if names])
+            moved: list[uuid.UUID] = []
+            for run, program in runs:
                 if program is None:
                     batch.transition(run, "stopped", run.step, "workflow_unavailable",
                                      {"version": run.notifier_version, "fingerprint": run.fingerprint[:12]})
-                    moved += 1
+                    moved.append(run.id)
                 elif act(batch, program, run):
-                    moved += 1
+                    moved.append(run.id)
             self.write(conn, batch)
         return moved
 
@@ -412,6 +423,8 @@ class Workflows:
         """
         batch.write()
         self._update_runs(conn, batch.runs.values(), batch.now)
+        if batch.left_waits:
+            self.queue.cancel_unique(conn, batch.left_waits)
         if batch.jobs:
             self.queue.insert_many(conn, batch.jobs)
         due = batch.due
@@ -493,3 +506,11 @@ class Workflows:
                               detail=by)
             self.write(conn, batch)
         return len(rows)
+
+
+def _due_wait_signals(program: Program, run: RunState, now: datetime) -> tuple[str, ...]:
+    """The signal names of the wait ``run`` is in, if that wait has fallen due (else none)."""
+    if run.state != "waiting" or run.step is None or run.wait_until is None or run.wait_until > now:
+        return ()
+    op = program.ops[run.step]
+    return op.signals if isinstance(op, WaitOp) else ()

@@ -2,28 +2,45 @@
 
 Creates (and drops) its own database on ``CHIMEWAY_BENCH_PG`` (default
 ``postgresql://postgres@127.0.0.1:5432``) and measures, with the queue
-dispatcher and a fake clock (so "due" costs no waiting):
+dispatcher and a fake clock (so "due" costs no waiting). Every figure is
+timed until the work is done *and* its queue is drained: no job of that
+queue is left available, scheduled, retryable or executing. CPU figures
+are this process's CPU time (Chimeway's Python, worker threads included;
+not the database server's) divided by the runs or signals.
 
-- planning: triggers of a workflow notifier per second (runs created);
-- progression: 10,000 runs waiting, the clock moves past their wait, and the
-  ``ProgressionWorker`` sweep (``app.progress_due()``) advances them all —
-  each advance renders and plans the next delivery; runs/s. Also the
-  per-run ``ProgressionWorker`` jobs (one job per run, as scheduled when the
-  wait began): left over after the sweep, and advancing runs on a worker
-  that runs no sweep, timed from the worker's start until every run moved
-  and the queue is drained;
-- signals: 10,000 ``notification.read`` signals tracked (one router job
-  each, as ``track`` enqueues them) for 10,000 waiting runs; time until all
-  are routed by a worker running ``SignalRouterWorker`` jobs and its queue
-  is drained; signals/s.
+- planning: ``--runs`` triggers of a workflow notifier (``wait(minutes=10,
+  unless="notification.read")`` then ``deliver("email")``), 500 per
+  transaction; the clock covers the trigger transactions up to their last
+  commit; runs/s.
+- progression, sweep: ``--runs`` runs wait, the clock moves past their wait,
+  and ``app.progress_due()`` advances them all (each advance renders and
+  plans the email, and queues its delivery job); then ``app.work()`` runs
+  whatever ``chimeway_workflows`` jobs are still due (the runs' own timer
+  jobs, had the sweep left them). The clock covers both, from the sweep's
+  call until ``work()`` returns; runs/s, and how many leftover jobs ran.
+- progression, per-run jobs: the same, with no sweep: a worker (10 threads
+  on ``chimeway_workflows``, no plugins) runs the runs' own
+  ``ProgressionWorker`` jobs. The clock covers the worker's start until
+  every run has moved on and the queue is drained; runs/s.
+- signals: ``--runs`` ``notification.read`` signals tracked for as many
+  waiting runs, 1,000 per transaction (one ``SignalRouterWorker`` job each,
+  as ``track`` enqueues them): the clock covers the track transactions to
+  their last commit; then a worker (10 threads on ``chimeway_signals``, no
+  plugins) routes them: from its start until every signal is routed and
+  the signals queue is drained; signals/s. It also says how many timer jobs
+  of the runs the signals stopped are still queued.
 
-Run: ``.venv/bin/python tests/bench/workflow_bench.py [--runs 10000]``.
+Each progression figure is measured ``--rounds`` times (fresh runs each
+round, the two ways alternating) and printed per round and as the median.
+
+Run: ``.venv/bin/python tests/bench/workflow_bench.py [--runs 10000] [--rounds 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import threading
 import time
@@ -46,6 +63,9 @@ from chimeway.models import metadata, signals_table, workflow_runs_table  # noqa
 from chimeway.testing import FakeClock, RecordingChannel  # noqa: E402
 from chimeway.workflow import deliver, wait  # noqa: E402
 
+WORKFLOWS = "chimeway_workflows"
+SIGNALS = "chimeway_signals"
+
 
 class Nudge(Notifier):
     key = "bench_nudge"
@@ -56,6 +76,17 @@ class Nudge(Notifier):
         return [Recipient(id=str(params["user"]), email=f"{params['user']}@example.test")]
 
 
+class Stopwatch:
+    """Wall and CPU time of this process from ``start`` to ``stop``."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
 def trigger_many(app: Chimeway, runs: int, prefix: str, chunk: int = 500) -> float:
@@ -68,8 +99,8 @@ def trigger_many(app: Chimeway, runs: int, prefix: str, chunk: int = 500) -> flo
     return time.perf_counter() - started
 
 
-def with_worker(app: Chimeway, queues: dict[str, int], done: Callable[[], bool]) -> float:
-    """Seconds from the worker's start until ``done()`` holds.
+def with_worker(app: Chimeway, queues: dict[str, int], done: Callable[[], bool], clock: Stopwatch) -> None:
+    """Time (into ``clock``) from the worker's start until ``done()`` holds.
 
     The worker runs ``queues`` (threads per queue) with no plugins: the
     workflow sweep, cron and rescues would otherwise do part of the work the
@@ -79,23 +110,23 @@ def with_worker(app: Chimeway, queues: dict[str, int], done: Callable[[], bool])
     worker = threading.Thread(target=app.queue.run_worker,
                               kwargs={"queues": queues, "poll_interval": 0.05, "stop_event": stop,
                                       "plugins": ()})
-    started = time.perf_counter()
+    clock.start()
     worker.start()
     try:
         while not done():
-            time.sleep(0.02)
-        return time.perf_counter() - started
+            time.sleep(0.01)
+        clock.stop()
     finally:
         stop.set()
         worker.join(60)
 
 
-def drained(app: Chimeway, queue: str) -> bool:
-    """No job of ``queue`` waits or runs."""
+def unfinished_jobs(app: Chimeway, queue: str) -> int:
+    """Jobs of ``queue`` that wait (due or not) or run."""
     with app.engine.connect() as conn:
-        return not conn.execute(sa.text(
-            "SELECT 1 FROM chimeway_jobs WHERE queue = :q AND state IN "
-            "('available', 'scheduled', 'retryable', 'executing') LIMIT 1"), {"q": queue}).first()
+        return int(conn.execute(sa.text(
+            "SELECT count(*) FROM chimeway_jobs WHERE queue = :q AND state IN "
+            "('available', 'scheduled', 'retryable', 'executing')"), {"q": queue}).scalar_one())
 
 
 def count(app: Chimeway, *where: Any) -> int:
@@ -104,43 +135,72 @@ def count(app: Chimeway, *where: Any) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(r).where(*where)).scalar_one())
 
 
+def due_runs(app: Chimeway, clock: FakeClock, runs: int, prefix: str) -> None:
+    with app.engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE chimeway_jobs"))
+    trigger_many(app, runs, prefix)
+    assert count(app, workflow_runs_table.c.state == "waiting") == runs
+    clock.advance(minutes=10)
+
+
+def sweep_round(app: Chimeway, clock: FakeClock, runs: int, prefix: str) -> tuple[float, float, int]:
+    due_runs(app, clock, runs, prefix)
+    active = count(app, workflow_runs_table.c.state == "active")
+    timer = Stopwatch()
+    timer.start()
+    moved = app.progress_due()
+    leftover = app.work(queues=[WORKFLOWS])
+    timer.stop()
+    assert moved == runs and count(app, workflow_runs_table.c.state == "active") == active + runs, moved
+    assert unfinished_jobs(app, WORKFLOWS) == 0
+    return timer.wall, timer.cpu, leftover
+
+
+def jobs_round(app: Chimeway, clock: FakeClock, runs: int, prefix: str) -> tuple[float, float]:
+    due_runs(app, clock, runs, prefix)
+    r = workflow_runs_table
+    active = count(app, r.c.state == "active")
+    timer = Stopwatch()
+    with_worker(app, {WORKFLOWS: 10},
+                lambda: count(app, r.c.state == "waiting") == 0 and unfinished_jobs(app, WORKFLOWS) == 0, timer)
+    assert count(app, r.c.state == "active") == active + runs
+    return timer.wall, timer.cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     server = os.environ.get("CHIMEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
     runs = args.runs
+    print(f"{runs} runs per measurement, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     with fresh_postgres(server=server) as url:
-        engine = create_engine(url, pool_size=10)
+        engine = create_engine(url, pool_size=12)
         metadata.create_all(engine)
         clock = FakeClock()
         app = Chimeway(engine=engine, clock=clock, dispatcher="queue", channels={"email": RecordingChannel()})
-        r = workflow_runs_table
 
-        took = trigger_many(app, runs, "a")
+        took = trigger_many(app, runs, "p")
         print(f"planning      {runs} workflow triggers in {took:.2f}s: {runs / took:,.0f} runs/s")
-        assert count(app, r.c.state == "waiting") == runs
-
         clock.advance(minutes=10)
-        started = time.perf_counter()
-        moved = app.progress_due()
-        took = time.perf_counter() - started
-        assert moved == runs and count(app, r.c.state == "active") == runs, moved
-        print(f"progression   sweep advanced {moved} due runs in {took:.2f}s: {moved / took:,.0f} runs/s")
-        started = time.perf_counter()
-        jobs = app.work(queues=["chimeway_workflows"])
-        took = time.perf_counter() - started
-        print(f"              then {jobs} per-run ProgressionWorker jobs found nothing left "
-              f"to do in {took:.2f}s: {jobs / took:,.0f} jobs/s")
+        app.progress_due()
 
-        with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE chimeway_jobs"))
-        trigger_many(app, runs, "b")
-        clock.advance(minutes=10)
-        took = with_worker(app, {"chimeway_workflows": 10},
-                           lambda: drained(app, "chimeway_workflows") and count(app, r.c.state == "waiting") == 0)
-        print(f"progression   {runs} per-run ProgressionWorker jobs (a worker, 10 threads, no sweep) advanced "
-              f"their runs in {took:.2f}s, timed until the queue was drained: {runs / took:,.0f} runs/s")
+        sweeps: list[float] = []
+        jobs: list[float] = []
+        for round_ in range(args.rounds):
+            wall, cpu, leftover = sweep_round(app, clock, runs, f"s{round_}-")
+            sweeps.append(runs / wall)
+            print(f"progression   sweep, until the workflow queue is drained: {runs} runs in {wall:.2f}s = "
+                  f"{runs / wall:,.0f} runs/s ({1000 * cpu / runs:.2f} ms CPU/run; "
+                  f"{leftover} leftover timer jobs ran)")
+            wall, cpu = jobs_round(app, clock, runs, f"j{round_}-")
+            jobs.append(runs / wall)
+            print(f"progression   per-run ProgressionWorker jobs (a worker, 10 threads, no sweep), until the "
+                  f"queue is drained: {runs} runs in {wall:.2f}s = {runs / wall:,.0f} runs/s "
+                  f"({1000 * cpu / runs:.2f} ms CPU/run)")
+        print(f"progression   median of {args.rounds}: sweep {statistics.median(sweeps):,.0f} runs/s, "
+              f"per-run jobs {statistics.median(jobs):,.0f} runs/s")
 
         with engine.begin() as conn:
             conn.execute(sa.text("TRUNCATE chimeway_jobs"))
@@ -159,12 +219,15 @@ def main() -> None:
             with engine.connect() as conn:
                 return int(conn.execute(sa.select(sa.func.count(s.c.routed_at))).scalar_one()) == runs
 
-        took = with_worker(app, {"chimeway_signals": 10}, lambda: routed() and drained(app, "chimeway_signals"))
+        timer = Stopwatch()
+        with_worker(app, {SIGNALS: 10}, lambda: routed() and unfinished_jobs(app, SIGNALS) == 0, timer)
         with engine.connect() as conn:
             matched = conn.execute(sa.select(sa.func.sum(s.c.matched))).scalar_one()
         assert matched == runs, matched
-        print(f"signals       {runs} routed ({matched} runs stopped) by SignalRouterWorker jobs "
-              f"(a worker, 10 threads) in {took:.2f}s: {runs / took:,.0f} signals/s")
+        print(f"signals       {runs} routed ({matched} runs stopped) by SignalRouterWorker jobs (a worker, "
+              f"10 threads), until the queue is drained: {timer.wall:.2f}s = {runs / timer.wall:,.0f} signals/s "
+              f"({1000 * timer.cpu / runs:.2f} ms CPU/signal); timer jobs of the stopped runs still queued: "
+              f"{unfinished_jobs(app, WORKFLOWS)}")
         app.close()
         engine.dispose()
 

@@ -17,16 +17,25 @@ import pytest
 import sqlalchemy as sa
 from journeys import Mention, Race, Routed
 from sqlalchemy.orm import Session
+from wf_batch_proc import Tick
 from wf_crash_notifiers import Crashy
 
 from chimeway import Chimeway, DeliveryResult
 from chimeway.db import create_engine
-from chimeway.models import deliveries_table, signals_table, workflow_transitions_table
+from chimeway.models import (
+    deliveries_table,
+    jobs_table,
+    signals_table,
+    workflow_deliveries_table,
+    workflow_runs_table,
+    workflow_transitions_table,
+)
 from chimeway.testing import FakeClock, RecordingChannel
 from chimeway.workflow import steps as workflow_steps
 
 pytestmark = pytest.mark.postgres
 SCRIPT = Path(__file__).with_name("wf_crash_proc.py")
+BATCH_SCRIPT = Path(__file__).with_name("wf_batch_proc.py")
 
 
 @pytest.fixture
@@ -93,6 +102,70 @@ def test_ten_threads_advance_a_due_run_exactly_once(pg_app: Any, dispatcher: str
     assert [t.reason for t in elapsed] == ["wait_elapsed"]
     assert len(email.sent) == 1
     assert app.explain_run(run_id).state == "completed"
+
+
+def test_processes_and_threads_racing_over_many_due_runs_advance_each_once(pg_url: str) -> None:
+    runs = 300
+    app = Chimeway(engine=create_engine(pg_url, pool_size=20, max_overflow=20), dispatcher="queue",
+                   channels={"email": RecordingChannel()})
+    # Two processes, each with a worker running the runs' timer jobs and a
+    # sweep, race this process's sweeps, timer job calls and single-run
+    # advances over the same runs as they fall due.
+    procs = [subprocess.Popen([sys.executable, str(BATCH_SCRIPT), pg_url, str(runs), "60"], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                              cwd=BATCH_SCRIPT.parent)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    with Session(app.engine) as session, session.begin():
+        nids = [app.trigger(session, Tick, {"user": f"user:{i}", "n": i}, idempotency_key=f"tick-{i}")
+                .notification_ids[0] for i in range(runs)]
+    r = workflow_runs_table
+    with app.engine.connect() as conn:
+        run_of = dict(conn.execute(sa.select(r.c.notification_id, r.c.id)).all())
+    run_ids = [run_of[nid] for nid in nids]
+
+    def waiting() -> int:
+        with app.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(r).where(r.c.state == "waiting"))
+                       .scalar_one())
+
+    def until_none_waits(step: Callable[[int], int]) -> Callable[[], int]:
+        def loop() -> int:
+            moved, i = 0, 0
+            deadline = time.monotonic() + 60
+            while waiting() and time.monotonic() < deadline:
+                n = step(i)
+                moved += n
+                i += 1
+                if not n:
+                    time.sleep(0.005)
+            return moved
+        return loop
+
+    moved = _together([
+        until_none_waits(lambda i: app.progress_due()),
+        until_none_waits(lambda i: app.progress_due(limit=7)),
+        until_none_waits(lambda i: app.workflows.progression_worker(str(run_ids[(i * 37) % runs]), 0)),
+        until_none_waits(lambda i: int(app.progress_run(run_ids[(i * 53) % runs], step=0))),
+    ])
+    outs = [proc.communicate(timeout=90)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert waiting() == 0
+    # No two callers counted the same advance (the processes' timer jobs advanced the rest).
+    assert sum(moved) + sum(int(out.strip()) for out in outs) <= runs
+    t, link, d, j = workflow_transitions_table, workflow_deliveries_table, deliveries_table, jobs_table
+    with app.engine.connect() as conn:
+        left = conn.execute(sa.select(t.c.run_id, t.c.reason).where(t.c.from_step == 0)).all()
+        emails = conn.execute(sa.select(link.c.run_id, sa.func.count()).join(d, d.c.id == link.c.delivery_id)
+                              .where(d.c.channel == "email").group_by(link.c.run_id)).all()
+        timers = conn.execute(sa.select(j.c.state).where(j.c.queue == "chimeway_workflows")).scalars().all()
+    assert sorted(run_id for run_id, _ in left) == sorted(run_ids)
+    assert {reason for _, reason in left} == {"wait_elapsed"}
+    assert sorted(run_id for run_id, _ in emails) == sorted(run_ids) and {n for _, n in emails} == {1}
+    # No timer job is left waiting: each ran, or was cancelled by the advance that made it pointless.
+    assert len(timers) == runs and set(timers) <= {"completed", "cancelled"}
+    app.engine.dispose()
 
 
 def test_a_failed_step_is_routed_once_from_its_stored_definition(
