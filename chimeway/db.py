@@ -40,12 +40,14 @@ __all__ = [
     "create_engine",
     "insert",
     "insert_ignoring_conflict",
+    "insert_new_rows",
     "insert_rows",
     "is_postgres",
     "locked",
     "mask_url",
     "own_tables",
     "plain",
+    "present",
     "qualified",
     "rows_json",
     "schema_change",
@@ -506,6 +508,36 @@ def any_of(bind: Engine | Connection, column: sa.ColumnElement[Any], values: Ite
     return column.in_(list(values))
 
 
+def present(conn: Connection, column: sa.ColumnElement[Any], values: Sequence[Any],
+            *where: sa.ColumnElement[bool]) -> set[Any]:
+    """Which of ``values`` a row of ``column``'s table holds in ``column`` (among rows matching ``where``).
+
+    On PostgreSQL each value is one probe of an index that starts with
+    ``where``'s columns and ``column``: a plan that does not depend on the
+    table's statistics. ``column IN (...)`` (or ``= ANY``) on a table whose
+    statistics are stale (a young table, growing fast) is planned, once the
+    server prepares the statement (its sixth run), as a walk over every row
+    matching ``where`` with the list checked on each: 10,000 events took
+    250 ms where 500 probes take 1 ms. SQLite gets the ``IN`` list.
+
+    Args:
+        conn: the connection.
+        column: the column to look in.
+        values: the values to look for.
+        where: further conditions on the same table (equalities, for the index).
+    """
+    if not values:
+        return set()
+    if conn.dialect.name != "postgresql":
+        return set(conn.execute(sa.select(column).where(column.in_(list(values)), *where)).scalars())
+    wanted = sa.func.unnest(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))) \
+        .table_valued("value").render_derived()
+    # A scalar subquery in WHERE stays a per-row subplan: the planner cannot
+    # turn it into a join that scans the table.
+    probe = sa.select(sa.literal(1)).where(column == wanted.c.value, *where).limit(1).scalar_subquery()
+    return set(conn.execute(sa.select(wanted.c.value).where(probe.is_not(None))).scalars())
+
+
 def update_returning(conn: Connection, statement: sa.Update, columns: Sequence[Any], *,
                      join: sa.Table, on: sa.ColumnElement[bool]) -> list[Any]:
     """Run an ``UPDATE`` and return ``columns`` of the changed rows and of a joined table.
@@ -558,6 +590,39 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -
         f"INSERT INTO {name} ({names}) SELECT {names}"
         f" FROM json_populate_recordset(NULL::{name}, CAST(:rows AS json))"
     ), {"rows": rows_json(rows)})
+
+
+def insert_new_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *,
+                    unique: Sequence[str]) -> list[Any]:
+    """Insert rows, passing over those whose ``unique`` columns a row already holds; returns the new rows' keys.
+
+    ``INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING`` the primary key,
+    so the result names exactly the rows that went in. On PostgreSQL the
+    rows travel as one JSON document, as with :func:`insert_rows`: a
+    statement of fixed text, where a multi-row ``VALUES`` is a new statement
+    that SQLAlchemy compiles afresh every time (half the time of planning
+    500 triggers at once). SQLite gets the multi-row ``VALUES``.
+
+    Args:
+        conn: the transaction's connection.
+        table: the table.
+        rows: dicts with the same keys.
+        unique: the columns of the unique constraint that may conflict.
+    """
+    if not rows:
+        return []
+    pk = next(iter(table.primary_key.columns))
+    if conn.dialect.name != "postgresql":
+        stmt = insert(conn, table).values(rows).on_conflict_do_nothing(index_elements=list(unique))
+        return list(conn.execute(stmt.returning(pk)).scalars())
+    rows = stored_values(conn, table, rows)  # the JSON document bypasses column types
+    names = ", ".join(rows[0])
+    name = qualified(conn, table.name)
+    return list(conn.execute(sa.text(
+        f"INSERT INTO {name} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{name}, CAST(:rows AS json))"
+        f" ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING {pk.name}"
+    ).columns(pk), {"rows": rows_json(rows)}).scalars())
 
 
 def update_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], *, key: str = "id") -> None:

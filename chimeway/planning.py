@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from chimeway.channels.base import Channel
-from chimeway.db import insert, tenant_key
+from chimeway.db import insert, insert_new_rows, insert_rows, tenant_key
 from chimeway.decisions import Decision
 from chimeway.deliveries import PlannedDelivery, decide, new_rows
 from chimeway.errors import (
@@ -409,7 +409,7 @@ def write_plans(
         for table, rows in ((notifications_table, notifications), (deliveries_table, deliveries),
                             (decisions_table, decisions)):
             for chunk in _chunks(rows, BATCH):
-                conn.execute(sa.insert(table), chunk)
+                insert_rows(conn, table, chunk)
     results = []
     for the_plan in plans:
         if the_plan.event_id in inserted:
@@ -457,11 +457,9 @@ def _insert_events(conn: Connection, events: list[dict[str, Any]]) -> set[uuid.U
     if len(events) == 1:
         # The common case reuses one compiled statement.
         return set(conn.execute(_insert_event_statement(conn.dialect.name), events[0]).scalars())
-    # One multi-row VALUES statement, so RETURNING names exactly the rows
-    # that went in (executemany cannot say which rows a conflict skipped).
-    stmt = insert(conn, events_table).values(events)
-    stmt = stmt.on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"]).returning(events_table.c.id)
-    return set(conn.execute(stmt).scalars())
+    # One statement, so RETURNING names exactly the rows that went in
+    # (executemany cannot say which rows a conflict skipped).
+    return set(insert_new_rows(conn, events_table, events, unique=("tenant", "idempotency_key")))
 
 
 @lru_cache(maxsize=4)

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from chimeway.db import locked, own_tables, plain, tenant_key, writer
+from chimeway.db import locked, own_tables, plain, present, tenant_key, writer
 from chimeway.models import events_table
 from chimeway.notifier import Notifier
 from chimeway.planning import TriggerRequest, TriggerResult
@@ -292,6 +292,5 @@ def existing_keys(session: Session | sa.Connection, keys: Sequence[tuple[str | N
     e = events_table.c
     with own_tables(session, like) as conn:
         for tenant, names in by_tenant.items():
-            query = sa.select(e.idempotency_key).where(e.tenant == tenant, e.idempotency_key.in_(names))
-            found.update((tenant, key) for key in conn.execute(query).scalars())
+            found.update((tenant, key) for key in present(conn, e.idempotency_key, names, e.tenant == tenant))
     return found
