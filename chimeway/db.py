@@ -6,6 +6,7 @@ import json
 import os
 import re
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -538,8 +539,22 @@ def present(conn: Connection, column: sa.ColumnElement[Any], values: Sequence[An
     return set(conn.execute(sa.select(wanted.c.value).where(probe.is_not(None))).scalars())
 
 
+def among(column: sa.ColumnElement[Any], name: str, *, postgres: bool) -> sa.ColumnElement[bool]:
+    """``column IN :name`` for a statement built once and run many times (see :func:`any_of`).
+
+    Args:
+        column: the column to match.
+        name: the parameter that will carry the list of values.
+        postgres: build it for PostgreSQL (``= ANY(:name)``) or SQLite (an expanding ``IN``).
+    """
+    if postgres:
+        return column == sa.any_(sa.bindparam(name, type_=sa.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
+
+
 def update_returning(conn: Connection, statement: sa.Update, columns: Sequence[Any], *,
-                     join: sa.Table, on: sa.ColumnElement[bool]) -> list[Any]:
+                     join: sa.Table, on: sa.ColumnElement[bool],
+                     params: Mapping[str, Any] | None = None) -> list[Any]:
     """Run an ``UPDATE`` and return ``columns`` of the changed rows and of a joined table.
 
     PostgreSQL does it in one round trip (``UPDATE ... FROM ... RETURNING``);
@@ -552,16 +567,34 @@ def update_returning(conn: Connection, statement: sa.Update, columns: Sequence[A
         columns: what to return, from the updated and the joined table.
         join: the joined table.
         on: the join condition.
+        params: values for the statement's bound parameters.
     """
     if conn.dialect.name == "postgresql":
-        return list(conn.execute(statement.where(on).returning(*columns)).all())
+        return list(conn.execute(_returning(statement, on, tuple(columns)), params).all())
     table = statement.table
     assert isinstance(table, sa.Table)
     pk = next(iter(table.primary_key.columns))
-    changed = conn.execute(statement.returning(pk)).scalars().all()
+    changed = conn.execute(statement.returning(pk), params).scalars().all()
     if not changed:
         return []
     return list(conn.execute(sa.select(*columns).join(join, on).where(pk.in_(changed))).all())
+
+
+_RETURNINGS: weakref.WeakKeyDictionary[sa.Update, tuple[Any, tuple[Any, ...], sa.Update]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _returning(statement: sa.Update, on: sa.ColumnElement[bool], columns: tuple[Any, ...]) -> sa.Update:
+    # A statement built once keeps its joined, RETURNING form too (for the
+    # same join condition and columns, compared by identity).
+    found = _RETURNINGS.get(statement)
+    if found is not None and found[0] is on and len(found[1]) == len(columns) \
+            and all(a is b for a, b in zip(found[1], columns, strict=True)):
+        return found[2]
+    built = statement.where(on).returning(*columns)
+    _RETURNINGS[statement] = (on, columns, built)
+    return built
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

@@ -6,15 +6,17 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from chimeway.db import any_of, locked, rows_json, sql_in, update_returning
+from chimeway.db import among, any_of, is_postgres, locked, rows_json, sql_in, update_returning
 from chimeway.deliveries.rows import decision_row
 from chimeway.deliveries.states import CLAIMABLE, Status, check_transition
-from chimeway.models import decisions_table, deliveries_table, notifications_table
+from chimeway.models import attempts_table, decisions_table, deliveries_table, notifications_table
+from chimeway.types import stored_values
 
 __all__ = ["ClaimedRow", "Released", "claim", "extend_leases", "record", "release_expired"]
 
@@ -66,21 +68,10 @@ def claim(
         the claimed rows, in the order of ``ids``.
     """
     check_transition(CLAIMABLE, Status.DISPATCHED)
-    d, n = deliveries_table, notifications_table
-    statement = (
-        sa.update(d)
-        .where(
-            any_of(conn, d.c.id, ids),
-            d.c.status.in_(CLAIMABLE),
-            sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
-            any_of(conn, d.c.channel, channels),
-        )
-        .values(status=Status.DISPATCHED, attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now,
-                lease_holder=holder, lease_expires_at=lease_until)
-    )
-    wanted = [d.c[name] for name in _CLAIM_COLUMNS]
-    rows = update_returning(conn, statement, [*wanted, n.c.recipient, n.c.notifier_key],
-                            join=n, on=n.c.id == d.c.notification_id)
+    statement, columns = _claim_statement(is_postgres(conn))
+    rows = update_returning(conn, statement, columns, join=notifications_table, on=_CLAIM_JOIN, params={
+        "ids": list(ids), "channels": list(channels), "now": now, "holder": holder, "lease_until": lease_until,
+    })
     by_id = {row.id: row for row in rows}
     return [
         ClaimedRow(id=row.id, notification_id=row.notification_id, event_id=row.event_id, tenant=row.tenant,
@@ -88,6 +79,29 @@ def claim(
                    recipient=row.recipient, notifier_key=row.notifier_key, step=row.step)
         for row in (by_id.get(i) for i in dict.fromkeys(ids)) if row is not None
     ]
+
+
+_CLAIM_JOIN = notifications_table.c.id == deliveries_table.c.notification_id
+
+
+@lru_cache(maxsize=2)
+def _claim_statement(postgres: bool) -> tuple[sa.Update, list[sa.ColumnElement[Any]]]:
+    # Built once per dialect: building this statement costs more than running it.
+    d, n = deliveries_table, notifications_table
+    now = sa.bindparam("now", type_=d.c.dispatched_at.type)
+    statement = (
+        sa.update(d)
+        .where(
+            among(d.c.id, "ids", postgres=postgres),
+            d.c.status.in_(CLAIMABLE),
+            sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
+            among(d.c.channel, "channels", postgres=postgres),
+        )
+        .values(status=Status.DISPATCHED, attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now,
+                lease_holder=sa.bindparam("holder", type_=d.c.lease_holder.type),
+                lease_expires_at=sa.bindparam("lease_until", type_=d.c.lease_expires_at.type))
+    )
+    return statement, [*(d.c[name] for name in _CLAIM_COLUMNS), n.c.recipient, n.c.notifier_key]
 
 
 def extend_leases(conn: Connection, ids: Sequence[uuid.UUID], *, holder: str, until: datetime) -> int:
@@ -106,58 +120,105 @@ def extend_leases(conn: Connection, ids: Sequence[uuid.UUID], *, holder: str, un
     ).rowcount)
 
 
-def record(conn: Connection, updates: Sequence[Mapping[str, Any]], *, now: datetime) -> dict[uuid.UUID, str]:
-    """Write each attempt's result onto its delivery; returns every delivery's status afterwards.
+def record(
+    conn: Connection,
+    updates: Sequence[Mapping[str, Any]],
+    *,
+    attempts: Sequence[Mapping[str, Any]],
+    inbox: Mapping[uuid.UUID, tuple[uuid.UUID, Any]],
+    now: datetime,
+) -> dict[uuid.UUID, str]:
+    """Write each attempt's row and its result onto its delivery; returns every delivery's status afterwards.
 
     Only the lease's holder, for the attempt it claimed, may change a
     ``dispatched`` delivery — except that a success is always written while
     the delivery is still ``dispatched`` (the message went out: nobody should
     send it again). A result that loses (the delivery was cancelled, or its
     lease expired and another holder took it) changes nothing; its attempt
-    row is still written by the caller.
+    row is still written.
+
+    On PostgreSQL all of it is one statement (the rows travel as JSON
+    documents; data-modifying ``WITH`` parts write the deliveries, the
+    attempts and the inbox together).
 
     Args:
         conn: the record transaction.
         updates: one mapping per attempt with ``b_id``, ``b_status``, ``b_reason``,
             ``b_completed_at``, ``b_not_before``, ``b_provider_message_id``,
             ``b_holder``, ``b_attempt`` and ``b_succeeded``.
+        attempts: the ``chimeway_attempts`` rows.
+        inbox: delivery id → (notification id, content) for in-app deliveries:
+            the notification enters the inbox with that content if the
+            delivery is ``succeeded`` afterwards (and was not in it already).
         now: the clock's time.
     """
     for update in updates:
         check_transition([Status.DISPATCHED], update["b_status"])
-    d = deliveries_table
+    d, n = deliveries_table, notifications_table
     ids = [u["b_id"] for u in updates]
     if conn.dialect.name == "postgresql":
-        # One statement of fixed text for the whole batch: the attempts travel
-        # as one JSON document, and the changed rows come back with RETURNING.
+        rows = []
+        for u in updates:
+            row = {k[2:]: v for k, v in u.items()}
+            found = inbox.get(u["b_id"])
+            if found is not None:
+                row["notification_id"] = found[0]
+                row["content"] = stored_values(conn, n, [{"inbox_content": found[1]}])[0]["inbox_content"]
+            rows.append(row)
         result = conn.execute(sql_in(conn, _RECORD_PG), {
-            "rows": rows_json([{k[2:]: v for k, v in u.items()} for u in updates]), "now": now,
-            "dispatched": Status.DISPATCHED,
+            "rows": rows_json(rows), "attempts": rows_json(stored_values(conn, attempts_table, attempts)),
+            "now": now, "dispatched": Status.DISPATCHED, "succeeded": Status.SUCCEEDED,
         })
         changed = {row.id: row.status for row in result}
         missing = [i for i in ids if i not in changed]
     else:
-        # One statement for every row (executemany): the values differ per row, the shape does not.
+        # One statement per kind of row (executemany): the values differ per row, the shape does not.
         conn.execute(_record_statement(now), list(updates))
+        conn.execute(sa.insert(attempts_table), list(attempts))
         changed, missing = {}, ids
     if missing:
         query = sa.select(d.c.id, d.c.status).where(any_of(conn, d.c.id, missing))
         changed.update((row.id, row.status) for row in conn.execute(query))
+    entered = [{"b_id": nid, "b_content": content} for did, (nid, content) in inbox.items()
+               if changed.get(did) == Status.SUCCEEDED]
+    if entered and conn.dialect.name != "postgresql":
+        conn.execute(
+            sa.update(n).where(n.c.id == sa.bindparam("b_id"), n.c.inbox_at.is_(None))
+            .values(inbox_at=now, inbox_content=sa.bindparam("b_content", type_=n.c.inbox_content.type)),
+            entered,
+        )
     return changed
 
 
 _RECORD_PG = """
-UPDATE {chimeway_deliveries} AS d SET
-    status = b.status, reason = b.reason, completed_at = b.completed_at,
-    not_before = coalesce(b.not_before, d.not_before),
-    provider_message_id = coalesce(b.provider_message_id, d.provider_message_id),
-    updated_at = :now
-FROM json_to_recordset(CAST(:rows AS json)) AS b(
-    id uuid, status text, reason text, completed_at timestamptz, not_before timestamptz,
-    provider_message_id text, holder text, attempt integer, succeeded boolean)
-WHERE d.id = b.id AND d.status = :dispatched
-  AND ((d.lease_holder = b.holder AND d.attempts = b.attempt) OR b.succeeded)
-RETURNING d.id, d.status
+WITH b AS MATERIALIZED (
+    SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS b(
+        id uuid, status text, reason text, completed_at timestamptz, not_before timestamptz,
+        provider_message_id text, holder text, attempt integer, succeeded boolean,
+        notification_id uuid, content json)
+), changed AS (
+    UPDATE {chimeway_deliveries} AS d SET
+        status = b.status, reason = b.reason, completed_at = b.completed_at,
+        not_before = coalesce(b.not_before, d.not_before),
+        provider_message_id = coalesce(b.provider_message_id, d.provider_message_id),
+        updated_at = :now
+    FROM b
+    WHERE d.id = b.id AND d.status = :dispatched
+      AND ((d.lease_holder = b.holder AND d.attempts = b.attempt) OR b.succeeded)
+    RETURNING d.id, d.status
+), attempts AS (
+    INSERT INTO {chimeway_attempts} (id, delivery_id, number, outcome, error_class, vendor_code, detail,
+                                     provider_message_id, retry_after, duration_ms, started_at)
+    SELECT id, delivery_id, number, outcome, error_class, vendor_code, detail,
+           provider_message_id, retry_after, duration_ms, started_at
+    FROM json_populate_recordset(NULL::{chimeway_attempts}, CAST(:attempts AS json))
+), inbox AS (
+    UPDATE {chimeway_notifications} AS n SET inbox_at = :now, inbox_content = b.content
+    FROM b JOIN changed ON changed.id = b.id
+    WHERE n.id = b.notification_id AND b.notification_id IS NOT NULL
+      AND changed.status = :succeeded AND n.inbox_at IS NULL
+)
+SELECT id, status FROM changed
 """
 
 

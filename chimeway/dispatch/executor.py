@@ -36,13 +36,13 @@ from sqlalchemy.engine import Connection, Engine
 from chimeway import deliveries, telemetry
 from chimeway.channels.base import Channel
 from chimeway.clock import Clock
-from chimeway.db import insert_rows, writer
+from chimeway.db import writer
 from chimeway.decisions import Decision
 from chimeway.deliveries import FINAL, Released, Status, apply_decision
 from chimeway.dispatch.base import Due
 from chimeway.dispatch.leases import DEFAULT_LEASE_TTL, LeaseKeeper
 from chimeway.ids import new_id
-from chimeway.models import attempts_table, deliveries_table, notifications_table
+from chimeway.models import deliveries_table
 from chimeway.values import DeliveryResult, Message, Recipient
 
 __all__ = [
@@ -210,36 +210,9 @@ class Executor:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return []
-        now = self.clock.now()
-        holder = self.leases.holder
-        out: list[Claimed] = []
         stopped: list[DeliveryOutcome] = []
         with writer(self.engine).begin() as conn:
-            rows = deliveries.claim(conn, wanted, holder=holder, now=now,
-                                    lease_until=self.leases.lease_until(now), channels=self.channels)
-            if not rows:
-                return []
-            messages = [Message(
-                delivery_id=row.id, notification_id=row.notification_id, event_id=row.event_id,
-                tenant=row.tenant or None, channel=row.channel, notifier_key=row.notifier_key,
-                recipient=Recipient.from_json(row.recipient), fields=row.message, attempt=row.attempts,
-                created_at=row.created_at,
-            ) for row in rows]
-            decisions = self._checkpoint(conn, [m for m in messages if m.delivery_id not in checked])
-            for message, row in zip(messages, rows, strict=True):
-                decision = decisions.get(message.delivery_id)
-                if decision is not None:
-                    applied = apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
-                                             from_status=Status.DISPATCHED, undo_attempt=True)
-                    if applied and decision.status in FINAL and row.step is not None:
-                        stopped.append(DeliveryOutcome(
-                            delivery_id=message.delivery_id, status=decision.status,
-                            result=DeliveryResult(outcome="permanent", detail=f"{decision.status}: {decision.reason}",
-                                                  error_class="before_send"),
-                            attempt=row.attempts - 1, step=row.step))
-                    continue
-                out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
-                                   holder=holder, step=row.step))
+            out = self._claim(conn, wanted, checked=checked, stopped=stopped)
             if out and on_claimed is not None:
                 on_claimed(conn, [c.message.delivery_id for c in out])
         self.leases.hold(c.message.delivery_id for c in out)
@@ -247,6 +220,75 @@ class Executor:
             # A workflow step stopped before its send is final too: its run
             # moves on now rather than at the next sweep.
             self._final(stopped)
+        return out
+
+    def claim_within(self, conn: Connection, ids: Iterable[uuid.UUID]) -> list[Claimed]:
+        """Claim deliveries inside the caller's transaction, which planned them and passed them.
+
+        For deliveries the planning checkpoint passed in this same
+        transaction (so no pre-send checkpoint runs): they become
+        ``dispatched`` under this process's lease together with the rest of
+        the caller's writes, and a rollback undoes the claim with them. The
+        caller must hand what this returns to :meth:`send_claimed` once the
+        transaction commits; if the process dies first, the lease runs out
+        and the deliveries are taken back and sent again like any other.
+
+        Args:
+            conn: the caller's connection, inside its transaction.
+            ids: deliveries planned in that transaction.
+        """
+        wanted = list(dict.fromkeys(ids))
+        return self._claim(conn, wanted, checked=frozenset(wanted), stopped=[]) if wanted else []
+
+    def send_claimed(self, claimed: Sequence[Claimed], *, claimed_at: datetime | None = None) -> list[DeliveryOutcome]:
+        """Send deliveries claimed by :meth:`claim_within` and record them (after the commit).
+
+        Args:
+            claimed: what :meth:`claim_within` returned, once its transaction committed.
+            claimed_at: when they were claimed; a transaction that stayed open
+                for half a lease or more gets its leases extended first.
+        """
+        if not claimed:
+            return []
+        ids = [c.message.delivery_id for c in claimed]
+        self.leases.hold(ids)
+        if claimed_at is not None and self.clock.now() - claimed_at >= self.leases.ttl / 2:
+            with writer(self.engine).begin() as conn:
+                deliveries.extend_leases(conn, ids, holder=self.leases.holder,
+                                         until=self.leases.lease_until(self.clock.now()))
+        return self.record([self.send(item) for item in claimed])
+
+    def _claim(self, conn: Connection, wanted: list[uuid.UUID], *, checked: Collection[uuid.UUID],
+               stopped: list[DeliveryOutcome]) -> list[Claimed]:
+        now = self.clock.now()
+        holder = self.leases.holder
+        out: list[Claimed] = []
+        rows = deliveries.claim(conn, wanted, holder=holder, now=now,
+                                lease_until=self.leases.lease_until(now), channels=self.channels)
+        if not rows:
+            return []
+        messages = [Message(
+            delivery_id=row.id, notification_id=row.notification_id, event_id=row.event_id,
+            tenant=row.tenant or None, channel=row.channel, notifier_key=row.notifier_key,
+            recipient=Recipient.from_json(row.recipient), fields=row.message, attempt=row.attempts,
+            created_at=row.created_at,
+        ) for row in rows]
+        unchecked = [m for m in messages if m.delivery_id not in checked]
+        decisions = self._checkpoint(conn, unchecked) if unchecked else {}
+        for message, row in zip(messages, rows, strict=True):
+            decision = decisions.get(message.delivery_id)
+            if decision is not None:
+                applied = apply_decision(conn, message.delivery_id, decision, now, checkpoint="before_send",
+                                         from_status=Status.DISPATCHED, undo_attempt=True)
+                if applied and decision.status in FINAL and row.step is not None:
+                    stopped.append(DeliveryOutcome(
+                        delivery_id=message.delivery_id, status=decision.status,
+                        result=DeliveryResult(outcome="permanent", detail=f"{decision.status}: {decision.reason}",
+                                              error_class="before_send"),
+                        attempt=row.attempts - 1, step=row.step))
+                continue
+            out.append(Claimed(message=message, channel=self.channels[row.channel], attempts=row.attempts,
+                               holder=holder, step=row.step))
         return out
 
     def send(self, item: Claimed, *, max_attempts: int | None = None) -> Sent:
@@ -447,7 +489,6 @@ class Executor:
 
     def _record(self, sent: Sequence[Sent]) -> list[DeliveryOutcome]:
         now = self.clock.now()
-        n = notifications_table
         attempts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         planned: list[tuple[Sent, str, datetime | None]] = []
@@ -472,22 +513,11 @@ class Executor:
                 "b_attempt": item.claimed.attempts, "b_succeeded": status == Status.SUCCEEDED,
             })
             planned.append((item, status, retry_at))
+        inbox = {item.claimed.message.delivery_id: (item.claimed.message.notification_id,
+                                                    dict(item.claimed.message.fields))
+                 for item, status, _ in planned if status == Status.SUCCEEDED and item.claimed.channel.inbox}
         with writer(self.engine).begin() as conn:
-            actual = deliveries.record(conn, updates, now=now)
-            insert_rows(conn, attempts_table, attempts)
-            inbox = [
-                {"b_id": item.claimed.message.notification_id, "b_content": dict(item.claimed.message.fields)}
-                for item, status, _ in planned
-                if status == Status.SUCCEEDED and actual.get(item.claimed.message.delivery_id) == Status.SUCCEEDED
-                and item.claimed.channel.inbox
-            ]
-            if inbox:
-                conn.execute(
-                    sa.update(n)
-                    .where(n.c.id == sa.bindparam("b_id"), n.c.inbox_at.is_(None))
-                    .values(inbox_at=now, inbox_content=sa.bindparam("b_content", type_=n.c.inbox_content.type)),
-                    inbox,
-                )
+            actual = deliveries.record(conn, updates, attempts=attempts, inbox=inbox, now=now)
         outcomes: list[DeliveryOutcome] = []
         for item, status, retry_at in planned:
             message = item.claimed.message

@@ -47,7 +47,9 @@ def _lease(engine: sa.Engine) -> tuple[str, datetime]:
 
 def test_recover_redrives_a_pending_delivery_its_process_never_sent(any_url: str, any_engine: sa.Engine,
                                                                     tmp_path: Path) -> None:
-    _run_until_killed(any_url, "after_commit", tmp_path / "marker")
+    # Planned inside a savepoint, the delivery is claimed only after the
+    # commit; killed before that, it stays pending.
+    _run_until_killed(any_url, "after_commit_in_savepoint", tmp_path / "marker")
     assert _statuses(any_engine) == ["pending"]
     rec = RecordingChannel()
     app = Chimeway(engine=any_engine, channels={"rec": rec})
@@ -59,6 +61,29 @@ def test_recover_redrives_a_pending_delivery_its_process_never_sent(any_url: str
     assert len(rec.sent) == 1
     events = [t.event for t in app.explain(rec.sent[0].delivery_id).timeline]
     assert events[-2:] == ["attempt", "succeeded"]
+    assert app.recover(older_than=timedelta(0)) == 0
+
+
+def test_a_delivery_claimed_in_the_trigger_and_killed_before_its_send_is_sent_once_its_lease_runs_out(
+        any_url: str, any_engine: sa.Engine, tmp_path: Path) -> None:
+    # The sync dispatcher claims in the trigger's own transaction: a process
+    # killed right after the commit leaves the delivery dispatched under a
+    # lease nobody extends, never lost.
+    _run_until_killed(any_url, "after_commit", tmp_path / "marker", lease=2.0)
+    assert _statuses(any_engine) == ["dispatched"]
+    holder, expires = _lease(any_engine)
+    assert holder and str(os.getpid()) not in holder.split(":")[1]
+    rec = RecordingChannel()
+    app = Chimeway(engine=any_engine, channels={"rec": rec})
+    if app.clock.now() < expires:
+        assert app.recover(older_than=timedelta(0)) == 0
+        assert rec.sent == []
+        while app.clock.now() < expires:
+            time.sleep(0.1)
+    assert app.recover(older_than=timedelta(0)) == 1
+    assert _statuses(any_engine) == ["succeeded"] and len(rec.sent) == 1
+    events = [t.event for t in app.explain(rec.sent[0].delivery_id).timeline]
+    assert events[-3:] == ["lease_expired", "attempt", "succeeded"]
     assert app.recover(older_than=timedelta(0)) == 0
 
 

@@ -205,7 +205,8 @@ def test_the_sync_rescue_sends_what_a_killed_process_left_pending(sqlite_engine:
     rec = RecordingChannel()
     app = Chimeway(engine=sqlite_engine, clock=clock, channels={"rec": rec}, lease_ttl=timedelta(seconds=30))
     with Session(app.engine) as session, session.begin():
-        did = app.trigger(session, OnlyRec, {"n": 2}, idempotency_key="left").delivery_ids[0]
+        with session.begin_nested():  # inside a savepoint: claimed only after the commit
+            did = app.trigger(session, OnlyRec, {"n": 2}, idempotency_key="left").delivery_ids[0]
         # What a process killed right after its commit leaves: nothing sent.
         session.info["chimeway.after_commit"].clear()
     assert app.explain(did).status == "pending"
@@ -214,6 +215,39 @@ def test_the_sync_rescue_sends_what_a_killed_process_left_pending(sqlite_engine:
     assert app.rescue() == 1
     assert app.work() == 1
     assert [m.delivery_id for m in rec.sent] == [did]
+
+
+def test_the_sync_rescue_sends_what_a_killed_process_claimed_in_its_trigger(sqlite_engine: sa.Engine) -> None:
+    clock = FakeClock()
+    rec = RecordingChannel()
+    app = Chimeway(engine=sqlite_engine, clock=clock, channels={"rec": rec}, lease_ttl=timedelta(seconds=30))
+    with Session(app.engine) as session, session.begin():
+        did = app.trigger(session, OnlyRec, {"n": 3}, idempotency_key="claimed").delivery_ids[0]
+        assert rec.sent == []  # claimed in this transaction, sent only after the commit
+        session.info["chimeway.after_commit"].clear()  # killed right after the commit
+    assert app.explain(did).status == "dispatched"
+    assert app.rescue() == 0  # its lease is alive: its process may still send it
+    clock.advance(seconds=31)
+    assert app.rescue() == 1
+    assert app.work() == 1
+    assert [m.delivery_id for m in rec.sent] == [did]
+    assert app.explain(did).status == "succeeded"
+
+
+def test_a_rolled_back_trigger_leaves_no_claim_and_sends_nothing(sqlite_engine: sa.Engine) -> None:
+    rec = RecordingChannel()
+    app = Chimeway(engine=sqlite_engine, channels={"rec": rec})
+    with Session(app.engine) as session, session.begin():
+        app.trigger(session, OnlyRec, {"n": 4}, idempotency_key="undone")
+        session.rollback()
+    with Session(app.engine) as session, session.begin():
+        with pytest.raises(RuntimeError), session.begin_nested():
+            app.trigger(session, OnlyRec, {"n": 5}, idempotency_key="undone-savepoint")
+            raise RuntimeError
+        kept = app.trigger(session, OnlyRec, {"n": 6}, idempotency_key="kept").delivery_ids[0]
+    assert [m.delivery_id for m in rec.sent] == [kept]
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(deliveries_table)).scalar_one() == 1
 
 
 def test_lease_options_are_checked() -> None:
