@@ -89,12 +89,22 @@ def _claim_statement(postgres: bool) -> tuple[sa.Update, list[sa.ColumnElement[A
     # Built once per dialect: building this statement costs more than running it.
     d, n = deliveries_table, notifications_table
     now = sa.bindparam("now", type_=d.c.dispatched_at.type)
+    if postgres:
+        # The ids are the only way in: status and due time are checked on
+        # the rows the primary key finds, in a form no index serves. Left
+        # indexable, a claim on a table whose statistics are stale or absent
+        # walks every pending delivery in ix_chimeway_deliveries_status_due.
+        claimable = sa.func.coalesce(d.c.status, "").in_(CLAIMABLE)
+        due = sa.func.coalesce(d.c.not_before, sa.literal_column("'-infinity'::timestamptz")) <= now
+    else:
+        claimable = d.c.status.in_(CLAIMABLE)
+        due = sa.or_(d.c.not_before.is_(None), d.c.not_before <= now)
     statement = (
         sa.update(d)
         .where(
             among(d.c.id, "ids", postgres=postgres),
-            d.c.status.in_(CLAIMABLE),
-            sa.or_(d.c.not_before.is_(None), d.c.not_before <= now),
+            claimable,
+            due,
             among(d.c.channel, "channels", postgres=postgres),
         )
         .values(status=Status.DISPATCHED, attempts=d.c.attempts + 1, dispatched_at=now, updated_at=now,
