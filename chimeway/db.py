@@ -33,12 +33,16 @@ except ImportError:  # Windows: BEGIN IMMEDIATE alone orders SQLite writers ther
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "INBOX_CHANNEL",
+    "INBOX_COUNT_BACKFILL",
+    "INBOX_COUNT_DDL",
+    "INBOX_COUNT_DDL_SQLITE",
     "INBOX_NOTIFY_DDL",
     "JsonText",
     "TextBefore",
     "check_schema",
     "connection_of",
     "create_engine",
+    "inbox_count_ddl",
     "insert",
     "insert_ignoring_conflict",
     "insert_new_rows",
@@ -427,6 +431,175 @@ $body$""",
   FOR EACH ROW EXECUTE FUNCTION chimeway_inbox_notify()""",
 )
 """The PostgreSQL function and trigger behind :data:`INBOX_CHANNEL` (migration 0009 creates the same)."""
+
+
+# --- unread counts kept by the database ---------------------------------------------------------
+
+# Triggers, so that every writer of chimeway_notifications (planning, the
+# executor stamping inbox_at, the inbox's transitions, the pruner, a caller's
+# own SQL) keeps chimeway_inbox_counts exact in its own transaction, without
+# code in any of them. A row counts while inbox_at is set and read_at and
+# archived_at are not. Templates name Chimeway's objects as
+# ``{chimeway_...}``: :func:`inbox_count_ddl` qualifies them for a schema of
+# Chimeway's, which a function's body must name itself (it runs with the
+# writer's search_path, not the one it was created with).
+#
+# PostgreSQL: one statement-level trigger per kind of statement aggregates
+# its transition tables per recipient, so a statement makes one change per
+# recipient whatever its number of rows. A recipient's count may be spread
+# over a few rows (``slot``s); its unread count is their sum. A change locks
+# the recipient's rows that no other transaction holds (``SKIP LOCKED``),
+# keeps the first with the new total and deletes the others; when another
+# transaction holds them all it adds a row of its own (slot = its
+# transaction id). So a writer never waits for a count row: writers of one
+# recipient do not queue behind each other's commits, and no order of
+# statements in two transactions (the executor stamps each delivery's row
+# with a statement of its own) can deadlock on counts. A recipient has more
+# than one row only after writers overlapped, until its next change. A
+# transaction under REPEATABLE READ or SERIALIZABLE, which could not lock a
+# row changed since its snapshot, always writes its own row.
+# TRUNCATE has no transition table: it empties the counts.
+INBOX_COUNT_DDL = (
+    """CREATE OR REPLACE FUNCTION {chimeway_inbox_count}() RETURNS trigger LANGUAGE plpgsql AS $body$
+DECLARE
+  tenants text[];
+  recipients text[];
+  deltas bigint[];
+  free bigint[];
+  total bigint;
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM {chimeway_inbox_counts};
+    RETURN NULL;
+  ELSIF TG_OP = 'INSERT' THEN
+    SELECT array_agg(tenant), array_agg(recipient_id), array_agg(delta) INTO tenants, recipients, deltas
+    FROM (SELECT tenant, recipient_id, count(*) AS delta FROM new_rows
+          WHERE inbox_at IS NOT NULL AND read_at IS NULL AND archived_at IS NULL
+          GROUP BY tenant, recipient_id) AS changed;
+  ELSIF TG_OP = 'DELETE' THEN
+    SELECT array_agg(tenant), array_agg(recipient_id), array_agg(delta) INTO tenants, recipients, deltas
+    FROM (SELECT tenant, recipient_id, -count(*) AS delta FROM old_rows
+          WHERE inbox_at IS NOT NULL AND read_at IS NULL AND archived_at IS NULL
+          GROUP BY tenant, recipient_id) AS changed;
+  ELSE
+    SELECT array_agg(tenant), array_agg(recipient_id), array_agg(delta) INTO tenants, recipients, deltas
+    FROM (SELECT tenant, recipient_id, sum(one) AS delta FROM (
+            SELECT tenant, recipient_id, 1 AS one FROM new_rows
+            WHERE inbox_at IS NOT NULL AND read_at IS NULL AND archived_at IS NULL
+            UNION ALL
+            SELECT tenant, recipient_id, -1 FROM old_rows
+            WHERE inbox_at IS NOT NULL AND read_at IS NULL AND archived_at IS NULL
+          ) AS rows_changed
+          GROUP BY tenant, recipient_id HAVING sum(one) <> 0) AS changed;
+  END IF;
+  IF tenants IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    -- Locking a row changed since this transaction's snapshot would fail it.
+    INSERT INTO {chimeway_inbox_counts} AS c (tenant, recipient_id, slot, unread)
+    SELECT tenant, recipient_id, txid_current(), delta FROM unnest(tenants, recipients, deltas)
+      AS changed (tenant, recipient_id, delta)
+    ON CONFLICT (tenant, recipient_id, slot) DO UPDATE SET unread = c.unread + excluded.unread;
+    RETURN NULL;
+  END IF;
+  FOR i IN 1 .. cardinality(tenants) LOOP
+    SELECT array_agg(slot ORDER BY slot), sum(unread) INTO free, total FROM (
+      SELECT slot, unread FROM {chimeway_inbox_counts}
+      WHERE tenant = tenants[i] AND recipient_id = recipients[i]
+      FOR UPDATE SKIP LOCKED
+    ) AS unheld;
+    IF free IS NULL THEN
+      INSERT INTO {chimeway_inbox_counts} (tenant, recipient_id, slot, unread)
+      VALUES (tenants[i], recipients[i], txid_current(), deltas[i]);
+    ELSE
+      UPDATE {chimeway_inbox_counts} SET unread = total + deltas[i]
+      WHERE tenant = tenants[i] AND recipient_id = recipients[i] AND slot = free[1];
+      IF cardinality(free) > 1 THEN
+        DELETE FROM {chimeway_inbox_counts}
+        WHERE tenant = tenants[i] AND recipient_id = recipients[i] AND slot = ANY (free[2:]);
+      END IF;
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$body$""",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_insert ON {chimeway_notifications}",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_update ON {chimeway_notifications}",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_delete ON {chimeway_notifications}",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_truncate ON {chimeway_notifications}",
+    """CREATE TRIGGER chimeway_inbox_count_insert AFTER INSERT ON {chimeway_notifications}
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION {chimeway_inbox_count}()""",
+    """CREATE TRIGGER chimeway_inbox_count_update AFTER UPDATE ON {chimeway_notifications}
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION {chimeway_inbox_count}()""",
+    """CREATE TRIGGER chimeway_inbox_count_delete AFTER DELETE ON {chimeway_notifications}
+  REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION {chimeway_inbox_count}()""",
+    """CREATE TRIGGER chimeway_inbox_count_truncate AFTER TRUNCATE ON {chimeway_notifications}
+  FOR EACH STATEMENT EXECUTE FUNCTION {chimeway_inbox_count}()""",
+)
+"""PostgreSQL's function and triggers keeping ``chimeway_inbox_counts`` (migration 0013 creates the same)."""
+
+# SQLite: row triggers on one row per recipient (slot 0); its writers take
+# turns. A later migration that rebuilds chimeway_notifications there (batch
+# mode copies the table) drops these triggers and must create them again.
+INBOX_COUNT_DDL_SQLITE = (
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_insert",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_update",
+    "DROP TRIGGER IF EXISTS chimeway_inbox_count_delete",
+    """CREATE TRIGGER chimeway_inbox_count_insert AFTER INSERT ON chimeway_notifications
+  FOR EACH ROW WHEN NEW.inbox_at IS NOT NULL AND NEW.read_at IS NULL AND NEW.archived_at IS NULL
+BEGIN
+  INSERT INTO chimeway_inbox_counts (tenant, recipient_id, slot, unread)
+  VALUES (NEW.tenant, NEW.recipient_id, 0, 1)
+  ON CONFLICT (tenant, recipient_id, slot) DO UPDATE SET unread = unread + 1;
+END""",
+    """CREATE TRIGGER chimeway_inbox_count_update
+  AFTER UPDATE OF tenant, recipient_id, inbox_at, read_at, archived_at ON chimeway_notifications
+  FOR EACH ROW WHEN
+    (OLD.inbox_at IS NOT NULL AND OLD.read_at IS NULL AND OLD.archived_at IS NULL)
+    <> (NEW.inbox_at IS NOT NULL AND NEW.read_at IS NULL AND NEW.archived_at IS NULL)
+    OR (OLD.inbox_at IS NOT NULL AND OLD.read_at IS NULL AND OLD.archived_at IS NULL
+        AND (OLD.tenant <> NEW.tenant OR OLD.recipient_id <> NEW.recipient_id))
+BEGIN
+  UPDATE chimeway_inbox_counts SET unread = unread - 1
+  WHERE tenant = OLD.tenant AND recipient_id = OLD.recipient_id AND slot = 0
+    AND OLD.inbox_at IS NOT NULL AND OLD.read_at IS NULL AND OLD.archived_at IS NULL;
+  INSERT INTO chimeway_inbox_counts (tenant, recipient_id, slot, unread)
+  SELECT NEW.tenant, NEW.recipient_id, 0, 1
+  WHERE NEW.inbox_at IS NOT NULL AND NEW.read_at IS NULL AND NEW.archived_at IS NULL
+  ON CONFLICT (tenant, recipient_id, slot) DO UPDATE SET unread = unread + 1;
+END""",
+    """CREATE TRIGGER chimeway_inbox_count_delete AFTER DELETE ON chimeway_notifications
+  FOR EACH ROW WHEN OLD.inbox_at IS NOT NULL AND OLD.read_at IS NULL AND OLD.archived_at IS NULL
+BEGIN
+  UPDATE chimeway_inbox_counts SET unread = unread - 1
+  WHERE tenant = OLD.tenant AND recipient_id = OLD.recipient_id AND slot = 0;
+END""",
+)
+"""SQLite's triggers keeping ``chimeway_inbox_counts`` (migration 0013 creates the same)."""
+
+INBOX_COUNT_BACKFILL = """INSERT INTO {chimeway_inbox_counts} (tenant, recipient_id, slot, unread)
+SELECT tenant, recipient_id, 0, count(*) FROM {chimeway_notifications}
+WHERE inbox_at IS NOT NULL AND read_at IS NULL AND archived_at IS NULL
+GROUP BY tenant, recipient_id"""
+"""The counts of rows already there, for a counts table created beside existing notifications."""
+
+
+def inbox_count_ddl(bind: Engine | Connection) -> tuple[str, ...]:
+    """The statements creating the unread-count triggers, then counting the rows already there.
+
+    For ``bind``'s backend, naming Chimeway's objects in its schema.
+
+    Args:
+        bind: the connection (or engine) whose dialect and schema the
+            statements are for.
+    """
+    templates = INBOX_COUNT_DDL if is_postgres(bind) else INBOX_COUNT_DDL_SQLITE
+    return tuple(_TABLE_TOKEN.sub(lambda m: qualified(bind, m.group(1)), t)
+                 for t in (*templates, INBOX_COUNT_BACKFILL))
 
 
 # --- statements that differ between PostgreSQL and SQLite ---------------------------------------

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from chimeway.db import INBOX_CHANNEL, tenant_key
 from chimeway.errors import InvalidInputError
-from chimeway.inbox import InboxItem, inbox_item
+from chimeway.inbox import InboxItem, inbox_item, unread_count
 from chimeway.models import notifications_table
 from chimeway.queue.listener import Listener
 
@@ -180,13 +180,13 @@ class _Reader:
 
     def __init__(self, engine: Engine, tenant: str, recipient: str) -> None:
         self.engine = engine
+        self.tenant = tenant
+        self.recipient = recipient
         n = notifications_table
         self.scope = sa.and_(n.c.tenant == tenant, n.c.recipient_id == recipient, n.c.inbox_at.is_not(None))
 
     def _unread(self, conn: Connection) -> int:
-        n = notifications_table
-        return int(conn.execute(sa.select(sa.func.count()).select_from(n).where(
-            self.scope, n.c.read_at.is_(None), n.c.archived_at.is_(None))).scalar_one())
+        return unread_count(conn, tenant=self.tenant, recipient=self.recipient)
 
     def start(self, since: datetime) -> tuple[int, list[tuple[str, uuid.UUID, datetime]]]:
         """The unread count now, and the changes already made within the poll window."""

@@ -12,6 +12,8 @@ Notification tables:
 - ``delivery_decisions``: append-only, every decision that changed a
   delivery's fate outside an attempt (recovered, suppressed, deferred, ...).
 - ``outbox``: deliveries waiting to be published to an outside engine (Celery).
+- ``inbox_counts``: unread inbox items per tenant × recipient, kept by
+  triggers on ``notifications`` (see ``db.INBOX_COUNT_DDL``).
 
 Queue tables: ``jobs``, ``workers`` (heartbeats), ``cron_ticks``.
 
@@ -28,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from chimeway.db import INBOX_NOTIFY_DDL, JsonText
+from chimeway.db import INBOX_NOTIFY_DDL, JsonText, inbox_count_ddl
 from chimeway.types import JSONType, SealedJSON, UTCDateTime
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "DigestBatch",
     "DigestItem",
     "Event",
+    "InboxCount",
     "Job",
     "Notification",
     "OutboxRow",
@@ -66,6 +69,7 @@ __all__ = [
     "digest_items_table",
     "digests_table",
     "events_table",
+    "inbox_counts_table",
     "jobs_table",
     "metadata",
     "notifications_table",
@@ -426,6 +430,37 @@ def _announce_inbox_changes(target: sa.Table, connection: sa.Connection, **kw: A
     if connection.dialect.name == "postgresql":
         for statement in INBOX_NOTIFY_DDL:
             connection.exec_driver_sql(statement)
+
+
+class InboxCount(Base):
+    """Unread inbox items of one recipient in one tenant, kept exact by triggers.
+
+    Every insert, update and delete of ``chimeway_notifications`` changes it
+    in the same transaction (``db.INBOX_COUNT_DDL``); nothing else writes
+    it. The count is the sum of the recipient's rows: on PostgreSQL a
+    writer that finds the recipient's rows held by other transactions adds
+    a row (``slot``) of its own rather than wait, and the next writer folds
+    the rows back into one. No row: no unread item.
+    """
+
+    __tablename__ = "chimeway_inbox_counts"
+
+    tenant: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    slot: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    unread: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+inbox_counts_table = _table(InboxCount)
+# Its triggers sit on the notifications table, which must be there first.
+inbox_counts_table.add_is_dependent_on(notifications_table)
+
+
+# ``metadata.create_all`` installs the triggers too, as migration 0013 does.
+@sa.event.listens_for(inbox_counts_table, "after_create")
+def _keep_inbox_counts(target: sa.Table, connection: sa.Connection, **kw: Any) -> None:
+    for statement in inbox_count_ddl(connection):
+        connection.exec_driver_sql(statement)
 
 
 # --- preferences and policy --------------------------------------------------
