@@ -19,7 +19,7 @@ _SCALARS = (str, int, bool, type(None))
 
 
 def check_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``args`` as a plain dict, or raise naming the first bad field.
+    """Return ``args`` as a plain dict (``args`` itself when it is one), or raise naming the first bad field.
 
     Args:
         args: the job's arguments.
@@ -28,6 +28,9 @@ def check_args(args: Mapping[str, Any]) -> dict[str, Any]:
         ParamsNotJSONError: a key is not a string, or a value is not JSON
             (objects, sets, bytes, datetimes, NaN and infinities included).
     """
+    if type(args) is dict:
+        _check(args, "args")
+        return args
     if not isinstance(args, Mapping):
         raise ParamsNotJSONError(f"job args must be a mapping, got {type(args).__name__}")
     _check(args, "args")

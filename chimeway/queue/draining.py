@@ -182,7 +182,7 @@ class Draining(JobEngine):
         now = self.clock.now()
         info = JobInfo(id=0, worker=handle.name, queue=queue or handle.queue, args=plain, attempt=attempt,
                        max_attempts=limit, inserted_at=now, scheduled_at=now)
-        return self.execute(Claimed(info, [], {}, handle.priority))
+        return self.execute(Claimed(info, handle.priority))
 
     def run_jobs(self, ids: Sequence[int]) -> list[Result]:
         """Run the given jobs now, in this thread, if they are due; returns their results.
@@ -206,7 +206,7 @@ class Draining(JobEngine):
                     JobInfo(id=r.id, worker=r.worker, queue=r.queue, args=r.args, attempt=r.attempt,
                             max_attempts=r.max_attempts, inserted_at=r.inserted_at,
                             scheduled_at=r.scheduled_at),
-                    list(r.errors or []), dict(r.meta or {}), r.priority,
+                    r.priority,
                 )
                 result = self.execute(job)
                 self.record(job, result, by)

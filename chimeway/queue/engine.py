@@ -7,28 +7,32 @@ transition a worker causes is written here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from chimeway import telemetry
 from chimeway.clock import Clock
-from chimeway.db import sql_in
+from chimeway.db import schema_of, sql_in
 from chimeway.queue import sql
 from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
 from chimeway.queue.registry import JobHandle
 from chimeway.queue.runner import Claimed, Result, run_job
 
-__all__ = ["JobEngine"]
+__all__ = ["Claimer", "JobEngine"]
 
 log = logging.getLogger("chimeway.queue")
+
+_CLAIM_TEXT: dict[tuple[str, str | None], str] = {}
 
 
 class JobEngine:
@@ -55,25 +59,61 @@ class JobEngine:
             by: the claiming worker's id (see :meth:`new_worker_id`).
             acks: ids of jobs ``by`` finished, completed in the same round trip.
         """
-        now = self.clock.now()
-        params = {"claim_queue": queue, "limit": limit, "now": now, "by": by}
         if self._pg:
             with self._autocommit.connect() as conn:
-                rows = conn.execute(sql_in(conn, sql.CLAIM_PG), {**params, "acks": list(acks)}).all()
-        else:
-            with self._writer.begin() as conn:
-                # Finished jobs ride along with the next claim: one commit, not two.
-                if acks:
-                    conn.execute(sql.COMPLETE_MANY, {"ids": list(acks), "by": by, "now": now})
-                rows = conn.execute(sql.CLAIM, params).all()
+                return self._claim_pg(conn, queue, limit, by, acks)
+        now = self.clock.now()
+        with self._writer.begin() as conn:
+            # Finished jobs ride along with the next claim: one commit, not two.
+            if acks:
+                conn.execute(sql.COMPLETE_MANY, {"ids": list(acks), "by": by, "now": now})
+            rows = conn.execute(sql.CLAIM, {"claim_queue": queue, "limit": limit, "now": now,
+                                            "by": by}).all()
+        return self._claimed(rows)
+
+    def claimer(self, by: str) -> Claimer:
+        """Claims and acknowledgements for worker ``by`` over one connection it keeps.
+
+        A worker's loop claims many times a second; on PostgreSQL keeping one
+        connection spares each claim a pool checkout (and its ping). Close it
+        when done.
+
+        Args:
+            by: the claiming worker's id.
+        """
+        return Claimer(self, by)
+
+    def _claim_pg(self, conn: Connection, queue: str, limit: int, by: str,
+                  acks: Sequence[int]) -> list[Claimed]:
+        # Acknowledgement and claim are ONE autocommit statement (see
+        # sql.CLAIM_PG), run on the driver's cursor: rows come back as plain
+        # tuples in the claim_columns order.
+        text = _CLAIM_TEXT.get((conn.dialect.name, schema_of(conn)))
+        if text is None:
+            text = str(sql_in(conn, sql.CLAIM_PG).compile(dialect=conn.dialect))
+            _CLAIM_TEXT[(conn.dialect.name, schema_of(conn))] = text
+        params = {"claim_queue": queue, "limit": limit, "now": self.clock.now(), "by": by,
+                  "acks": list(acks)}
+        dbapi = conn.dialect.loaded_dbapi
+        try:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(text, params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        except dbapi.Error as exc:
+            # The pool must not hand this connection out again if it broke.
+            conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(text, params, exc, dbapi.Error, dialect=conn.dialect) from exc
+        return self._claimed(rows, json.loads)
+
+    def _claimed(self, rows: Sequence[Any], load: Callable[[Any], Any] = lambda args: args) -> list[Claimed]:
+        observed = telemetry.ENABLED and telemetry.observing()
         claimed = [
-            Claimed(
-                JobInfo(id=r.id, worker=r.worker, queue=r.queue, args=r.args, attempt=r.attempt,
-                        max_attempts=r.max_attempts, inserted_at=r.inserted_at,
-                        scheduled_at=r.scheduled_at),
-                list(r.errors or []), dict(r.meta or {}), r.priority,
-            )
-            for r in rows
+            Claimed(JobInfo(id=i, worker=w, queue=q, args=load(a), attempt=n, max_attempts=m,
+                            inserted_at=ins, scheduled_at=due), p, observed)
+            for i, w, q, a, n, m, p, ins, due in rows
         ]
         claimed.sort(key=lambda j: (j.priority, j.info.scheduled_at, j.info.id))
         return claimed
@@ -86,7 +126,7 @@ class JobEngine:
         Args:
             job: from :meth:`claim`.
         """
-        if telemetry.ENABLED:
+        if telemetry.ENABLED and (telemetry.observing() if job.observed is None else job.observed):
             return self._execute_traced(job)
         if not self._listeners:
             return run_job(job, self._handles, self.clock.now, self.backoff)
@@ -150,12 +190,18 @@ class JobEngine:
                 delay = min(delay * 2, 2.0)
 
     def _record(self, job: Claimed, result: Result, by: str) -> None:
-        values = dict(result.values, state=result.state)
+        values: dict[str, Any] = dict(result.values, state=result.state)
+        params = {"job_id": job.info.id, "by": by, "job_attempt": job.info.attempt}
         if result.state == "completed":
             values["completed_at"] = self.clock.now()
         with self._writer.begin() as conn:
-            conn.execute(sql.FINISH.values(**values),
-                         {"job_id": job.info.id, "by": by, "job_attempt": job.info.attempt})
+            dialect = conn.dialect.name
+            if result.entry is not None:
+                values["errors"] = sql.APPEND_ERROR[dialect]
+                params["entry"] = json.dumps(result.entry)
+            if result.state == "scheduled":
+                values["meta"] = sql.COUNT_SNOOZE[dialect]
+            conn.execute(sql.FINISH.values(**values), params)
         if result.state != "completed":
             log_outcome(job.info, result)
 
@@ -234,3 +280,37 @@ class JobEngine:
         """
         with self._writer.begin() as conn:
             conn.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
+
+
+class Claimer:
+    """One worker's claims and acknowledgements (see :meth:`JobEngine.claimer`).
+
+    On PostgreSQL it keeps one autocommit connection, opened on first use and
+    opened again after an error; on SQLite every call takes the write lock
+    afresh, as :meth:`JobEngine.claim` does.
+    """
+
+    def __init__(self, jobs: JobEngine, by: str) -> None:
+        self._jobs = jobs
+        self.by = by
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.invalidated or conn.closed:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self._jobs._autocommit.connect()
+        return conn
+
+    def claim(self, queue: str, limit: int, *, acks: Sequence[int] = ()) -> list[Claimed]:
+        """As :meth:`JobEngine.claim` for this worker."""
+        if not self._jobs._pg:
+            return self._jobs.claim(queue, limit, self.by, acks=acks)
+        return self._jobs._claim_pg(self._connection(), queue, limit, self.by, acks)
+
+    def close(self) -> None:
+        """Give the connection back."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -244,7 +244,8 @@ class JobQueue(Operations, Browsing, Draining):
         job = NewJob(worker=worker, args=args, queue=queue, schedule_in=schedule_in,
                      scheduled_at=scheduled_at, priority=priority, max_attempts=max_attempts,
                      unique_key=unique_key)
-        row = self._row(job, self.clock.now())
+        now = self.clock.now()
+        row = sql.as_row(self._values(job, now), now)
         with own_tables(session, self.engine) as conn:
             job_id = conn.execute(sql.insert_jobs(conn), row).scalar()
             self._announce(conn, {row["queue"]})
@@ -270,16 +271,18 @@ class JobQueue(Operations, Browsing, Draining):
             Ids of the inserted jobs; unique duplicates are skipped.
         """
         now = self.clock.now()
-        rows = [self._row(j if isinstance(j, NewJob) else NewJob(**j), now) for j in jobs]
-        if not rows:
+        values = self._values
+        batch = [values(j if isinstance(j, NewJob) else NewJob(**j), now) for j in jobs]
+        if not batch:
             return []
         with own_tables(session, self.engine) as conn:
-            ids = sql.bulk_insert(conn, rows)
-            self._announce(conn, {r["queue"] for r in rows})
-            if ids:
+            ids = sql.bulk_insert(conn, batch, now)
+            self._announce(conn, {v[1] for v in batch})
+            if ids and self._inserted:
+                rows = [sql.as_row(v, now) for v in batch]
                 for callback in self._inserted:
                     callback(conn, rows)
-        self._inline_after(session, ids, {r["worker"] for r in rows})
+        self._inline_after(session, ids, {v[2] for v in batch})
         return ids
 
     def cancel_unique(self, session: Session | Connection, keys: Sequence[str]) -> int:
@@ -299,31 +302,32 @@ class JobQueue(Operations, Browsing, Draining):
         with own_tables(session, self.engine) as conn:
             return int(conn.execute(sql.CANCEL_UNIQUE, {"keys": list(keys), "now": self.clock.now()}).rowcount)
 
-    def _row(self, job: NewJob, now: datetime) -> dict[str, Any]:
-        handle = self._handles.get(job.worker)
-        if not isinstance(job.worker, str) or not job.worker or len(job.worker) > 300:
-            raise InvalidInputError(f"worker name must be 1-300 characters, got {job.worker!r}")
+    def _values(self, job: NewJob, now: datetime) -> sql.JobValues:
+        """A new job's checked values (see ``sql.JobValues``); raises naming the bad field."""
+        worker = job.worker
+        handle = self._handles.get(worker) if type(worker) is str else None
+        if not isinstance(worker, str) or not worker or len(worker) > 300:
+            raise InvalidInputError(f"worker name must be 1-300 characters, got {worker!r}")
         queue = job.queue or (handle.queue if handle else "default")
-        self._check_queue(queue)
+        if queue not in self._queues:
+            self._check_queue(queue)
         args = check_args(job.args)
         if handle is not None and handle.takes_job and "job" in args:
-            raise InvalidInputError(f"job {job.worker!r} takes a 'job' parameter; args cannot use 'job'")
-        due = self._due(job, now)
+            raise InvalidInputError(f"job {worker!r} takes a 'job' parameter; args cannot use 'job'")
+        due = now if job.scheduled_at is None and job.schedule_in is None else self._due(job, now)
         priority = job.priority if job.priority is not None else (handle.priority if handle else 0)
         max_attempts = job.max_attempts or (handle.max_attempts if handle else 20)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if (type(max_attempts) is not int and not isinstance(max_attempts, int)) or max_attempts < 1:
             raise InvalidInputError(f"max_attempts must be >= 1, got {max_attempts!r}")
         key = job.unique_key
-        if key is None and handle is not None:
-            key = unique_key(job.worker, handle.unique, args)
+        if key is None and handle is not None and handle.unique is not None:
+            key = unique_key(worker, handle.unique, args)
         if key is not None and len(key) > 500:
-            raise InvalidInputError(f"unique_key for job {job.worker!r} is longer than 500 characters")
-        return {
-            "state": "available" if due <= now else "scheduled",
-            "queue": queue, "worker": job.worker, "args": args, "meta": {}, "errors": [],
-            "attempt": 0, "max_attempts": max_attempts, "priority": int(priority),
-            "unique_key": key, "inserted_at": now, "scheduled_at": due,
-        }
+            raise InvalidInputError(f"unique_key for job {worker!r} is longer than 500 characters")
+        if due == now:
+            return ("available", queue, worker, args, max_attempts, int(priority), key, None)
+        return ("available" if due <= now else "scheduled", queue, worker, args, max_attempts,
+                int(priority), key, due)
 
     @staticmethod
     def _due(job: NewJob, now: datetime) -> datetime:

@@ -18,7 +18,7 @@ __all__ = ["Enqueuer", "JobHandle", "NewJob"]
 Delay = float | int | timedelta
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NewJob:
     """One job to insert with :meth:`JobQueue.insert_many`.
 

@@ -29,22 +29,31 @@ TRACEBACK_CHARS = 2000
 
 @dataclass(frozen=True)
 class Claimed:
-    """A job this node has claimed (state ``executing``, attempt already counted)."""
+    """A job this node has claimed (state ``executing``, attempt already counted).
+
+    ``observed``: whether telemetry records this run, decided once per claim
+    (``None``: decide when it runs).
+    """
 
     info: JobInfo
-    errors: list[Any]
-    meta: dict[str, Any]
     priority: int
+    observed: bool | None = None
 
 
 @dataclass(frozen=True)
 class Result:
-    """The outcome of one run: the state to write and the columns that go with it."""
+    """The outcome of one run: the state to write and the columns that go with it.
+
+    ``entry`` is appended to the row's ``errors``, and a snooze (state
+    ``scheduled``) counts itself in the row's ``meta``, by the statement that
+    records the outcome: a claim never reads either column.
+    """
 
     state: str
     values: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
     error: str | None = None
+    entry: dict[str, Any] | None = None
     # What the function returned, or the exception that ended it (for tests
     # that run one job by hand; the queue itself records only the above).
     value: Any = None
@@ -87,14 +96,11 @@ def run_job(
             raise value
     except Cancel as exc:
         at = now()
-        errors = [*job.errors, _entry(info, at, f"cancelled: {exc.reason}", None)]
-        return Result("cancelled", {"cancelled_at": at, "errors": errors},
-                      time.perf_counter() - started, exc.reason, exception=exc)
+        return Result("cancelled", {"cancelled_at": at}, time.perf_counter() - started, exc.reason,
+                      entry=_entry(info, at, f"cancelled: {exc.reason}", None), exception=exc)
     except Snooze as exc:
         at = now()
-        meta = {**job.meta, "snoozed": int(job.meta.get("snoozed", 0)) + 1}
-        values = {"scheduled_at": at + timedelta(seconds=exc.seconds),
-                  "attempt": info.attempt - 1, "meta": meta}
+        values = {"scheduled_at": at + timedelta(seconds=exc.seconds), "attempt": info.attempt - 1}
         return Result("scheduled", values, time.perf_counter() - started, str(exc), exception=exc)
     except Retry as exc:
         duration = time.perf_counter() - started
@@ -117,12 +123,12 @@ def _fail(
     discard: bool = False,
 ) -> Result:
     info = job.info
-    errors = [*job.errors, _entry(info, at, error, exc)]
+    entry = _entry(info, at, error, exc)
     if discard or info.attempt >= info.max_attempts:
-        return Result("discarded", {"discarded_at": at, "errors": errors}, duration, error, exception=exc)
+        return Result("discarded", {"discarded_at": at}, duration, error, entry=entry, exception=exc)
     delay = max(backoff(info.attempt), after or 0.0)
-    return Result("retryable", {"scheduled_at": at + timedelta(seconds=delay), "errors": errors},
-                  duration, error, exception=exc)
+    return Result("retryable", {"scheduled_at": at + timedelta(seconds=delay)}, duration, error,
+                  entry=entry, exception=exc)
 
 
 def crashed(job: Claimed, at: datetime, exc: BaseException, backoff: Callable[[int], float]) -> Result:

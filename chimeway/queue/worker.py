@@ -15,8 +15,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from queue import Empty, SimpleQueue
 from types import FrameType
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from chimeway.queue.plugins.base import Plugin, PluginThreads
 from chimeway.queue.plugins.heartbeat import Heartbeat
 from chimeway.queue.runner import Claimed, Result, crashed
 
-__all__ = ["QueueEngine", "Worker"]
+__all__ = ["Claims", "QueueEngine", "Worker"]
 
 log = logging.getLogger("chimeway.queue")
 
@@ -43,6 +43,14 @@ REFILL_DELAY = 0.002
 # An outcome the database cannot take is retried this long (a short outage)
 # before the job is left to the lifeline.
 RECORD_PATIENCE = 60.0
+
+
+class Claims(Protocol):
+    """One worker's claims (``JobQueue.claimer``)."""
+
+    def claim(self, queue: str, limit: int, *, acks: Sequence[int] = ...) -> list[Claimed]: ...
+
+    def close(self) -> None: ...
 
 
 class QueueEngine(Protocol):
@@ -65,6 +73,8 @@ class QueueEngine(Protocol):
     def paused_queues(self) -> Iterable[str]: ...
 
     def claim(self, queue: str, limit: int, by: str, *, acks: Sequence[int] = ...) -> list[Claimed]: ...
+
+    def claimer(self, by: str) -> Claims: ...
 
     def execute(self, job: Claimed) -> Result: ...
 
@@ -124,10 +134,8 @@ class Worker:
                                       first_delays={beat.name: heartbeat_interval}, halt=self.stop)
         self._paused: frozenset[str] = frozenset()
         self._paused_checked = float("-inf")
-        self._pools = {
-            q: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"chimeway-{q}")
-            for q, n in self.limits.items()
-        }
+        self._claimer = jobs.claimer(self.id)
+        self._pools = {q: _Slots(n, f"chimeway-{q}", self._run) for q, n in self.limits.items()}
 
     # --- wake-ups -------------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class Worker:
                 continue
             acks = self._take_acks(force=True)
             try:
-                claimed = self.jobs.claim(queue, free, self.id, acks=acks)
+                claimed = self._claimer.claim(queue, free, acks=acks)
             except BaseException:
                 self._return_acks(acks)
                 raise
@@ -249,8 +257,7 @@ class Worker:
                 self._free_since[queue] = (
                     None if self._running[queue] >= limit else time.monotonic()
                 )
-            for job in claimed:
-                self._pools[queue].submit(self._run, job)
+            self._pools[queue].submit(claimed)
 
     def _check_paused(self) -> None:
         # Once per poll interval, so a pause or resume takes effect within one poll.
@@ -333,7 +340,8 @@ class Worker:
             self._quietly(lambda: self._flush_acks(force=True))
         self._quietly(lambda: self._flush_acks(force=True))
         for pool in self._pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
+        self._claimer.close()
         released = self._quietly(lambda: self.jobs.release(self.id))
         if released:
             log_event(log, logging.WARNING, "worker.released",
@@ -366,3 +374,59 @@ class Worker:
                 signal.signal(sig, old)
 
         return restore
+
+
+class _Slots:
+    """A queue's threads: each claimed job runs on a thread of its own, at most ``size`` at once.
+
+    Jobs wait in a ``SimpleQueue`` the threads take from; the worker never
+    hands out more jobs than the queue has free slots. Threads start as
+    they are first needed and stay until :meth:`shutdown`.
+    """
+
+    def __init__(self, size: int, name: str, run: Callable[[Claimed], None]) -> None:
+        self.size = size
+        self.name = name
+        self._run = run
+        self._jobs: SimpleQueue[Claimed | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    def submit(self, jobs: Sequence[Claimed]) -> None:
+        put = self._jobs.put
+        for job in jobs:
+            put(job)
+        with self._lock:
+            # Every job needs a thread that is waiting, or one started for it.
+            missing = min(len(jobs) - self._waiting, self.size - len(self._threads))
+            self._waiting = max(0, self._waiting - len(jobs))
+            for _ in range(missing):
+                thread = threading.Thread(target=self._serve, name=f"{self.name}_{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+
+    def _serve(self) -> None:
+        get = self._jobs.get
+        run = self._run
+        while True:
+            job = get()
+            if job is None:
+                return
+            try:
+                run(job)
+            except BaseException:
+                # The thread must outlive any job: its slot is counted on.
+                log.exception("worker thread failed after job %s", job.info.id)
+            with self._lock:
+                self._waiting += 1
+
+    def shutdown(self) -> None:
+        """Drop the jobs no thread has taken yet and let every thread end after its job."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except Empty:
+                break
+        for _ in self._threads:
+            self._jobs.put(None)
