@@ -63,6 +63,7 @@ __all__ = [
     "RunState",
     "SignalRow",
     "apply_signal",
+    "early_signal_column",
     "failure_kind",
     "load_run",
     "run_from",
@@ -72,8 +73,6 @@ __all__ = [
 ]
 
 FINAL = tuple(sorted(DELIVERY_FINAL))
-# Runs whose early signals one statement reads (each adds an actor and a notification id to it).
-SIGNAL_CHUNK = 500
 
 
 @dataclass(kw_only=True)
@@ -156,9 +155,9 @@ class Batch:
     rendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     # The timer jobs of the waits runs left here (their unique keys): pointless now.
     left_waits: list[str] = field(default_factory=list)
-    # The first unused signal of a due wait, read for many runs at once:
-    # run id → (the run's signal mark, the deadline, the signal or None).
-    early_signals: dict[uuid.UUID, tuple[uuid.UUID, datetime, SignalRow | None]] = field(default_factory=dict)
+    # Runs whose due wait is known to have no signal to find (read with
+    # their lock): run id → (its signal mark, its deadline) when that was known.
+    no_early_signal: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = field(default_factory=dict)
 
     @property
     def due(self) -> list[Due]:
@@ -208,52 +207,6 @@ class Batch:
             insert_rows(conn, decisions_table, decisions)
         insert_rows(conn, workflow_deliveries_table, self.links)
         insert_rows(conn, workflow_transitions_table, self.transitions)
-
-    def read_early_signals(self, waits: Sequence[tuple[RunState, Sequence[str]]]) -> None:
-        """Find, for many due waits at once, the first signal each run has not used yet.
-
-        What :func:`wait_due` would otherwise ask the database once per run:
-        one statement per :data:`SIGNAL_CHUNK` runs reads every candidate
-        (one of their tenants, actors and signal names, newer than the oldest
-        mark, older than the latest deadline) and each run then picks its own.
-
-        Args:
-            waits: runs waiting on a due wait, each with the signal names that wait takes.
-        """
-        s = signals_table
-        for first in range(0, len(waits), SIGNAL_CHUNK):
-            part = [(run, names) for run, names in waits[first:first + SIGNAL_CHUNK]
-                    if names and run.wait_until is not None]
-            if not part:
-                continue
-            # Three plain lists rather than (tenant, actor, name) tuples: the
-            # database plans one index scan, not one per tuple.
-            query = (
-                sa.select(s.c.id, s.c.tenant, s.c.name, s.c.actor, s.c.notification_id, s.c.created_at)
-                .where(s.c.tenant.in_(sorted({run.tenant for run, _ in part})),
-                       s.c.actor.in_(sorted({run.recipient.id for run, _ in part})),
-                       s.c.name.in_(sorted({name for _, names in part for name in names})),
-                       s.c.id > min(run.signal_mark for run, _ in part),
-                       s.c.created_at < max(run.wait_until for run, _ in part if run.wait_until is not None),
-                       sa.or_(s.c.notification_id.is_(None),
-                              s.c.notification_id.in_(sorted({run.notification_id for run, _ in part}))))
-                .order_by(s.c.id)
-            )
-            found: dict[tuple[str, str], list[Any]] = {}
-            for row in self.conn.execute(query):
-                found.setdefault((row.tenant, row.actor), []).append(row)
-            for run, names in part:
-                assert run.wait_until is not None
-                first_unused = next((
-                    row for row in found.get((run.tenant, run.recipient.id), ())
-                    if row.name in names and row.id > run.signal_mark and row.created_at < run.wait_until
-                    and row.notification_id in (None, run.notification_id)
-                ), None)
-                self.early_signals[run.id] = (run.signal_mark, run.wait_until, None if first_unused is None else
-                                              SignalRow(id=first_unused.id, name=first_unused.name,
-                                                        actor=first_unused.actor,
-                                                        notification_id=first_unused.notification_id,
-                                                        created_at=first_unused.created_at))
 
 
 def run_from(batch: Batch, program: Program, run: RunState, index: int | None, reason: str,
@@ -431,13 +384,31 @@ def wait_key(run: RunState) -> str:
     return f"{PROGRESS_WORKER}:{run.id}:{run.transitions}"
 
 
+def early_signal_column(runs: sa.Table) -> sa.Label[bool]:
+    """Whether a run may have a signal to find when its wait falls due: read with the run, no round trip.
+
+    Any signal of the run's tenant and recipient newer than its mark, older
+    than its deadline, for its notification or none. Only when this says so
+    does :func:`wait_due` look for the first one whose name the wait takes
+    (a per-row subquery: an index probe per run, whatever the statistics).
+
+    Args:
+        runs: ``chimeway_workflow_runs``.
+    """
+    s, r = signals_table, runs
+    return sa.exists().where(
+        s.c.tenant == r.c.tenant, s.c.actor == r.c.recipient_id, s.c.id > r.c.signal_mark,
+        s.c.created_at < r.c.wait_until,
+        sa.or_(s.c.notification_id.is_(None), s.c.notification_id == r.c.notification_id),
+    ).label("early_signal")
+
+
 def _unused_signal(batch: Batch, run: RunState, names: Sequence[str], *,
                    before: datetime | None = None) -> SignalRow | None:
     # A signal that came while the run was elsewhere (the recipient read the
     # in-app message before its delivery step finished) still counts once.
-    known = batch.early_signals.get(run.id)
-    if known is not None and before is not None and known[:2] == (run.signal_mark, before):
-        return known[2]
+    if before is not None and batch.no_early_signal.get(run.id) == (run.signal_mark, before):
+        return None
     conn = batch.conn
     s = signals_table
     query = (

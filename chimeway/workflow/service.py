@@ -58,13 +58,13 @@ from chimeway.workflow.engine import (
     FINAL,
     Batch,
     RunState,
+    early_signal_column,
     load_run,
     run_from,
     step_outcome,
     wait_due,
 )
 from chimeway.workflow.names import PROGRESS_WORKER, WORKFLOW_QUEUE
-from chimeway.workflow.program import WaitOp
 from chimeway.workflow.signals import SignalRouter
 from chimeway.workflow.steps import (
     DeliverOp,
@@ -342,13 +342,17 @@ class Workflows:
                  order: Any = None) -> list[uuid.UUID]:
         """Lock the matching runs, apply ``act`` to each, write what it decided; returns the runs that moved."""
         with self._writer.begin() as conn:
-            rows = self.locked_runs(conn, where, limit=limit, order=order, skip_locked=limit is not None)
+            # Read with the lock only when the lock is not waited for: a
+            # transaction that waited must look at signals after getting it.
+            rows = self.locked_runs(conn, where, limit=limit, order=order, skip_locked=limit is not None,
+                                    early_signals=limit is not None)
             if not rows:
                 return []
             batch = self.new_batch(conn, rows)
             runs = [(run, self.program(conn, run)) for run in map(load_run, rows)]
-            batch.read_early_signals([(run, names) for run, program in runs if program is not None
-                                      for names in [_due_wait_signals(program, run, batch.now)] if names])
+            for row, (run, _) in zip(rows, runs, strict=True):
+                if "early_signal" in row._fields and not row.early_signal and run.wait_until is not None:
+                    batch.no_early_signal[run.id] = (run.signal_mark, run.wait_until)
             moved: list[uuid.UUID] = []
             for run, program in runs:
                 if program is None:
@@ -361,7 +365,8 @@ class Workflows:
         return moved
 
     def locked_runs(self, conn: Connection, where: Sequence[sa.ColumnElement[bool]], *, limit: int | None = None,
-                    order: Any = None, skip_locked: bool = False, with_params: bool = True) -> list[Any]:
+                    order: Any = None, skip_locked: bool = False, with_params: bool = True,
+                    early_signals: bool = False) -> list[Any]:
         """Select runs (with their recipient) and lock them for this transaction.
 
         Args:
@@ -371,9 +376,13 @@ class Workflows:
             order: ordering column (default: the run id, so lockers never deadlock).
             skip_locked: skip runs another transaction holds (sweeps).
             with_params: also read the event params (to render the next step).
+            early_signals: also read whether a due wait may have a signal to
+                find (:func:`~chimeway.workflow.engine.early_signal_column`).
         """
         r, n, e = workflow_runs_table, notifications_table, events_table
         query = sa.select(r, n.c.recipient).join(n, n.c.id == r.c.notification_id)
+        if early_signals:
+            query = query.add_columns(early_signal_column(r))
         if with_params:
             query = query.add_columns(e.c.params).join(e, e.c.id == r.c.event_id)
         query = (query.where(*where)
@@ -507,10 +516,3 @@ class Workflows:
             self.write(conn, batch)
         return len(rows)
 
-
-def _due_wait_signals(program: Program, run: RunState, now: datetime) -> tuple[str, ...]:
-    """The signal names of the wait ``run`` is in, if that wait has fallen due (else none)."""
-    if run.state != "waiting" or run.step is None or run.wait_until is None or run.wait_until > now:
-        return ()
-    op = program.ops[run.step]
-    return op.signals if isinstance(op, WaitOp) else ()

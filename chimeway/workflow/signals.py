@@ -39,12 +39,12 @@ from chimeway.workflow.engine import Batch, RunState, SignalRow, apply_signal, l
 from chimeway.workflow.names import SIGNAL_QUEUE, SIGNAL_WORKER
 from chimeway.workflow.steps import Program
 
-__all__ = ["SignalRouter", "mark_routed"]
+__all__ = ["SignalRouter", "mark_routed", "router_key"]
 
 MAX_NAME = 200
 # A router job also routes others still waiting, this many per transaction
 # for up to ROUTE_ROUNDS transactions, so a burst of signals is routed in
-# large transactions by the first jobs and the rest find nothing to do.
+# large transactions by the first jobs, which cancel the jobs of the rest.
 ROUTE_BATCH = 1000
 ROUTE_ROUNDS = 10
 
@@ -150,7 +150,8 @@ class SignalRouter:
             after_commit(target, lambda: self._route_quietly(signal_id))
         else:
             self.workflows.queue.insert_many(conn, [NewJob(worker=SIGNAL_WORKER, queue=SIGNAL_QUEUE,
-                                                           args={"signal_id": str(signal_id)})])
+                                                           args={"signal_id": str(signal_id)},
+                                                           unique_key=router_key(signal_id))])
 
     # --- routing -----------------------------------------------------------------------
 
@@ -254,8 +255,20 @@ class SignalRouter:
                         count += 1
                 matched[sig.id] = count
             mark_routed(conn, matched, batch.now)
+            if wf.dispatcher_name() != "sync":
+                # Their router jobs have nothing left to do.
+                wf.queue.cancel_unique(conn, [router_key(sid) for sid in matched])
             wf.write(conn, batch)
         return len(signals), sum(matched.values())
+
+
+def router_key(signal_id: uuid.UUID) -> str:
+    """The unique key of a signal's ``SignalRouterWorker`` job (routing the signal cancels it).
+
+    Args:
+        signal_id: the signal.
+    """
+    return f"{SIGNAL_WORKER}:{signal_id}"
 
 
 def mark_routed(conn: Connection, matched: dict[uuid.UUID, int], now: datetime) -> None:

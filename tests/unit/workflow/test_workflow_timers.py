@@ -1,4 +1,4 @@
-"""Wait timers: one job per wait, advanced in batches, cancelled once the run has left the wait."""
+"""Wait timers and signal routers: advanced in batches; a job made pointless is cancelled, not left to run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from chimeway.models import (
     workflow_runs_table,
     workflow_transitions_table,
 )
-from chimeway.workflow import WORKFLOW_QUEUE, deliver, wait
+from chimeway.workflow import SIGNAL_QUEUE, WORKFLOW_QUEUE, deliver, wait
 
 
 class Again(Notifier):
@@ -41,10 +41,10 @@ def _many(h: Harness, n: int, prefix: str, users: Callable[[int], str] = lambda 
     return ids
 
 
-def _timer_jobs(h: Harness) -> dict[str, int]:
+def _timer_jobs(h: Harness, queue: str = WORKFLOW_QUEUE) -> dict[str, int]:
     j = jobs_table
     with h.app.engine.connect() as conn:
-        rows = conn.execute(sa.select(j.c.state, sa.func.count()).where(j.c.queue == WORKFLOW_QUEUE)
+        rows = conn.execute(sa.select(j.c.state, sa.func.count()).where(j.c.queue == queue)
                             .group_by(j.c.state)).all()
     return {state: n for state, n in rows}
 
@@ -164,3 +164,18 @@ def test_a_batch_of_due_runs_finds_each_run_its_own_signal(make_app: Callable[..
         assert conn.execute(sa.select(sa.func.count()).select_from(r).where(r.c.state == "waiting")).scalar() == 0
         emails = conn.execute(sa.select(sa.func.count()).select_from(d).where(d.c.channel == "email")).scalar()
     assert emails == 9
+
+
+def test_routing_a_burst_of_signals_cancels_the_router_jobs_of_the_signals_it_routed(
+        make_app: Callable[..., Harness]) -> None:
+    h = make_app("queue")
+    _many(h, 6, "burst")
+    with Session(h.app.engine) as session, session.begin():
+        first, *_ = [h.app.track(session, "notification.read", actor=f"user:{i}") for i in range(6)]
+    assert _timer_jobs(h, SIGNAL_QUEUE) == {"available": 6}
+    # One router job routes the whole burst, and the other five jobs go with it.
+    assert h.app.workflows.signals.router_worker(str(first)) == 6
+    assert _timer_jobs(h, SIGNAL_QUEUE) == {"cancelled": 6}
+    assert h.app.work(queues=[SIGNAL_QUEUE]) == 0
+    assert _left_wait(h) == {"signal_unless": 6}
+    assert _timer_jobs(h) == {"cancelled": 6}
