@@ -378,7 +378,9 @@ class WorkerRow(Base):
     node: Mapped[str] = mapped_column(sa.String(200))
     queues: Mapped[dict[str, Any]] = mapped_column(JSONType)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # Not indexed: a heartbeat then changes no indexed column and is a HOT
+    # update (one row per worker process; readers take the whole table).
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class CronTick(Base):
