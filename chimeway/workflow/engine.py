@@ -397,6 +397,7 @@ def early_signal_column(runs: sa.Table) -> sa.Label[bool]:
     """
     s, r = signals_table, runs
     return sa.exists().where(
+        r.c.state == "waiting",  # tested once per run, before any signal is read
         s.c.tenant == r.c.tenant, s.c.actor == r.c.recipient_id, s.c.id > r.c.signal_mark,
         s.c.created_at < r.c.wait_until,
         sa.or_(s.c.notification_id.is_(None), s.c.notification_id == r.c.notification_id),
