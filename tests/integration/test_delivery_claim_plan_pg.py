@@ -9,7 +9,6 @@ generic plan (what psycopg's prepared statements get after a few runs).
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from plans import nodes, sent_plan
 from sqlalchemy import event
 
 from chimeway.db import create_engine
@@ -62,21 +62,6 @@ def loaded(request: pytest.FixtureRequest, pg_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from _nodes(child)
-
-
-def _pg_type(value: Any) -> str:
-    if isinstance(value, list):
-        return f"{_pg_type(value[0])}[]"
-    for kind, name in ((uuid.UUID, "uuid"), (str, "text"), (int, "integer"), (datetime, "timestamptz")):
-        if isinstance(value, kind):
-            return name
-    raise TypeError(type(value))
-
-
 def claim_plan(engine: sa.Engine, mode: str, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
     """The plan nodes of the delivery claim for ``ids``, as a prepared statement in ``mode``."""
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -92,26 +77,12 @@ def claim_plan(engine: sa.Engine, mode: str, ids: list[uuid.UUID]) -> list[dict[
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     [(statement, values)] = seen
-    names: list[str] = []
-
-    def positional(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    text = re.sub(r"%\((\w+)\)s", positional, statement).replace("%%", "%")
     with engine.connect() as conn:
-        conn.execute(sa.text(f"SET plan_cache_mode = {mode}"))
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, psycopg.Connection)
-        with psycopg.ClientCursor(raw) as cursor:  # EXECUTE takes its arguments as literals
-            cursor.execute(f"PREPARE claim ({', '.join(_pg_type(values[n]) for n in names)}) AS {text}")
-            cursor.execute(f"EXPLAIN (FORMAT JSON) EXECUTE claim ({', '.join(['%s'] * len(names))})",
-                           [values[n] for n in names])
-            row = cursor.fetchone()
-        assert row is not None
+        plan = sent_plan(raw, statement, values, mode=mode)
         conn.rollback()
-    return list(_nodes(row[0][0]["Plan"]))
+    return list(nodes(plan))
 
 
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])

@@ -45,6 +45,20 @@ def _lease(engine: sa.Engine) -> tuple[str, datetime]:
     return row.lease_holder, row.lease_expires_at
 
 
+def _left_in_flight_until_the_lease_runs_out(app: Chimeway, engine: sa.Engine) -> str:
+    """The killed child's delivery is dispatched under its lease, and stays so while that lives; its holder."""
+    assert _statuses(engine) == ["dispatched"]
+    holder, expires = _lease(engine)
+    assert holder and str(os.getpid()) not in holder.split(":")[1]
+    if app.clock.now() < expires:
+        # However old the row, a live lease means its holder may still be sending.
+        assert app.recover(older_than=timedelta(0)) == 0
+        assert _statuses(engine) == ["dispatched"]
+        while app.clock.now() < expires:
+            time.sleep(0.1)
+    return holder
+
+
 def test_recover_redrives_a_pending_delivery_its_process_never_sent(any_url: str, any_engine: sa.Engine,
                                                                     tmp_path: Path) -> None:
     # Planned inside a savepoint, the delivery is claimed only after the
@@ -70,16 +84,10 @@ def test_a_delivery_claimed_in_the_trigger_and_killed_before_its_send_is_sent_on
     # killed right after the commit leaves the delivery dispatched under a
     # lease nobody extends, never lost.
     _run_until_killed(any_url, "after_commit", tmp_path / "marker", lease=2.0)
-    assert _statuses(any_engine) == ["dispatched"]
-    holder, expires = _lease(any_engine)
-    assert holder and str(os.getpid()) not in holder.split(":")[1]
     rec = RecordingChannel()
     app = Chimeway(engine=any_engine, channels={"rec": rec})
-    if app.clock.now() < expires:
-        assert app.recover(older_than=timedelta(0)) == 0
-        assert rec.sent == []
-        while app.clock.now() < expires:
-            time.sleep(0.1)
+    _left_in_flight_until_the_lease_runs_out(app, any_engine)
+    assert rec.sent == []
     assert app.recover(older_than=timedelta(0)) == 1
     assert _statuses(any_engine) == ["succeeded"] and len(rec.sent) == 1
     events = [t.event for t in app.explain(rec.sent[0].delivery_id).timeline]
@@ -90,18 +98,9 @@ def test_a_delivery_claimed_in_the_trigger_and_killed_before_its_send_is_sent_on
 def test_recover_resends_once_the_killed_holders_lease_runs_out(any_url: str, any_engine: sa.Engine,
                                                                 tmp_path: Path) -> None:
     _run_until_killed(any_url, "mid_send", tmp_path / "marker", lease=2.0)
-    assert _statuses(any_engine) == ["dispatched"]
-    holder, expires = _lease(any_engine)
-    assert holder and str(os.getpid()) not in holder.split(":")[1]
-
     rec = RecordingChannel()
     app = Chimeway(engine=any_engine, channels={"rec": rec})
-    if app.clock.now() < expires:
-        # However old the row, a live lease means its holder may still be sending.
-        assert app.recover(older_than=timedelta(0)) == 0
-        assert _statuses(any_engine) == ["dispatched"]
-        while app.clock.now() < expires:
-            time.sleep(0.1)
+    holder = _left_in_flight_until_the_lease_runs_out(app, any_engine)
     assert app.recover(older_than=timedelta(0)) == 1
     assert _statuses(any_engine) == ["succeeded"]
     assert len(rec.sent) == 1

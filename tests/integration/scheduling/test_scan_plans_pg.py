@@ -9,8 +9,6 @@ walk the tenant's rows and check the list on each.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg.sql import Literal
+from plans import sent_plan
 from sqlalchemy import event
 
 from chimeway.db import create_engine
@@ -41,23 +39,6 @@ def unanalyzed(pg_url: str) -> Iterator[sa.Engine]:
         conn.execute(sa.text(EVENTS), {"n": 10_000, "now": datetime(2026, 12, 1, tzinfo=UTC)})
     yield engine
     engine.dispose()
-
-
-def _generic_plan(raw: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """``EXPLAIN ANALYZE`` of a statement as sent (``%(name)s`` parameters), run as a generic plan."""
-    names: list[str] = []
-
-    def positional(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    raw.execute("SET plan_cache_mode = force_generic_plan")
-    raw.execute("PREPARE lookup AS " + re.sub(r"%\((\w+)\)s", positional, statement))
-    args = ", ".join(Literal(params[name]).as_string(raw) for name in names)
-    row = raw.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE lookup ({args})").fetchone()
-    assert row is not None
-    return row[0] if isinstance(row[0], list) else list(json.loads(row[0]))
 
 
 def _scans_of(node: dict[str, Any], table: str) -> list[dict[str, Any]]:
@@ -85,8 +66,8 @@ def test_the_lookup_of_already_notified_rows_probes_the_index_per_key(unanalyzed
     with unanalyzed.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, psycopg.Connection)
-        plan = _generic_plan(raw, statement, params)
-    [scan] = _scans_of(plan[0]["Plan"], "chimeway_events")
+        plan = sent_plan(raw, statement, params, analyze=True)
+    [scan] = _scans_of(plan, "chimeway_events")
     assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan
     assert "idempotency_key" in scan["Index Cond"], scan
     # One probe per key: never more rows read than keys looked up.

@@ -9,16 +9,13 @@ table or a join planned from its (absent) statistics.
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from journeys import Race
-from psycopg.sql import Literal
+from plans import nodes, sent_plan
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -33,30 +30,6 @@ SIGNALS = (
     " SELECT gen_random_uuid(), '', 'someone:' || (n % 2000), 'notification.read', '{}', now(), 0"
     " FROM generate_series(1, 20000) AS n"
 )
-
-
-def _generic_plan(raw: psycopg.Connection[Any], statement: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    names: list[str] = []
-
-    def positional(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    raw.execute("SET plan_cache_mode = force_generic_plan")
-    raw.execute("PREPARE locking AS " + re.sub(r"%\((\w+)\)s", positional, statement))
-    args = ", ".join(Literal(params[name]).as_string(raw) for name in names)
-    row = raw.execute(f"EXPLAIN (FORMAT JSON) EXECUTE locking ({args})").fetchone()
-    assert row is not None
-    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    return dict(plan[0]["Plan"])
-
-
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [node]
-    for child in node.get("Plans", ()):
-        found += _nodes(child)
-    return found
 
 
 def test_the_batch_lock_probes_each_runs_signals_through_the_actor_index(pg_url: str) -> None:
@@ -84,10 +57,10 @@ def test_the_batch_lock_probes_each_runs_signals_through_the_actor_index(pg_url:
     with app.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, psycopg.Connection)
-        plan = _generic_plan(raw, statement, params)
-    subplans = [n for n in _nodes(plan) if n.get("Parent Relationship") == "SubPlan"]
-    per_run = [n for sub in subplans for n in _nodes(sub) if n.get("Relation Name") == "chimeway_signals"]
-    elsewhere = [n for n in _nodes(plan) if n.get("Relation Name") == "chimeway_signals"]
+        plan = sent_plan(raw, statement, params)
+    subplans = [n for n in nodes(plan) if n.get("Parent Relationship") == "SubPlan"]
+    per_run = [n for sub in subplans for n in nodes(sub) if n.get("Relation Name") == "chimeway_signals"]
+    elsewhere = [n for n in nodes(plan) if n.get("Relation Name") == "chimeway_signals"]
     assert len(per_run) == len(elsewhere) == 1, plan
     [probe] = per_run
     assert probe.get("Index Name") == "ix_chimeway_signals_actor", probe

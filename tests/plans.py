@@ -1,0 +1,48 @@
+"""PostgreSQL's plan for a statement exactly as the driver sent it, for the plan tests.
+
+A statement captured from ``before_cursor_execute`` (``%(name)s``
+parameters) is prepared under its own name and explained with its values as
+literals, in the plan-cache mode asked for: ``force_generic_plan`` is what a
+prepared statement gets after a few runs, ``force_custom_plan`` what a first
+run gets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg.sql import Literal
+
+__all__ = ["nodes", "sent_plan"]
+
+
+def sent_plan(raw: psycopg.Connection[Any], statement: str, params: Mapping[str, Any], *,
+              mode: str = "force_generic_plan", analyze: bool = False, name: str = "planned") -> dict[str, Any]:
+    """The root plan node of ``statement`` with ``params``, planned in ``mode``."""
+    names: list[str] = []
+
+    def positional(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    raw.execute(f"SET plan_cache_mode = {mode}")
+    raw.execute(f"PREPARE {name} AS " + re.sub(r"%\((\w+)\)s", positional, statement).replace("%%", "%"))
+    args = ", ".join(Literal(params[n]).as_string(raw) for n in names)
+    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    row = raw.execute(f"EXPLAIN ({options}) EXECUTE {name} ({args})").fetchone()
+    raw.execute(f"DEALLOCATE {name}")
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return dict(plan[0]["Plan"])
+
+
+def nodes(node: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan, the root first."""
+    yield dict(node)
+    for child in node.get("Plans", []):
+        yield from nodes(child)
