@@ -453,8 +453,8 @@ $body$""",
 # transaction holds them all it adds a row of its own (slot = its
 # transaction id). So a writer never waits for a count row: writers of one
 # recipient do not queue behind each other's commits, and no order of
-# statements in two transactions (the executor stamps each delivery's row
-# with a statement of its own) can deadlock on counts. A recipient has more
+# statements in two transactions (a caller's own updates, one row at a time)
+# can deadlock on counts. A recipient has more
 # than one row only after writers overlapped, until its next change. A
 # transaction under REPEATABLE READ or SERIALIZABLE, which could not lock a
 # row changed since its snapshot, always writes its own row.

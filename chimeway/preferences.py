@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import insert, is_postgres, own_tables, tenant_key, translated, writer
+from chimeway.db import among, insert, is_postgres, own_tables, tenant_key, translated, writer
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
@@ -449,11 +449,6 @@ def _recipient_policy_query(postgres: bool) -> sa.CompoundSelect[Any]:
     p, r = preferences_table, recipient_settings_table
     text = sa.String(200)
     tenant: sa.BindParameter[str] = sa.bindparam("tenant")
-    ids: sa.BindParameter[Any] = (sa.bindparam("ids", type_=sa.ARRAY(text)) if postgres
-                                  else sa.bindparam("ids", expanding=True))
-
-    def among(column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
-        return column == sa.any_(ids) if postgres else column.in_(ids)
 
     return sa.union_all(
         sa.select(
@@ -461,14 +456,14 @@ def _recipient_policy_query(postgres: bool) -> sa.CompoundSelect[Any]:
             p.c.enabled, p.c.source, p.c.updated_at,
             sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
             sa.cast(sa.null(), text).label("quiet_end"),
-        ).where(p.c.tenant == tenant, among(p.c.recipient_id)),
+        ).where(p.c.tenant == tenant, among(p.c.recipient_id, "ids", postgres=postgres)),
         sa.select(
             sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
             sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
             sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
             sa.cast(sa.null(), p.c.updated_at.type),
             r.c.timezone, r.c.quiet_start, r.c.quiet_end,
-        ).where(r.c.tenant == tenant, among(r.c.recipient_id)),
+        ).where(r.c.tenant == tenant, among(r.c.recipient_id, "ids", postgres=postgres)),
     )
 
 

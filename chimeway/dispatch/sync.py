@@ -48,15 +48,17 @@ class SyncDispatcher:
         # outer transaction knowing: those are claimed after the commit.
         early = not conn.in_nested_transaction()
         claimed = self.executor.claim_within(conn, [d.id for d in due if d.checked and early])
-        unchecked = [d.id for d in due if not (d.checked and early)]
-        if claimed or unchecked:
+        later = [d.id for d in due if not (d.checked and early)]
+        checked = frozenset(d.id for d in due if d.checked and not early)
+        if claimed or later:
             at = self.executor.clock.now()
-            after_commit(target, lambda: self._deliver(claimed, at, unchecked))
+            after_commit(target, lambda: self._deliver(claimed, at, later, checked))
 
-    def _deliver(self, claimed: list[Claimed], at: datetime, unchecked: list[uuid.UUID]) -> None:
+    def _deliver(self, claimed: list[Claimed], at: datetime, later: list[uuid.UUID],
+                 checked: frozenset[uuid.UUID]) -> None:
         self.executor.send_claimed(claimed, claimed_at=at)
-        if unchecked:
-            self.executor.execute(unchecked)
+        if later:
+            self.executor.execute(later, checked=checked)
 
     def redrive(self, deliveries: Sequence[Due]) -> int:
         return len(self.executor.execute([d.id for d in deliveries]))
