@@ -29,6 +29,7 @@ from chimeway.db import (
     translated,
     with_schema,
 )
+from chimeway.deliveries import PlannedLease
 from chimeway.dispatch.base import Dispatcher, Due
 from chimeway.dispatch.executor import DEFAULT_MAX_RETRY_AFTER, Executor
 from chimeway.dispatch.jobs import DeliveryJobs, DeliveryRescue
@@ -352,11 +353,13 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
         with own_tables(session, self.engine) as conn:
             self._encrypt_through(conn)
             with telemetry.span("chimeway.plan", **{"chimeway.notifier": notifier.key}):
-                results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload")
+                results = write_plans(conn, plans, self.planning, strict=self.idempotency == "payload",
+                                      lease=self._planning_lease(conn))
             # A workflow's deliveries are planned by its run, after the policy
             # rules ran (step is set): only the others passed the planning checkpoint.
             due = [
-                Due(d.id, d.not_before, checked=d.step is None)
+                Due(d.id, d.not_before, checked=d.step is None,
+                    message=None if d.lease is None else the_plan.message(d))
                 for the_plan, result in zip(plans, results, strict=True) if not result.duplicate
                 for d in the_plan.deliveries if d.status in ("pending", "deferred")
             ]
@@ -364,6 +367,10 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
                 with telemetry.span("chimeway.dispatch", **{"chimeway.dispatcher": self.dispatcher.name}):
                     self.dispatcher.planned(session, conn, due)
         return results
+
+    def _planning_lease(self, conn: Connection) -> PlannedLease | None:
+        lease: Callable[[Connection], PlannedLease | None] | None = getattr(self.dispatcher, "planning_lease", None)
+        return None if lease is None else lease(conn)
 
     # -- reading ----------------------------------------------------------------
 

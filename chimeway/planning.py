@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from chimeway.channels.base import Channel
 from chimeway.db import insert, insert_new_rows, insert_rows, tenant_key
 from chimeway.decisions import Decision
-from chimeway.deliveries import PlannedDelivery, decide, new_rows
+from chimeway.deliveries import PlannedDelivery, PlannedLease, Status, decide, new_rows
 from chimeway.errors import (
     IdempotencyConflictError,
     IdempotencyKeyError,
@@ -47,7 +47,7 @@ from chimeway.models import (
 from chimeway.notifier import Notifier
 from chimeway.templates import render_fields
 from chimeway.validation import LIMITS, check_text
-from chimeway.values import Recipient
+from chimeway.values import Message, Recipient
 from chimeway.workflow.steps import (
     DeliverOp,
     Program,
@@ -126,6 +126,20 @@ class Plan:
     @property
     def event_id(self) -> uuid.UUID:
         return uuid.UUID(str(self.event["id"]))
+
+    def message(self, delivery: PlannedDelivery) -> Message:
+        """One of this plan's deliveries as its channel gets it, at attempt 1.
+
+        Fields and recipient go through JSON as they do through the
+        database, so a send from the plan sees what a send from the stored
+        row would.
+        """
+        return Message(
+            delivery_id=delivery.id, notification_id=delivery.notification_id, event_id=self.event_id,
+            tenant=self.event["tenant"] or None, channel=delivery.channel, notifier_key=self.event["notifier_key"],
+            recipient=Recipient.from_json(json.loads(json.dumps(delivery.recipient.to_json()))),
+            fields=json.loads(json.dumps(delivery.fields)), attempt=1, created_at=self.event["created_at"],
+        )
 
 
 def plan(
@@ -364,6 +378,7 @@ def write_plans(
     checkpoints: Sequence[Checkpoint] = (),
     *,
     strict: bool = True,
+    lease: PlannedLease | None = None,
 ) -> list[TriggerResult]:
     """Write plans' rows on the caller's connection, detecting duplicates.
 
@@ -386,6 +401,10 @@ def write_plans(
         strict: refuse a used idempotency key sent with another payload
             (:class:`IdempotencyConflictError`); ``False`` returns the first
             event as a duplicate whatever the payload.
+        lease: claim at planning: every delivery the checkpoints left
+            ``pending``, due now and planned outside a workflow step (those
+            the planning checkpoint passed) is written ``dispatched`` under
+            this lease (see :class:`PlannedLease`).
     """
     if not plans:
         return []
@@ -398,6 +417,11 @@ def write_plans(
     if fresh:
         for checkpoint in checkpoints:
             checkpoint(conn, fresh)
+        if lease is not None:
+            for p in fresh:
+                for d in p.deliveries:
+                    if d.status == Status.PENDING and d.not_before is None and d.step is None:
+                        d.lease = lease
         notifications = [n for p in fresh for n in p.notifications]
         deliveries: list[dict[str, Any]] = []
         decisions: list[dict[str, Any]] = []

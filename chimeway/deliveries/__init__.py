@@ -34,7 +34,7 @@ from chimeway.deliveries.leases import (
     record,
     release_expired,
 )
-from chimeway.deliveries.planned import PlannedDelivery, decide, new_rows
+from chimeway.deliveries.planned import PlannedDelivery, PlannedLease, decide, new_rows
 from chimeway.deliveries.states import (
     CLAIMABLE,
     FINAL,
@@ -60,6 +60,7 @@ __all__ = [
     "TRANSITIONS",
     "ClaimedRow",
     "PlannedDelivery",
+    "PlannedLease",
     "Released",
     "Status",
     "apply_decision",

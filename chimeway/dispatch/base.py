@@ -17,6 +17,8 @@ from typing import Protocol
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from chimeway.values import Message
+
 __all__ = ["Dispatcher", "Due"]
 
 
@@ -31,11 +33,15 @@ class Due:
             just committed; a dispatcher that sends it right after that
             commit may skip the pre-send checkpoint (nothing could have
             changed in between that the planning pass did not see).
+        message: set when the delivery was written already claimed under the
+            dispatcher's ``planning_lease`` (``dispatched``, attempt 1): the
+            message to send, so the dispatcher need not read it back.
     """
 
     id: uuid.UUID
     not_before: datetime | None = None
     checked: bool = False
+    message: Message | None = None
 
 
 class Dispatcher(Protocol):
@@ -46,7 +52,12 @@ class Dispatcher(Protocol):
     ``bind(app)``, which ``Chimeway`` calls once with itself, set
     ``rescues_itself = True`` when it re-drives sends whose lease ran out on
     its own, and list in ``plugins`` what the app's workers must run for it
-    (the Celery dispatcher does all three).
+    (the Celery dispatcher does all three). One that sends in the committing
+    process right after the commit may define ``planning_lease(conn)``,
+    returning a :class:`~chimeway.deliveries.PlannedLease` (or ``None``): the
+    deliveries the planning checkpoint passed are then written already
+    claimed under it, and :meth:`planned` gets their messages (the ``sync``
+    dispatcher does).
     """
 
     name: str

@@ -222,29 +222,27 @@ class Executor:
             self._final(stopped)
         return out
 
-    def claim_within(self, conn: Connection, ids: Iterable[uuid.UUID]) -> list[Claimed]:
-        """Claim deliveries inside the caller's transaction, which planned them and passed them.
+    def planned_claims(self, messages: Sequence[Message]) -> list[Claimed]:
+        """The claims of deliveries written ``dispatched`` under this process's lease at planning.
 
-        For deliveries the planning checkpoint passed in this same
-        transaction (so no pre-send checkpoint runs): they become
-        ``dispatched`` under this process's lease together with the rest of
-        the caller's writes, and a rollback undoes the claim with them. The
-        caller must hand what this returns to :meth:`send_claimed` once the
+        Their rows were inserted claimed (attempt 1) by a trigger whose
+        planning checkpoint passed them (see
+        :class:`~chimeway.deliveries.PlannedLease`), so no pre-send
+        checkpoint runs. Hand them to :meth:`send_claimed` once that
         transaction commits; if the process dies first, the lease runs out
-        and the deliveries are taken back and sent again like any other.
+        and they are taken back and sent again like any other.
 
         Args:
-            conn: the caller's connection, inside its transaction.
-            ids: deliveries planned in that transaction.
+            messages: their messages, as :meth:`chimeway.planning.Plan.message` gives them.
         """
-        wanted = list(dict.fromkeys(ids))
-        return self._claim(conn, wanted, checked=frozenset(wanted), stopped=[]) if wanted else []
+        holder = self.leases.holder
+        return [Claimed(message=m, channel=self.channels[m.channel], attempts=1, holder=holder) for m in messages]
 
     def send_claimed(self, claimed: Sequence[Claimed], *, claimed_at: datetime | None = None) -> list[DeliveryOutcome]:
-        """Send deliveries claimed by :meth:`claim_within` and record them (after the commit).
+        """Send deliveries claimed in a caller's transaction and record them (after its commit).
 
         Args:
-            claimed: what :meth:`claim_within` returned, once its transaction committed.
+            claimed: what :meth:`planned_claims` returned, once the transaction committed.
             claimed_at: when they were claimed; a transaction that stayed open
                 for half a lease or more gets its leases extended first.
         """
