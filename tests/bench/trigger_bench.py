@@ -14,9 +14,10 @@ returns (and, for the sync dispatcher, after the deliveries are recorded):
   per delivery. **The headline ratio is this row against plain inserts.**
 - ``trigger, no dispatcher``: the same trigger with a dispatcher that does
   nothing, so the rows are written and nothing is executed (no jobs).
-- ``trigger + sync delivery`` (one thread): ``dispatcher="sync"``: the trigger,
-  then after its commit the claim, the in-app delivery, a signed webhook POST
-  to a local sink (``tests/bench/_sink.py``, its own process) and the record.
+- ``trigger + sync delivery`` (one thread): ``dispatcher="sync"``: the trigger
+  (its deliveries written already claimed), then after its commit the in-app
+  delivery, a signed webhook POST to a local sink (``tests/bench/_sink.py``,
+  its own process) and the record of both.
   Its ratio is against ``trigger, no dispatcher`` in the same rounds: what
   delivering in-process adds to a trigger.
 
