@@ -60,9 +60,9 @@ def test_the_message_sent_from_the_plan_is_the_one_the_stored_row_gives(any_engi
     app = Chimeway(engine=any_engine, channels={"rec": rec})
     with Session(app.engine) as session, session.begin():
         from_plan = app.trigger(session, Shaped, {}, idempotency_key="from-plan").delivery_ids[0]
-    with Session(app.engine) as session, session.begin():
-        with session.begin_nested():  # inside a savepoint: claimed, and read back, after the commit
-            from_row = app.trigger(session, Shaped, {}, idempotency_key="from-row").delivery_ids[0]
+    # Inside a savepoint: claimed, and read back, after the commit.
+    with Session(app.engine) as session, session.begin(), session.begin_nested():
+        from_row = app.trigger(session, Shaped, {}, idempotency_key="from-row").delivery_ids[0]
     (planned, stored) = rec.sent
     assert (planned.delivery_id, stored.delivery_id) == (from_plan, from_row)
     assert planned.fields == stored.fields == {"body": "hi", "items": [1, 2], "nested": {"k": [True, None]}}
