@@ -712,6 +712,36 @@ def present(conn: Connection, column: sa.ColumnElement[Any], values: Sequence[An
     return set(conn.execute(sa.select(wanted.c.value).where(probe.is_not(None))).scalars())
 
 
+def rows_among(select: sa.Select[Any], column: sa.ColumnElement[Any], name: str, *,
+               postgres: bool) -> sa.Select[Any]:
+    """``select``'s rows whose ``column`` is among the list parameter ``name``, by one index probe per value.
+
+    On PostgreSQL ``select`` runs once per value (a ``LATERAL`` subquery
+    over ``unnest(:name)`` that the planner may not flatten), so an index
+    that starts with ``select``'s equalities and ``column`` answers each,
+    whatever the statistics. ``column = ANY(:name)`` on a table whose
+    statistics are stale is planned as a walk over the whole table once the
+    list is long enough: 4.4 ms against 0.6 ms for 100 recipients among
+    20,000, 17 ms against 5 ms for 500 among 200,000, growing with the
+    table. The statement's text is fixed, whatever the list's length.
+    SQLite gets an expanding ``IN``.
+
+    Args:
+        select: what to read, with its other conditions (equalities, for the index).
+        column: the column to match.
+        name: the parameter that will carry the list of values.
+        postgres: build it for PostgreSQL or SQLite.
+    """
+    if not postgres:
+        return select.where(column.in_(sa.bindparam(name, expanding=True)))
+    values = sa.func.unnest(sa.bindparam(name, type_=postgresql.ARRAY(column.type))) \
+        .table_valued("value").render_derived()
+    # OFFSET 0 keeps the subquery a subquery: pulled up into the outer
+    # query, it could be answered with a scan of the whole table.
+    found = select.where(column == values.c.value).offset(sa.literal_column("0", sa.Integer)).lateral()
+    return sa.select(*found.c).select_from(values).join(found, sa.true())
+
+
 def among(column: sa.ColumnElement[Any], name: str, *, postgres: bool) -> sa.ColumnElement[bool]:
     """``column IN :name`` for a statement built once and run many times (see :func:`any_of`).
 

@@ -24,7 +24,16 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from chimeway.clock import Clock
-from chimeway.db import among, insert, is_postgres, own_tables, tenant_key, translated, writer
+from chimeway.db import (
+    among,
+    insert,
+    is_postgres,
+    own_tables,
+    rows_among,
+    tenant_key,
+    translated,
+    writer,
+)
 from chimeway.errors import InvalidInputError, InvalidScheduleError
 from chimeway.ids import new_id
 from chimeway.models import preferences_table, recipient_settings_table
@@ -441,29 +450,43 @@ def load_settings(conn: Connection, tenant: str, recipient_ids: Iterable[str]) -
     return out
 
 
-@lru_cache(maxsize=2)
-def _recipient_policy_query(postgres: bool) -> sa.CompoundSelect[Any]:
-    # Built once per dialect: constructing this statement costs more than
-    # running it. On PostgreSQL the ids are one array parameter, so the text
-    # never changes and the driver prepares it once.
+# Up to this many recipients, ``= ANY(:ids)``: one index scan, planned in
+# no time. More, and the plan could walk a whole table whose statistics are
+# stale, so each recipient's rows are found by an index probe (rows_among),
+# whose custom plans cost more to make (0.28 ms against 0.16 ms a trigger).
+ANY_UP_TO = 10
+
+
+@lru_cache(maxsize=4)
+def _recipient_policy_query(postgres: bool, probes: bool = False) -> sa.CompoundSelect[Any]:
+    # Built once per dialect and form: constructing this statement costs
+    # more than running it. On PostgreSQL the ids are one array parameter,
+    # so the text never changes and the driver prepares it once.
     p, r = preferences_table, recipient_settings_table
     text = sa.String(200)
     tenant: sa.BindParameter[str] = sa.bindparam("tenant")
 
+    def matching(select: sa.Select[Any], column: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        if probes:
+            return rows_among(select, column, "ids", postgres=postgres)
+        return select.where(among(column, "ids", postgres=postgres))
+
     return sa.union_all(
-        sa.select(
+        matching(sa.select(
             sa.literal("p").label("kind"), p.c.recipient_id, p.c.scope, p.c.scope_key, p.c.channel,
             p.c.enabled, p.c.source, p.c.updated_at,
             sa.cast(sa.null(), text).label("timezone"), sa.cast(sa.null(), text).label("quiet_start"),
             sa.cast(sa.null(), text).label("quiet_end"),
-        ).where(p.c.tenant == tenant, among(p.c.recipient_id, "ids", postgres=postgres)),
-        sa.select(
-            sa.literal("s"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type),
-            sa.cast(sa.null(), p.c.scope_key.type), sa.cast(sa.null(), p.c.channel.type),
-            sa.cast(sa.null(), p.c.enabled.type), sa.cast(sa.null(), p.c.source.type),
-            sa.cast(sa.null(), p.c.updated_at.type),
+        ).where(p.c.tenant == tenant), p.c.recipient_id),
+        matching(sa.select(
+            sa.literal("s").label("kind"), r.c.recipient_id, sa.cast(sa.null(), p.c.scope.type).label("scope"),
+            sa.cast(sa.null(), p.c.scope_key.type).label("scope_key"),
+            sa.cast(sa.null(), p.c.channel.type).label("channel"),
+            sa.cast(sa.null(), p.c.enabled.type).label("enabled"),
+            sa.cast(sa.null(), p.c.source.type).label("source"),
+            sa.cast(sa.null(), p.c.updated_at.type).label("updated_at"),
             r.c.timezone, r.c.quiet_start, r.c.quiet_end,
-        ).where(r.c.tenant == tenant, among(r.c.recipient_id, "ids", postgres=postgres)),
+        ).where(r.c.tenant == tenant), r.c.recipient_id),
     )
 
 
@@ -485,7 +508,9 @@ def load_recipient_policy(
     settings: dict[str, Settings] = {}
     if not ids:
         return preferences, settings
-    rows = conn.execute(_recipient_policy_query(is_postgres(conn)), {"tenant": tenant, "ids": ids}).all()
+    postgres = is_postgres(conn)
+    query = _recipient_policy_query(postgres, postgres and len(ids) > ANY_UP_TO)
+    rows = conn.execute(query, {"tenant": tenant, "ids": ids}).all()
     for row in rows:
         if row.kind == "p":
             preferences[row.recipient_id].append(_entry(row))
