@@ -125,7 +125,8 @@ class Plan:
 
     @property
     def event_id(self) -> uuid.UUID:
-        return uuid.UUID(str(self.event["id"]))
+        value = self.event["id"]
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
     def message(self, delivery: PlannedDelivery) -> Message:
         """One of this plan's deliveries as its channel gets it, at attempt 1.
