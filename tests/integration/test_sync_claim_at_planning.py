@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from chimeway import Chimeway, Notifier, Recipient
+from chimeway import Chimeway, DeliveryResult, Message, Notifier, Recipient
 from chimeway.models import deliveries_table
-from chimeway.testing import RecordingChannel
+from chimeway.testing import FakeClock, RecordingChannel
 
 
 class Shaped(Notifier):
@@ -81,3 +82,31 @@ def test_a_rolled_back_sync_trigger_leaves_no_claimed_row(any_engine: sa.Engine)
     with any_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(deliveries_table)).scalar_one() == 0
     assert rec.sent == []
+
+
+def test_a_transaction_held_open_past_half_a_lease_gets_its_leases_extended_before_the_send(
+        any_engine: sa.Engine) -> None:
+    clock = FakeClock()
+    d = deliveries_table
+
+    def lease_during_send(message: Message) -> DeliveryResult:
+        with any_engine.connect() as conn:
+            leases.append(conn.execute(sa.select(d.c.lease_expires_at).where(d.c.id == message.delivery_id))
+                          .scalar_one())
+        return DeliveryResult.ok()
+
+    leases: list[datetime] = []
+    rec = RecordingChannel(lease_during_send)
+    app = Chimeway(engine=any_engine, clock=clock, channels={"rec": rec}, lease_ttl=timedelta(seconds=60))
+    with Session(app.engine) as session, session.begin():
+        planned_at = clock.now()
+        quick = app.trigger(session, Shaped, {}, idempotency_key="quick").delivery_ids[0]
+    with Session(app.engine) as session, session.begin():
+        slow = app.trigger(session, Shaped, {}, idempotency_key="slow").delivery_ids[0]
+        clock.advance(seconds=45)  # the caller keeps its transaction open for three quarters of the lease
+        sent_at = clock.now()
+    # Sent at once: the lease taken at planning stands. Sent 45 s later: a
+    # lease left as planned would run out 15 s into the send, and another
+    # process could send it again; it is pushed out to a whole lease first.
+    assert leases == [planned_at + timedelta(seconds=60), sent_at + timedelta(seconds=60)]
+    assert [m.delivery_id for m in rec.sent] == [quick, slow]
