@@ -12,12 +12,40 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from psycopg.sql import Literal
 
-__all__ = ["nodes", "sent_plan"]
+__all__ = ["captured", "nodes", "plan_nodes", "sent_plan"]
+
+
+@contextmanager
+def captured(engine: sa.Engine) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every statement ``engine`` sends meanwhile, with its parameters, as the driver gets them."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append((statement, dict(parameters) if isinstance(parameters, Mapping) else {}))
+
+    sa.event.listen(engine, "before_cursor_execute", keep)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", keep)
+
+
+def plan_nodes(engine: sa.Engine, statement: str, params: Mapping[str, Any], *,
+               mode: str = "force_generic_plan") -> list[dict[str, Any]]:
+    """Every node of the plan of a captured statement, on a connection of ``engine`` (rolled back)."""
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        plan = sent_plan(raw, statement, params, mode=mode)
+        conn.rollback()
+    return list(nodes(plan))
 
 
 def sent_plan(raw: psycopg.Connection[Any], statement: str, params: Mapping[str, Any], *,

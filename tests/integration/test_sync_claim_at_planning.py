@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from plans import captured
 from sqlalchemy.orm import Session
 
 from chimeway import Chimeway, DeliveryResult, Message, Notifier, Recipient
@@ -26,28 +26,14 @@ class Shaped(Notifier):
         return {"body": "hi", "items": (1, 2), "nested": {"k": (True, None)}}
 
 
-@contextmanager
-def statements(engine: sa.Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()).upper())
-
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
-
-
 def test_a_sync_trigger_inserts_its_deliveries_claimed_and_updates_none_before_the_send(
         any_engine: sa.Engine) -> None:
     rec = RecordingChannel()
     app = Chimeway(engine=any_engine, channels={"rec": rec})
-    with statements(any_engine) as seen, Session(app.engine) as session, session.begin():
+    with captured(any_engine) as seen, Session(app.engine) as session, session.begin():
         did = app.trigger(session, Shaped, {}, idempotency_key="claimed-at-planning").delivery_ids[0]
         row = session.execute(sa.select(deliveries_table).where(deliveries_table.c.id == did)).one()
-        in_trigger = list(seen)
+        in_trigger = [" ".join(statement.split()).upper() for statement, _ in seen]
     assert (row.status, row.attempts, row.lease_holder) == ("dispatched", 1, app.executor.leases.holder)
     assert row.dispatched_at is not None and row.lease_expires_at > row.dispatched_at
     updates = [s for s in in_trigger if s.startswith("UPDATE") and "CHIMEWAY_DELIVERIES" in s]

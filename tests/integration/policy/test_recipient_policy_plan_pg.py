@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from plans import nodes, sent_plan
-from sqlalchemy import event
+from plans import captured, plan_nodes
 
 from chimeway.db import create_engine
 from chimeway.preferences import load_recipient_policy
@@ -59,26 +57,12 @@ def loaded(request: pytest.FixtureRequest, pg_url: str) -> Iterator[sa.Engine]:
 
 def policy_plan(engine: sa.Engine, mode: str, ids: list[str]) -> list[dict[str, Any]]:
     """The plan nodes of the recipient policy read for ``ids``, as a prepared statement in ``mode``."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        seen.append((statement, dict(parameters)))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with engine.connect() as conn:
-            preferences, settings = load_recipient_policy(conn, "", ids)
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
+    with captured(engine) as seen, engine.connect() as conn:
+        preferences, settings = load_recipient_policy(conn, "", ids)
     # The read itself is right: both kinds of rows for every recipient asked for.
     assert all(len(preferences[i]) == 2 for i in ids) and set(settings) == set(ids)
     [(statement, values)] = seen
-    with engine.connect() as conn:
-        raw = conn.connection.dbapi_connection
-        assert isinstance(raw, psycopg.Connection)
-        plan = sent_plan(raw, statement, values, mode=mode)
-        conn.rollback()
-    return list(nodes(plan))
+    return plan_nodes(engine, statement, values, mode=mode)
 
 
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
