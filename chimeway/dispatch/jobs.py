@@ -21,14 +21,18 @@ Channel outcomes map onto job outcomes:
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from chimeway.db import writer
 from chimeway.deliveries import FINAL, Status
 from chimeway.dispatch.base import Due
-from chimeway.dispatch.batching import Combiner
 from chimeway.dispatch.executor import Claimed, DeliveryOutcome, Executor, Sent
 from chimeway.errors import UnknownChannelError
 from chimeway.queue import JobInfo, JobQueue, NewJob, Retry, Snooze
@@ -41,26 +45,43 @@ DELIVERY_QUEUE = "chimeway_delivery"
 DELIVERY_WORKER = "chimeway.deliver"
 # Past a lease's expiry, so the rerun finds it run out rather than just alive.
 LEASE_MARGIN = 0.5
+# Delivery jobs one thread runs together: one claim and one record
+# transaction for all, their sends one after another.
+DELIVERY_CHUNK = 25
+# When every thread on a chunk has been in its send this long (a provider
+# slower than a local one), the threads on it double, up to one per send.
+STALL = 0.02
+# The usual time of the sends one thread of a chunk takes in sequence; a
+# chunk of slower sends starts with more threads, up to one per send.
+SPAN = 0.05
 
 
 class DeliveryJobs:
     """Registers the ``chimeway.deliver`` job and builds its rows.
 
+    The job is a chunk function (see ``JobQueue.register``): a worker hands
+    one thread up to :data:`DELIVERY_CHUNK` claimed delivery jobs, whose
+    deliveries are claimed in one transaction, sent one after another, and
+    recorded in one transaction. Every job still gets the outcome of its own
+    delivery. A send that stalls (a slow provider) does not hold up the rest
+    of its chunk: after :data:`STALL` seconds another thread sends them, and
+    records them without waiting for the slow one.
+
     Args:
         executor: the shared executor.
         queue: the job queue.
         max_attempts: job attempts per delivery.
+        chunk: delivery jobs run together.
     """
 
-    def __init__(self, executor: Executor, queue: JobQueue, *, max_attempts: int) -> None:
+    def __init__(self, executor: Executor, queue: JobQueue, *, max_attempts: int,
+                 chunk: int = DELIVERY_CHUNK) -> None:
         self.executor = executor
         self.queue = queue
         self.max_attempts = max_attempts
-        # Delivery jobs running at once in this process share their claim and
-        # record transactions (group commit); each still sends on its own thread.
-        self._claims: Combiner[uuid.UUID, Claimed | None] = Combiner(self._claim_batch)
-        self._records: Combiner[Sent, DeliveryOutcome] = Combiner(executor.record)
-        queue.register(self.deliver, name=DELIVERY_WORKER, queue=DELIVERY_QUEUE, max_attempts=max_attempts)
+        self._stalls = _Stalls(STALL)
+        queue.register(self.deliver_chunk, name=DELIVERY_WORKER, queue=DELIVERY_QUEUE, max_attempts=max_attempts,
+                       chunk=chunk)
 
     def job(self, due: Due, *, unique: bool = False) -> NewJob:
         """The job row for one delivery.
@@ -75,29 +96,67 @@ class DeliveryJobs:
                       unique_key=f"{DELIVERY_WORKER}:{due.id}" if unique else None)
 
     def _claim_batch(self, ids: list[uuid.UUID]) -> list[Claimed | None]:
+        if not ids:
+            return []
         claimed = {c.message.delivery_id: c for c in self.executor.claim(ids)}
         # Two jobs for one delivery in the same batch: only the first gets it.
         return [claimed.pop(i, None) for i in ids]
 
     def deliver(self, delivery_id: str, job: JobInfo) -> None:
-        """The ``chimeway.deliver`` job: one attempt at one delivery, if it is due."""
-        did = uuid.UUID(delivery_id)
-        claimed = self._claims.call(did)
-        if claimed is None and self.executor.take_back_if_expired(did, max_attempts=job.max_attempts):
-            claimed = self._claims.call(did)
-        if claimed is not None:
-            outcome = self._records.call(self.executor.send(claimed, max_attempts=job.max_attempts))
-            if outcome.status == Status.FAILED:
-                wait = _seconds_until(outcome.retry_at, self.executor.clock.now())
-                raise Retry(f"temporary: {outcome.result.detail}", after=wait)
-            if outcome.status == Status.DISPATCHED:
-                raise Retry("the attempt could not be recorded; the delivery is re-sent when its lease runs out",
-                            after=self.executor.leases.ttl.total_seconds() + LEASE_MARGIN)
-            if outcome.status in FINAL:
-                return
-            # The record changed nothing (the delivery was taken back or
-            # re-driven meanwhile): the job ends only once the delivery is final.
-        self._not_claimed(did)
+        """One ``chimeway.deliver`` job on its own: one attempt at one delivery, if it is due."""
+        outcome = self.deliver_chunk([job])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+
+    def deliver_chunk(self, jobs: Sequence[JobInfo]) -> list[Exception | None]:
+        """``chimeway.deliver`` jobs run together; one outcome per job, in order.
+
+        ``None`` completes a job; an exception (``Retry``, ``Snooze``, a
+        failure) is its outcome. A delivery that cannot be claimed
+        (final, in flight, not due) gets the outcome a lone job would.
+        """
+        outcomes: list[Exception | None] = [None] * len(jobs)
+        ids: dict[int, uuid.UUID] = {}
+        for i, job in enumerate(jobs):
+            try:
+                ids[i] = uuid.UUID(job.args["delivery_id"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                outcomes[i] = exc
+        claimed = dict(zip(ids, self._claim_batch(list(ids.values())), strict=True))
+        # A delivery left dispatched under a dead holder's lease run out is
+        # taken back and claimed here rather than at the next rescue pass.
+        expired = [i for i, c in claimed.items() if c is None
+                   and self.executor.take_back_if_expired(ids[i], max_attempts=jobs[i].max_attempts)]
+        claimed.update(zip(expired, self._claim_batch([ids[i] for i in expired]), strict=True))
+        held = [(i, c) for i, c in claimed.items() if c is not None]
+        chunk = _Chunk(self.executor, [(c, jobs[i].max_attempts) for i, c in held], self._stalls.pace)
+        if held:
+            self._stalls.run(chunk)
+        done = dict(zip((i for i, _ in held), chunk.outcomes, strict=True))
+        for i, did in ids.items():
+            outcome = done.get(i)
+            if isinstance(outcome, BaseException):
+                outcomes[i] = outcome if isinstance(outcome, Exception) else RuntimeError(str(outcome))
+                continue
+            try:
+                if outcome is not None and self._settled(outcome):
+                    continue
+                # The record changed nothing (the delivery was taken back or
+                # re-driven meanwhile): the job ends only once the delivery is final.
+                self._not_claimed(did)
+            except Exception as exc:
+                outcomes[i] = exc
+        return outcomes
+
+    def _settled(self, outcome: DeliveryOutcome) -> bool:
+        """Whether the job ends with this attempt (raises the job's ``Retry``)."""
+        if outcome.status == Status.FAILED:
+            wait = _seconds_until(outcome.retry_at, self.executor.clock.now())
+            raise Retry(f"temporary: {outcome.result.detail}", after=wait)
+        if outcome.status == Status.DISPATCHED:
+            raise Retry("the attempt could not be recorded; the delivery is re-sent when its lease runs out",
+                        after=self.executor.leases.ttl.total_seconds() + LEASE_MARGIN)
+        return outcome.status in FINAL
 
     def _not_claimed(self, did: uuid.UUID) -> None:
         # Final already (done), in flight, not due, or on a channel this worker lacks.
@@ -116,6 +175,166 @@ class DeliveryJobs:
         # Claimable but not claimed: another job of this delivery holds the
         # claim right now, or it is not due yet.
         raise Snooze(max(wait, 1.0))
+
+
+class _Chunk:
+    """One chunk's sends, taken in order by the chunk's thread and by helper threads.
+
+    Sends to a channel whose sends are usually slow (a remote provider) start
+    with a thread each; sends to fast ones go one after another on the
+    chunk's thread. A send still running after ``stall`` seconds gets a
+    helper thread to take the next one, so neither a slow provider nor one
+    slow request holds up the rest. A thread that runs out of sends while
+    another is still in one records what has been sent so far; the last
+    thread records the rest.
+    """
+
+    def __init__(self, executor: Executor, items: list[tuple[Claimed, int]], pace: _Pace) -> None:
+        self.executor = executor
+        self.outcomes: list[DeliveryOutcome | BaseException | None] = [None] * len(items)
+        self._pace = pace
+        self._todo = deque(enumerate(items))
+        self._sent: list[tuple[int, Sent]] = []
+        # Sends in flight: item index -> when it began; those already given a helper.
+        self._flying: dict[int, float] = {}
+        self._helped: set[int] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._threads = 1
+
+    def run(self, helpers: ThreadPoolExecutor) -> None:
+        """Send and record every item (here, and on helpers); returns when all are recorded."""
+        # Enough threads that none waits on its sends for much more than SPAN.
+        waiting = sum(self._pace.usual(item.message.channel) for _, (item, _) in self._todo)
+        more = min(len(self._todo), math.ceil(waiting / SPAN)) - 1
+        if more > 0:
+            with self._lock:
+                self._threads += more
+            for _ in range(more):
+                helpers.submit(self._help)
+        self._work()
+        with self._idle:
+            while self._threads:
+                self._idle.wait()
+
+    def help_stalled(self, now: float, stall: float, helpers: ThreadPoolExecutor) -> int:
+        """Give each send running for ``stall`` seconds a helper for the sends still waiting."""
+        with self._lock:
+            stalled = [i for i, began in self._flying.items() if now - began >= stall and i not in self._helped]
+            more = min(len(self._todo), len(stalled))
+            self._helped.update(stalled[:more])
+            self._threads += more
+        for _ in range(more):
+            helpers.submit(self._help)
+        return more
+
+    def _help(self) -> None:
+        try:
+            self._work()
+        except BaseException:
+            log.exception("a delivery send helper failed")
+
+    def _work(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._todo:
+                        break
+                    index, (item, limit) = self._todo.popleft()
+                    began = self._flying[index] = time.monotonic()
+                try:
+                    sent = self.executor.send(item, max_attempts=limit)
+                except BaseException as exc:
+                    # Not sent as far as anyone knows: its lease runs out and it is sent again.
+                    self.executor.leases.drop([item.message.delivery_id])
+                    self.outcomes[index] = exc
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                finally:
+                    with self._lock:
+                        del self._flying[index]
+                self._pace.note(item.message.channel, time.monotonic() - began)
+                with self._lock:
+                    self._sent.append((index, sent))
+        finally:
+            self._record()
+
+    def _record(self) -> None:
+        with self._lock:
+            batch, self._sent = self._sent, []
+        outcomes: Sequence[DeliveryOutcome | BaseException] = []
+        try:
+            if batch:
+                outcomes = self.executor.record([s for _, s in batch])
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        finally:
+            with self._idle:
+                for (index, _), outcome in zip(batch, outcomes, strict=False):
+                    self.outcomes[index] = outcome
+                self._threads -= 1
+                self._idle.notify_all()
+
+
+class _Pace:
+    """Each channel's usual send time: a moving average, each send counted up to ``cap`` seconds."""
+
+    WEIGHT = 0.05
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self._seconds: dict[str, float] = {}
+
+    def usual(self, channel: str) -> float:
+        return self._seconds.get(channel, 0.0)
+
+    def note(self, channel: str, seconds: float) -> None:
+        # Unlocked: a lost update between threads only nudges an estimate.
+        usual = self._seconds.get(channel, 0.0)
+        self._seconds[channel] = usual + self.WEIGHT * (min(seconds, self.cap) - usual)
+
+
+class _Stalls:
+    """The chunks being sent, their helper threads, and a watcher that helps a stalled send."""
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self.pace = _Pace(4 * stall)
+        # Threads start as helpers are needed and are kept for the next ones.
+        self.helpers = ThreadPoolExecutor(max_workers=1000, thread_name_prefix="chimeway-send")
+        self._chunks: set[_Chunk] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def run(self, chunk: _Chunk) -> None:
+        """Send and record a chunk's deliveries, watched for stalls."""
+        with self._cond:
+            self._chunks.add(chunk)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._watch, name="chimeway-send-stalls", daemon=True)
+                self._thread.start()
+            elif len(self._chunks) == 1:
+                self._cond.notify()
+        try:
+            chunk.run(self.helpers)
+        finally:
+            with self._cond:
+                self._chunks.discard(chunk)
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while not self._chunks:
+                    self._cond.wait()
+                chunks = list(self._chunks)
+            now = time.monotonic()
+            for chunk in chunks:
+                try:
+                    chunk.help_stalled(now, self.stall, self.helpers)
+                except Exception:
+                    log.exception("could not start a delivery send helper")
+            time.sleep(self.stall / 2)
 
 
 class DeliveryRescue:

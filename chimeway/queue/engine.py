@@ -26,7 +26,7 @@ from chimeway.queue import sql
 from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
 from chimeway.queue.registry import JobHandle
-from chimeway.queue.runner import Claimed, Result, run_job
+from chimeway.queue.runner import Claimed, Result, run_chunk, run_job
 
 __all__ = ["Claimer", "JobEngine"]
 
@@ -132,6 +132,34 @@ class JobEngine:
             return run_job(job, self._handles, self.clock.now, self.backoff)
         return self._execute_observed(job)
 
+    def chunk_size(self, worker: str) -> int | None:
+        """How many jobs of ``worker`` one call of its function takes (``None``: one job per call, by keywords)."""
+        handle = self._handles.get(worker)
+        return None if handle is None else handle.chunk
+
+    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result]:
+        """Run claimed jobs of one chunk function in one call; one result per job, in order.
+
+        As :meth:`execute` for each job (nothing is written). A job that
+        telemetry records runs as a chunk of its own, so that its span
+        covers its own work only.
+
+        Args:
+            jobs: from :meth:`claim`, all of one worker registered with ``chunk``.
+        """
+        if telemetry.ENABLED and any(telemetry.observing() if j.observed is None else j.observed for j in jobs):
+            return [self.execute(job) for job in jobs]
+        if not self._listeners:
+            return run_chunk(jobs, self._handles, self.clock.now, self.backoff)
+        for job in jobs:
+            info = job.info
+            self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
+                                attempt=info.attempt))
+        results = run_chunk(jobs, self._handles, self.clock.now, self.backoff)
+        for job, result in zip(jobs, results, strict=True):
+            self._stopped(job, result)
+        return results
+
     def _execute_traced(self, job: Claimed) -> Result:
         info = job.info
         waited = (self.clock.now() - info.scheduled_at).total_seconds()
@@ -146,11 +174,15 @@ class JobEngine:
         self._emit(JobEvent(kind="start", job_id=info.id, worker=info.worker, queue=info.queue,
                             attempt=info.attempt))
         result = run_job(job, self._handles, self.clock.now, self.backoff)
+        self._stopped(job, result)
+        return result
+
+    def _stopped(self, job: Claimed, result: Result) -> None:
+        info = job.info
         failed = result.state in ("retryable", "discarded")
         self._emit(JobEvent(kind="exception" if failed else "stop", job_id=info.id, worker=info.worker, queue=info.queue,
                             attempt=info.attempt, duration=result.duration, state=result.state,
                             error=result.error))
-        return result
 
     def _emit(self, event: JobEvent) -> None:
         for callback in self._listeners:

@@ -139,12 +139,13 @@ class JobQueue(Operations, Browsing, Draining):
         max_attempts: int = 20,
         priority: int = 0,
         unique: UniqueSpec = None,
+        chunk: int | None = None,
     ) -> JobHandle:
         """Register a job function and return its handle.
 
         Args:
             fn: called as ``fn(**args)``, plus ``job=JobInfo`` if it has a
-                ``job`` parameter.
+                ``job`` parameter; with ``chunk``, as ``fn(jobs)`` instead.
             name: worker name stored on jobs; default ``module.qualname``.
             queue: the queue its jobs go to (must be declared).
             max_attempts: attempts before a failing job is discarded (>= 1).
@@ -152,6 +153,10 @@ class JobQueue(Operations, Browsing, Draining):
             unique: ``None``; ``True`` (all args); a tuple of arg names; or a
                 callable ``args -> str | None``. While a job with the same key
                 is active, enqueueing another returns ``None``.
+            chunk: run up to this many claimed jobs together: ``fn`` gets a
+                list of ``JobInfo`` and returns one outcome per job, in order
+                (a value completes it; an exception is its outcome, as if a
+                one-job function had returned it).
         """
         name = name or f"{fn.__module__}.{fn.__qualname__}"
         if not callable(fn):
@@ -160,12 +165,14 @@ class JobQueue(Operations, Browsing, Draining):
             raise InvalidInputError(f"max_attempts for job {name!r} must be >= 1, got {max_attempts!r}")
         if not isinstance(priority, int):
             raise InvalidInputError(f"priority for job {name!r} must be an int, got {priority!r}")
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise InvalidInputError(f"chunk for job {name!r} must be an int >= 1, got {chunk!r}")
         self._check_queue(queue)
         existing = self._handles.get(name)
         if existing is not None and existing.fn is not fn:
             raise ConfigurationError(f"a different function is already registered as job {name!r}")
         handle = JobHandle(self, fn, name=name, queue=queue, max_attempts=max_attempts,
-                           priority=priority, unique=unique)
+                           priority=priority, unique=unique, chunk=chunk)
         self._handles[name] = handle
         return handle
 

@@ -79,6 +79,7 @@ class JobHandle:
         max_attempts: int,
         priority: int,
         unique: UniqueSpec,
+        chunk: int | None = None,
     ) -> None:
         self._jobs = queue_
         self.fn = fn
@@ -87,6 +88,8 @@ class JobHandle:
         self.max_attempts = max_attempts
         self.priority = priority
         self.unique = unique
+        # A chunk function takes a list of JobInfo and returns one outcome each.
+        self.chunk = chunk
         params = inspect.signature(fn).parameters
         self.takes_job = "job" in params
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from chimeway.queue.outcomes import Cancel, JobInfo, Retry, Snooze
 from chimeway.queue.registry import JobHandle
 
-__all__ = ["Claimed", "Result", "crashed", "run_job"]
+__all__ = ["Claimed", "Result", "crashed", "run_chunk", "run_job", "settle"]
 
 TRACEBACK_FRAMES = 4
 TRACEBACK_CHARS = 2000
@@ -75,6 +75,8 @@ def run_job(
 ) -> Result:
     """Call the job's function and decide the job's next state.
 
+    A chunk function (registered with ``chunk=``) is called with this job alone.
+
     Args:
         job: the claimed job.
         handles: registered workers by name.
@@ -84,31 +86,74 @@ def run_job(
     info = job.info
     handle = handles.get(info.worker)
     if handle is None:
-        error = f"worker {info.worker!r} is not registered on this node; job discarded"
-        return _fail(job, now(), error, None, backoff, 0.0, discard=True)
+        return _unregistered(job, now, backoff)
+    if handle.chunk is not None:
+        return run_chunk([job], handles, now, backoff)[0]
     kwargs = dict(info.args)
     if handle.takes_job:
         kwargs["job"] = info
     started = time.perf_counter()
     try:
         value = handle.fn(**kwargs)
-        if isinstance(value, Exception):
-            raise value
-    except Cancel as exc:
-        at = now()
-        return Result("cancelled", {"cancelled_at": at}, time.perf_counter() - started, exc.reason,
-                      entry=_entry(info, at, f"cancelled: {exc.reason}", None), exception=exc)
-    except Snooze as exc:
-        at = now()
-        values = {"scheduled_at": at + timedelta(seconds=exc.seconds), "attempt": info.attempt - 1}
-        return Result("scheduled", values, time.perf_counter() - started, str(exc), exception=exc)
-    except Retry as exc:
-        duration = time.perf_counter() - started
-        return _fail(job, now(), f"Retry: {exc.reason}", exc, backoff, duration, after=exc.after)
     except Exception as exc:
-        duration = time.perf_counter() - started
-        return _fail(job, now(), f"{type(exc).__name__}: {exc}", exc, backoff, duration)
-    return Result("completed", {}, time.perf_counter() - started, value=value)
+        value = exc
+    return settle(job, value, time.perf_counter() - started, now, backoff)
+
+
+def run_chunk(
+    jobs: Sequence[Claimed],
+    handles: Mapping[str, JobHandle],
+    now: Callable[[], datetime],
+    backoff: Callable[[int], float],
+) -> list[Result]:
+    """Call a chunk function once with several jobs of its worker; one result per job, in order.
+
+    The function returns one outcome per job, in the order given: a value
+    (the job completes) or an exception (as if that job's function had
+    returned it: ``Cancel``, ``Snooze``, ``Retry`` or a failure). An
+    exception it raises, or a list of the wrong length, is every job's outcome.
+
+    Args:
+        jobs: claimed jobs of one worker.
+        handles: registered workers by name.
+        now: the clock.
+        backoff: seconds to wait after a failed attempt number.
+    """
+    handle = handles.get(jobs[0].info.worker)
+    if handle is None or handle.chunk is None:
+        return [run_job(job, handles, now, backoff) for job in jobs]
+    started = time.perf_counter()
+    try:
+        values = list(handle.fn([job.info for job in jobs]))
+        if len(values) != len(jobs):
+            raise TypeError(f"chunk function {handle.name!r} returned {len(values)} outcomes for {len(jobs)} jobs")
+    except Exception as exc:
+        values = [exc] * len(jobs)
+    duration = time.perf_counter() - started
+    return [settle(job, value, duration, now, backoff) for job, value in zip(jobs, values, strict=True)]
+
+
+def settle(job: Claimed, value: Any, duration: float, now: Callable[[], datetime],
+           backoff: Callable[[int], float]) -> Result:
+    """The result of a run that returned ``value`` (an ``Exception`` if it failed or raised one)."""
+    if not isinstance(value, Exception):
+        return Result("completed", {}, duration, value=value)
+    info = job.info
+    at = now()
+    if isinstance(value, Cancel):
+        return Result("cancelled", {"cancelled_at": at}, duration, value.reason,
+                      entry=_entry(info, at, f"cancelled: {value.reason}", None), exception=value)
+    if isinstance(value, Snooze):
+        values = {"scheduled_at": at + timedelta(seconds=value.seconds), "attempt": info.attempt - 1}
+        return Result("scheduled", values, duration, str(value), exception=value)
+    if isinstance(value, Retry):
+        return _fail(job, at, f"Retry: {value.reason}", value, backoff, duration, after=value.after)
+    return _fail(job, at, f"{type(value).__name__}: {value}", value, backoff, duration)
+
+
+def _unregistered(job: Claimed, now: Callable[[], datetime], backoff: Callable[[int], float]) -> Result:
+    error = f"worker {job.info.worker!r} is not registered on this node; job discarded"
+    return _fail(job, now(), error, None, backoff, 0.0, discard=True)
 
 
 def _fail(

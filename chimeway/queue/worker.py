@@ -78,6 +78,10 @@ class QueueEngine(Protocol):
 
     def execute(self, job: Claimed) -> Result: ...
 
+    def chunk_size(self, worker: str) -> int | None: ...
+
+    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result]: ...
+
     def record(self, job: Claimed, result: Result, by: str, *, retry_for: float = ...) -> bool: ...
 
     def complete(self, ids: Sequence[int], by: str) -> None: ...
@@ -151,43 +155,70 @@ class Worker:
 
     # --- running jobs -----------------------------------------------------------------
 
-    def _run(self, job: Claimed) -> None:
-        queue = job.info.queue
-        acked = False
+    def _run(self, unit: Claimed | list[Claimed]) -> None:
+        # A unit is one job, or a chunk: jobs of one chunk function run in one call.
+        jobs = unit if isinstance(unit, list) else [unit]
+        queue = jobs[0].info.queue
+        acked: list[int] = []
+        handled = 0
         try:
-            result = self.jobs.execute(job)
-            if result.state == "completed":
-                acked = True
-            else:
-                self.jobs.record(job, result, self.id, retry_for=RECORD_PATIENCE)
+            results = self.jobs.execute_chunk(unit) if isinstance(unit, list) else [self.jobs.execute(unit)]
+            for job, result in zip(jobs, results, strict=True):
+                if result.state == "completed":
+                    acked.append(job.info.id)
+                else:
+                    self.jobs.record(job, result, self.id, retry_for=RECORD_PATIENCE)
+                handled += 1
         except BaseException as exc:
             # Recorded as a failed attempt: left executing, the job would wait
             # for this worker to die before anything retried it.
-            log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
-                      exc_info=True, job_id=job.info.id, queue=queue, worker_id=self.id)
-            self.jobs.record(job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id,
-                             retry_for=RECORD_PATIENCE)
+            for job in jobs[handled:]:
+                log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
+                          exc_info=True, job_id=job.info.id, queue=queue, worker_id=self.id)
+                self.jobs.record(job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id,
+                                 retry_for=RECORD_PATIENCE)
         finally:
             with self._lock:
+                pending = len(self._acks)
                 if acked:
-                    if not self._acks:
+                    if not pending:
                         self._first_ack = time.monotonic()
-                    self._acks.append(job.info.id)
-                self._running[queue] -= 1
+                    self._acks.extend(acked)
+                before = self._running[queue]
+                after = self._running[queue] = before - len(jobs)
                 if self._free_since[queue] is None:
                     self._free_since[queue] = time.monotonic()
-                self.ran += 1
+                self.ran += len(jobs)
                 # Wake the loop only when there is something for it to do:
                 # start the ack timer, ship a full ack batch, or refill slots.
                 wake = (
-                    len(self._acks) in (1, ACK_BATCH)
-                    or not acked
-                    or (self._more[queue] and self._running[queue] in (
-                        self.limits[queue] - 1, self._refill_at[queue]))
-                    or self._running[queue] == 0
+                    (acked and (not pending or pending < ACK_BATCH <= len(self._acks)))
+                    or len(acked) < len(jobs)
+                    or (self._more[queue] and any(after <= mark < before for mark in (
+                        self.limits[queue] - 1, self._refill_at[queue])))
+                    or after == 0
                 )
             if wake:
                 self._wake.set()
+
+    def _units(self, claimed: list[Claimed]) -> list[Claimed | list[Claimed]]:
+        """Claimed jobs as they run: alone, or in chunks for chunk functions."""
+        units: list[Claimed | list[Claimed]] = []
+        filling: dict[str, list[Claimed]] = {}
+        for job in claimed:
+            worker = job.info.worker
+            size = self.jobs.chunk_size(worker)
+            if size is None:
+                units.append(job)
+                continue
+            chunk = filling.get(worker)
+            if chunk is None:
+                chunk = filling[worker] = []
+                units.append(chunk)
+            chunk.append(job)
+            if len(chunk) >= size:
+                del filling[worker]
+        return units
 
     def _refill_deadline(self) -> float:
         with self._lock:
@@ -257,7 +288,7 @@ class Worker:
                 self._free_since[queue] = (
                     None if self._running[queue] >= limit else time.monotonic()
                 )
-            self._pools[queue].submit(claimed)
+            self._pools[queue].submit(self._units(claimed))
 
     def _check_paused(self) -> None:
         # Once per poll interval, so a pause or resume takes effect within one poll.
@@ -377,30 +408,31 @@ class Worker:
 
 
 class _Slots:
-    """A queue's threads: each claimed job runs on a thread of its own, at most ``size`` at once.
+    """A queue's threads: each claimed job (or chunk of jobs) runs on a thread of its own.
 
-    Jobs wait in a ``SimpleQueue`` the threads take from; the worker never
-    hands out more jobs than the queue has free slots. Threads start as
-    they are first needed and stay until :meth:`shutdown`.
+    Units wait in a ``SimpleQueue`` the threads take from; the worker never
+    hands out more jobs than the queue has free slots, so no more than
+    ``size`` threads are ever needed. Threads start as they are first needed
+    and stay until :meth:`shutdown`.
     """
 
-    def __init__(self, size: int, name: str, run: Callable[[Claimed], None]) -> None:
+    def __init__(self, size: int, name: str, run: Callable[[Claimed | list[Claimed]], None]) -> None:
         self.size = size
         self.name = name
         self._run = run
-        self._jobs: SimpleQueue[Claimed | None] = SimpleQueue()
+        self._jobs: SimpleQueue[Claimed | list[Claimed] | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._waiting = 0
         self._lock = threading.Lock()
 
-    def submit(self, jobs: Sequence[Claimed]) -> None:
+    def submit(self, units: Sequence[Claimed | list[Claimed]]) -> None:
         put = self._jobs.put
-        for job in jobs:
-            put(job)
+        for unit in units:
+            put(unit)
         with self._lock:
-            # Every job needs a thread that is waiting, or one started for it.
-            missing = min(len(jobs) - self._waiting, self.size - len(self._threads))
-            self._waiting = max(0, self._waiting - len(jobs))
+            # Every unit needs a thread that is waiting, or one started for it.
+            missing = min(len(units) - self._waiting, self.size - len(self._threads))
+            self._waiting = max(0, self._waiting - len(units))
             for _ in range(missing):
                 thread = threading.Thread(target=self._serve, name=f"{self.name}_{len(self._threads)}")
                 self._threads.append(thread)
@@ -410,14 +442,15 @@ class _Slots:
         get = self._jobs.get
         run = self._run
         while True:
-            job = get()
-            if job is None:
+            unit = get()
+            if unit is None:
                 return
             try:
-                run(job)
+                run(unit)
             except BaseException:
                 # The thread must outlive any job: its slot is counted on.
-                log.exception("worker thread failed after job %s", job.info.id)
+                ids = [j.info.id for j in unit] if isinstance(unit, list) else [unit.info.id]
+                log.exception("worker thread failed after job(s) %s", ids)
             with self._lock:
                 self._waiting += 1
 
