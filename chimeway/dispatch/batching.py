@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["Combiner"]
+__all__ = ["Combiner", "concatenated"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,3 +102,22 @@ class Combiner(Generic[T, R]):
         for slot in batch:
             if slot is not own:
                 slot.wake.release()
+
+
+def concatenated(fn: Callable[[list[T]], Sequence[R]]) -> Callable[[list[list[T]]], list[list[R]]]:
+    """``fn`` for a :class:`Combiner` whose callers each bring a list: one call on all of them, split back.
+
+    Args:
+        fn: takes a list of items, returns one result per item, in order.
+    """
+
+    def run(lists: list[list[T]]) -> list[list[R]]:
+        results = fn([item for items in lists for item in items])
+        out: list[list[R]] = []
+        start = 0
+        for items in lists:
+            out.append(list(results[start:start + len(items)]))
+            start += len(items)
+        return out
+
+    return run

@@ -27,12 +27,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from chimeway.db import writer
 from chimeway.deliveries import FINAL, Status
 from chimeway.dispatch.base import Due
+from chimeway.dispatch.batching import Combiner, concatenated
 from chimeway.dispatch.executor import Claimed, DeliveryOutcome, Executor, Sent
 from chimeway.errors import UnknownChannelError
 from chimeway.queue import JobInfo, JobQueue, NewJob, Retry, Snooze
@@ -61,11 +62,14 @@ class DeliveryJobs:
 
     The job is a chunk function (see ``JobQueue.register``): a worker hands
     one thread up to :data:`DELIVERY_CHUNK` claimed delivery jobs, whose
-    deliveries are claimed in one transaction, sent one after another, and
-    recorded in one transaction. Every job still gets the outcome of its own
-    delivery. A send that stalls (a slow provider) does not hold up the rest
-    of its chunk: after :data:`STALL` seconds another thread sends them, and
-    records them without waiting for the slow one.
+    deliveries are claimed in one transaction, sent one after another on a
+    helper thread, and recorded in one transaction; chunks claiming or
+    recording at the same moment share their transactions. Every job still
+    gets the outcome of its own delivery. A send that stalls (a slow
+    provider) does not hold up the rest of its chunk: after :data:`STALL`
+    seconds another thread sends them and records them, and their jobs end
+    while the slow one's job waits for its send (a future of its outcome,
+    so the worker frees the others' slots at once).
 
     Args:
         executor: the shared executor.
@@ -79,7 +83,11 @@ class DeliveryJobs:
         self.executor = executor
         self.queue = queue
         self.max_attempts = max_attempts
-        self._stalls = _Stalls(STALL)
+        # Chunks claiming or recording at the same moment (sends to a slow
+        # provider end on many threads at once) share one transaction.
+        self._claims: Combiner[list[uuid.UUID], list[Claimed | None]] = Combiner(
+            concatenated(self._claim_batch), max_batch=8)
+        self._stalls = _Stalls(STALL, Combiner(concatenated(executor.record), max_batch=8))
         queue.register(self.deliver_chunk, name=DELIVERY_WORKER, queue=DELIVERY_QUEUE, max_attempts=max_attempts,
                        chunk=chunk)
 
@@ -105,48 +113,72 @@ class DeliveryJobs:
     def deliver(self, delivery_id: str, job: JobInfo) -> None:
         """One ``chimeway.deliver`` job on its own: one attempt at one delivery, if it is due."""
         outcome = self.deliver_chunk([job])[0]
+        if isinstance(outcome, Future):
+            outcome = outcome.result()
         if isinstance(outcome, Exception):
             raise outcome
 
-    def deliver_chunk(self, jobs: Sequence[JobInfo]) -> list[Exception | None]:
+    def deliver_chunk(self, jobs: Sequence[JobInfo]) -> list[Exception | Future[Exception | None] | None]:
         """``chimeway.deliver`` jobs run together; one outcome per job, in order.
 
         ``None`` completes a job; an exception (``Retry``, ``Snooze``, a
         failure) is its outcome. A delivery that cannot be claimed
-        (final, in flight, not due) gets the outcome a lone job would.
+        (final, in flight, not due) gets the outcome a lone job would. A job
+        whose send is still running on a helper thread when the chunk's own
+        thread is done gets a future of its outcome: the worker frees its
+        slot when it resolves, and the others' at once.
         """
-        outcomes: list[Exception | None] = [None] * len(jobs)
+        outcomes: list[Exception | Future[Exception | None] | None] = [None] * len(jobs)
         ids: dict[int, uuid.UUID] = {}
         for i, job in enumerate(jobs):
             try:
                 ids[i] = uuid.UUID(job.args["delivery_id"])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 outcomes[i] = exc
-        claimed = dict(zip(ids, self._claim_batch(list(ids.values())), strict=True))
+        claimed = dict(zip(ids, self._claims.call(list(ids.values())), strict=True))
         # A delivery left dispatched under a dead holder's lease run out is
         # taken back and claimed here rather than at the next rescue pass.
         expired = [i for i, c in claimed.items() if c is None
                    and self.executor.take_back_if_expired(ids[i], max_attempts=jobs[i].max_attempts)]
-        claimed.update(zip(expired, self._claim_batch([ids[i] for i in expired]), strict=True))
+        claimed.update(zip(expired, self._claims.call([ids[i] for i in expired]), strict=True))
         held = [(i, c) for i, c in claimed.items() if c is not None]
-        chunk = _Chunk(self.executor, [(c, jobs[i].max_attempts) for i, c in held], self._stalls.pace)
-        if held:
-            self._stalls.run(chunk)
-        done = dict(zip((i for i, _ in held), chunk.outcomes, strict=True))
+        chunk = _Chunk(self.executor, [(c, jobs[i].max_attempts) for i, c in held], self._stalls.pace,
+                       self._stalls.records, self._stalls.stall)
+        waiting = self._stalls.run(chunk) if held else {}
+        place = {i: k for k, (i, _) in enumerate(held)}
         for i, did in ids.items():
-            outcome = done.get(i)
-            if isinstance(outcome, BaseException):
-                outcomes[i] = outcome if isinstance(outcome, Exception) else RuntimeError(str(outcome))
-                continue
-            try:
-                if outcome is not None and self._settled(outcome):
-                    continue
-                # The record changed nothing (the delivery was taken back or
-                # re-driven meanwhile): the job ends only once the delivery is final.
-                self._not_claimed(did)
-            except Exception as exc:
-                outcomes[i] = exc
+            k = place.get(i)
+            if k in waiting:
+                outcomes[i] = self._later(did, waiting[k])
+            else:
+                outcomes[i] = self._job_outcome(did, None if k is None else chunk.outcomes[k])
         return outcomes
+
+    def _job_outcome(self, did: uuid.UUID, outcome: DeliveryOutcome | BaseException | None) -> Exception | None:
+        """The job's outcome for its delivery's attempt (``None``: not attempted here)."""
+        if isinstance(outcome, BaseException):
+            return outcome if isinstance(outcome, Exception) else RuntimeError(f"{type(outcome).__name__}: {outcome}")
+        try:
+            if outcome is not None and self._settled(outcome):
+                return None
+            # The record changed nothing (the delivery was taken back or
+            # re-driven meanwhile): the job ends only once the delivery is final.
+            self._not_claimed(did)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _later(self, did: uuid.UUID, attempt: Future[DeliveryOutcome | BaseException]) -> Future[Exception | None]:
+        job: Future[Exception | None] = Future()
+
+        def settle(done: Future[DeliveryOutcome | BaseException]) -> None:
+            try:
+                job.set_result(self._job_outcome(did, done.result()))
+            except BaseException as exc:
+                job.set_exception(exc)
+
+        attempt.add_done_callback(settle)
+        return job
 
     def _settled(self, outcome: DeliveryOutcome) -> bool:
         """Whether the job ends with this attempt (raises the job's ``Retry``)."""
@@ -178,44 +210,59 @@ class DeliveryJobs:
 
 
 class _Chunk:
-    """One chunk's sends, taken in order by the chunk's thread and by helper threads.
+    """One chunk's sends, made on helper threads while the chunk's thread waits for them.
 
-    Sends to a channel whose sends are usually slow (a remote provider) start
-    with a thread each; sends to fast ones go one after another on the
-    chunk's thread. A send still running after ``stall`` seconds gets a
-    helper thread to take the next one, so neither a slow provider nor one
-    slow request holds up the rest. A thread that runs out of sends while
-    another is still in one records what has been sent so far; the last
-    thread records the rest.
+    Sends to fast channels go one after another on one helper; a channel
+    whose sends are usually slow (a remote provider) starts with more, up to
+    one per send. A send still running after ``stall`` seconds gets another
+    helper for the sends still waiting, so neither a slow provider nor one
+    slow request holds up the rest. Every helper records what has been sent
+    when it runs out of sends. The chunk's thread returns as soon as every
+    delivery is recorded but those whose send has stalled: those come back
+    as futures (:meth:`run`), resolved by the helper that records them, so
+    the jobs of the others end at once.
     """
 
-    def __init__(self, executor: Executor, items: list[tuple[Claimed, int]], pace: _Pace) -> None:
+    def __init__(self, executor: Executor, items: list[tuple[Claimed, int]], pace: _Pace,
+                 records: Combiner[list[Sent], list[DeliveryOutcome]], stall: float) -> None:
         self.executor = executor
+        self._records = records
         self.outcomes: list[DeliveryOutcome | BaseException | None] = [None] * len(items)
         self._pace = pace
+        self._stall = stall
         self._todo = deque(enumerate(items))
         self._sent: list[tuple[int, Sent]] = []
         # Sends in flight: item index -> when it began; those already given a helper.
         self._flying: dict[int, float] = {}
         self._helped: set[int] = set()
+        self._futures: dict[int, Future[DeliveryOutcome | BaseException]] = {}
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._threads = 1
+        self._changed = threading.Condition(self._lock)
 
-    def run(self, helpers: ThreadPoolExecutor) -> None:
-        """Send and record every item (here, and on helpers); returns when all are recorded."""
-        # Enough threads that none waits on its sends for much more than SPAN.
+    def run(self, helpers: ThreadPoolExecutor) -> dict[int, Future[DeliveryOutcome | BaseException]]:
+        """Send and record the items on helpers; futures of those whose send stalled, by index."""
+        # Enough helpers that none waits on its sends for much more than SPAN.
         waiting = sum(self._pace.usual(item.message.channel) for _, (item, _) in self._todo)
-        more = min(len(self._todo), math.ceil(waiting / SPAN)) - 1
-        if more > 0:
-            with self._lock:
-                self._threads += more
-            for _ in range(more):
-                helpers.submit(self._help)
-        self._work()
-        with self._idle:
-            while self._threads:
-                self._idle.wait()
+        for _ in range(max(1, min(len(self._todo), math.ceil(waiting / SPAN)))):
+            helpers.submit(self._help)
+        with self._changed:
+            while not self._only_stalled_left():
+                self._changed.wait(self._stall / 2)
+            for index, outcome in enumerate(self.outcomes):
+                if outcome is None:
+                    self._futures[index] = Future()
+            return dict(self._futures)
+
+    def _only_stalled_left(self) -> bool:
+        # Under the lock. An item not yet settled is waiting to be sent, in
+        # flight, sent and waiting to be recorded, or being recorded.
+        if self._todo or self._sent:
+            return False
+        now = time.monotonic()
+        for index, outcome in enumerate(self.outcomes):
+            if outcome is None and now - self._flying.get(index, now) < self._stall:
+                return False
+        return True
 
     def help_stalled(self, now: float, stall: float, helpers: ThreadPoolExecutor) -> int:
         """Give each send running for ``stall`` seconds a helper for the sends still waiting."""
@@ -223,7 +270,6 @@ class _Chunk:
             stalled = [i for i, began in self._flying.items() if now - began >= stall and i not in self._helped]
             more = min(len(self._todo), len(stalled))
             self._helped.update(stalled[:more])
-            self._threads += more
         for _ in range(more):
             helpers.submit(self._help)
         return more
@@ -247,7 +293,7 @@ class _Chunk:
                 except BaseException as exc:
                     # Not sent as far as anyone knows: its lease runs out and it is sent again.
                     self.executor.leases.drop([item.message.delivery_id])
-                    self.outcomes[index] = exc
+                    self._settle({index: exc})
                     if not isinstance(exc, Exception):
                         raise
                     continue
@@ -263,18 +309,25 @@ class _Chunk:
     def _record(self) -> None:
         with self._lock:
             batch, self._sent = self._sent, []
-        outcomes: Sequence[DeliveryOutcome | BaseException] = []
+        if not batch:
+            return
         try:
-            if batch:
-                outcomes = self.executor.record([s for _, s in batch])
-        except Exception as exc:
-            outcomes = [exc] * len(batch)
-        finally:
-            with self._idle:
-                for (index, _), outcome in zip(batch, outcomes, strict=False):
-                    self.outcomes[index] = outcome
-                self._threads -= 1
-                self._idle.notify_all()
+            outcomes = self._records.call([s for _, s in batch])
+        except BaseException as exc:
+            self._settle({index: exc for index, _ in batch})
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._settle({index: outcome for (index, _), outcome in zip(batch, outcomes, strict=True)})
+
+    def _settle(self, outcomes: dict[int, DeliveryOutcome | BaseException]) -> None:
+        with self._lock:
+            for index, outcome in outcomes.items():
+                self.outcomes[index] = outcome
+            waiting = [(self._futures.pop(i), o) for i, o in outcomes.items() if i in self._futures]
+            self._changed.notify_all()
+        for future, outcome in waiting:
+            future.set_result(outcome)
 
 
 class _Pace:
@@ -298,8 +351,9 @@ class _Pace:
 class _Stalls:
     """The chunks being sent, their helper threads, and a watcher that helps a stalled send."""
 
-    def __init__(self, stall: float) -> None:
+    def __init__(self, stall: float, records: Combiner[list[Sent], list[DeliveryOutcome]]) -> None:
         self.stall = stall
+        self.records = records
         self.pace = _Pace(4 * stall)
         # Threads start as helpers are needed and are kept for the next ones.
         self.helpers = ThreadPoolExecutor(max_workers=1000, thread_name_prefix="chimeway-send")
@@ -307,8 +361,8 @@ class _Stalls:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def run(self, chunk: _Chunk) -> None:
-        """Send and record a chunk's deliveries, watched for stalls."""
+    def run(self, chunk: _Chunk) -> dict[int, Future[DeliveryOutcome | BaseException]]:
+        """Send and record a chunk's deliveries, watched for stalls; see :meth:`_Chunk.run`."""
         with self._cond:
             self._chunks.add(chunk)
             if self._thread is None or not self._thread.is_alive():
@@ -317,7 +371,7 @@ class _Stalls:
             elif len(self._chunks) == 1:
                 self._cond.notify()
         try:
-            chunk.run(self.helpers)
+            return chunk.run(self.helpers)
         finally:
             with self._cond:
                 self._chunks.discard(chunk)

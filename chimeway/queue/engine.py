@@ -26,7 +26,7 @@ from chimeway.queue import sql
 from chimeway.queue.outcome_log import log_outcome
 from chimeway.queue.outcomes import JobEvent, JobInfo
 from chimeway.queue.registry import JobHandle
-from chimeway.queue.runner import Claimed, Result, run_chunk, run_job
+from chimeway.queue.runner import Claimed, Later, Result, outcome_of, run_chunk, run_job, settle
 
 __all__ = ["Claimer", "JobEngine"]
 
@@ -137,12 +137,14 @@ class JobEngine:
         handle = self._handles.get(worker)
         return None if handle is None else handle.chunk
 
-    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result]:
+    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result | Later]:
         """Run claimed jobs of one chunk function in one call; one result per job, in order.
 
         As :meth:`execute` for each job (nothing is written). A job that
         telemetry records runs as a chunk of its own, so that its span
-        covers its own work only.
+        covers its own work only. A job whose outcome the function gives as
+        a future comes back :class:`Later`: pass it to :meth:`settle_later`
+        once its future resolves.
 
         Args:
             jobs: from :meth:`claim`, all of one worker registered with ``chunk``.
@@ -157,8 +159,22 @@ class JobEngine:
                                 attempt=info.attempt))
         results = run_chunk(jobs, self._handles, self.clock.now, self.backoff)
         for job, result in zip(jobs, results, strict=True):
-            self._stopped(job, result)
+            if isinstance(result, Result):
+                self._stopped(job, result)
         return results
+
+    def settle_later(self, job: Claimed, later: Later) -> Result:
+        """The result of a chunk's job whose outcome came later (its future has resolved).
+
+        Args:
+            job: the job.
+            later: what :meth:`execute_chunk` gave for it.
+        """
+        result = settle(job, outcome_of(later.future), time.perf_counter() - later.started, self.clock.now,
+                        self.backoff)
+        if self._listeners:
+            self._stopped(job, result)
+        return result
 
     def _execute_traced(self, job: Claimed) -> Result:
         info = job.info

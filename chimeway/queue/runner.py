@@ -7,6 +7,11 @@ A job function may *return* an exception instead of raising it (Oban's
 ``return Cancel("gone")`` cancels, ``return Snooze(60)`` snoozes,
 ``return Retry(...)`` or any other returned ``Exception`` fails the attempt,
 exactly as raising it would.
+
+A chunk function may also give a ``concurrent.futures.Future`` as a job's
+outcome: that job's result comes when the future resolves (:class:`Later`),
+and a worker keeps its slot taken until then, while the chunk's other jobs
+finish at once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +27,7 @@ from typing import Any
 from chimeway.queue.outcomes import Cancel, JobInfo, Retry, Snooze
 from chimeway.queue.registry import JobHandle
 
-__all__ = ["Claimed", "Result", "crashed", "run_chunk", "run_job", "settle"]
+__all__ = ["Claimed", "Later", "Result", "crashed", "outcome_of", "run_chunk", "run_job", "settle"]
 
 TRACEBACK_FRAMES = 4
 TRACEBACK_CHARS = 2000
@@ -60,6 +66,26 @@ class Result:
     exception: BaseException | None = None
 
 
+@dataclass(frozen=True)
+class Later:
+    """A chunk's job whose outcome is still on its way: ``future`` resolves to it.
+
+    ``started`` is when the chunk's call began (``time.perf_counter()``), for
+    the job's duration.
+    """
+
+    future: Future[Any]
+    started: float
+
+
+def outcome_of(future: Future[Any]) -> Any:
+    """What a resolved future gives as a job's outcome: its value, or the exception it holds."""
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    return exc if isinstance(exc, Exception) else RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def _entry(info: JobInfo, now: datetime, error: str, exc: BaseException | None) -> dict[str, Any]:
     tb = ""
     if exc is not None:
@@ -88,7 +114,11 @@ def run_job(
     if handle is None:
         return _unregistered(job, now, backoff)
     if handle.chunk is not None:
-        return run_chunk([job], handles, now, backoff)[0]
+        result = run_chunk([job], handles, now, backoff)[0]
+        if isinstance(result, Later):
+            # Run on its own (a drain, a test): wait for it here.
+            return settle(job, outcome_of(result.future), time.perf_counter() - result.started, now, backoff)
+        return result
     kwargs = dict(info.args)
     if handle.takes_job:
         kwargs["job"] = info
@@ -105,12 +135,13 @@ def run_chunk(
     handles: Mapping[str, JobHandle],
     now: Callable[[], datetime],
     backoff: Callable[[int], float],
-) -> list[Result]:
+) -> list[Result | Later]:
     """Call a chunk function once with several jobs of its worker; one result per job, in order.
 
     The function returns one outcome per job, in the order given: a value
-    (the job completes) or an exception (as if that job's function had
-    returned it: ``Cancel``, ``Snooze``, ``Retry`` or a failure). An
+    (the job completes), an exception (as if that job's function had
+    returned it: ``Cancel``, ``Snooze``, ``Retry`` or a failure), or a
+    ``Future`` of either (the job's result comes later: :class:`Later`). An
     exception it raises, or a list of the wrong length, is every job's outcome.
 
     Args:
@@ -130,7 +161,8 @@ def run_chunk(
     except Exception as exc:
         values = [exc] * len(jobs)
     duration = time.perf_counter() - started
-    return [settle(job, value, duration, now, backoff) for job, value in zip(jobs, values, strict=True)]
+    return [Later(value, started) if isinstance(value, Future) else settle(job, value, duration, now, backoff)
+            for job, value in zip(jobs, values, strict=True)]
 
 
 def settle(job: Claimed, value: Any, duration: float, now: Callable[[], datetime],

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from queue import Empty, SimpleQueue
 from types import FrameType
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from chimeway.logs import log_event
 from chimeway.queue.listener import Listener
 from chimeway.queue.plugins.base import Plugin, PluginThreads
 from chimeway.queue.plugins.heartbeat import Heartbeat
-from chimeway.queue.runner import Claimed, Result, crashed
+from chimeway.queue.runner import Claimed, Later, Result, crashed
 
 __all__ = ["Claims", "QueueEngine", "Worker"]
 
@@ -80,7 +81,9 @@ class QueueEngine(Protocol):
 
     def chunk_size(self, worker: str) -> int | None: ...
 
-    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result]: ...
+    def execute_chunk(self, jobs: Sequence[Claimed]) -> list[Result | Later]: ...
+
+    def settle_later(self, job: Claimed, later: Later) -> Result: ...
 
     def record(self, job: Claimed, result: Result, by: str, *, retry_for: float = ...) -> bool: ...
 
@@ -160,46 +163,73 @@ class Worker:
         jobs = unit if isinstance(unit, list) else [unit]
         queue = jobs[0].info.queue
         acked: list[int] = []
-        handled = 0
+        handled = later = 0
         try:
             results = self.jobs.execute_chunk(unit) if isinstance(unit, list) else [self.jobs.execute(unit)]
             for job, result in zip(jobs, results, strict=True):
-                if result.state == "completed":
+                if isinstance(result, Later):
+                    # Its slot stays taken until its outcome comes.
+                    later += 1
+                    result.future.add_done_callback(partial(self._run_later, job, result))
+                elif result.state == "completed":
                     acked.append(job.info.id)
                 else:
                     self.jobs.record(job, result, self.id, retry_for=RECORD_PATIENCE)
                 handled += 1
         except BaseException as exc:
-            # Recorded as a failed attempt: left executing, the job would wait
-            # for this worker to die before anything retried it.
-            for job in jobs[handled:]:
-                log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
-                          exc_info=True, job_id=job.info.id, queue=queue, worker_id=self.id)
-                self.jobs.record(job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id,
-                                 retry_for=RECORD_PATIENCE)
+            self._crashed(jobs[handled:], exc)
         finally:
-            with self._lock:
-                pending = len(self._acks)
-                if acked:
-                    if not pending:
-                        self._first_ack = time.monotonic()
-                    self._acks.extend(acked)
-                before = self._running[queue]
-                after = self._running[queue] = before - len(jobs)
-                if self._free_since[queue] is None:
-                    self._free_since[queue] = time.monotonic()
-                self.ran += len(jobs)
-                # Wake the loop only when there is something for it to do:
-                # start the ack timer, ship a full ack batch, or refill slots.
-                wake = (
-                    (acked and (not pending or pending < ACK_BATCH <= len(self._acks)))
-                    or len(acked) < len(jobs)
-                    or (self._more[queue] and any(after <= mark < before for mark in (
-                        self.limits[queue] - 1, self._refill_at[queue])))
-                    or after == 0
-                )
-            if wake:
-                self._wake.set()
+            self._finished(queue, acked, len(jobs) - later)
+
+    def _run_later(self, job: Claimed, later: Later, _future: Any) -> None:
+        # On whichever thread resolved the job's future.
+        acked: list[int] = []
+        try:
+            result = self.jobs.settle_later(job, later)
+            if result.state == "completed":
+                acked.append(job.info.id)
+            else:
+                self.jobs.record(job, result, self.id, retry_for=RECORD_PATIENCE)
+        except BaseException as exc:
+            self._crashed([job], exc)
+        finally:
+            self._finished(job.info.queue, acked, 1)
+
+    def _crashed(self, jobs: Sequence[Claimed], exc: BaseException) -> None:
+        # Recorded as a failed attempt: left executing, the job would wait
+        # for this worker to die before anything retried it.
+        for job in jobs:
+            log_event(log, logging.ERROR, "job.crash", f"worker thread failed on job {job.info.id}",
+                      exc_info=True, job_id=job.info.id, queue=job.info.queue, worker_id=self.id)
+            self.jobs.record(job, crashed(job, self.jobs.clock.now(), exc, self.jobs.backoff), self.id,
+                             retry_for=RECORD_PATIENCE)
+
+    def _finished(self, queue: str, acked: list[int], count: int) -> None:
+        """``count`` jobs of ``queue`` are done (``acked`` of them completed): free their slots."""
+        if not count:
+            return
+        with self._lock:
+            pending = len(self._acks)
+            if acked:
+                if not pending:
+                    self._first_ack = time.monotonic()
+                self._acks.extend(acked)
+            before = self._running[queue]
+            after = self._running[queue] = before - count
+            if self._free_since[queue] is None:
+                self._free_since[queue] = time.monotonic()
+            self.ran += count
+            # Wake the loop only when there is something for it to do:
+            # start the ack timer, ship a full ack batch, or refill slots.
+            wake = (
+                (acked and (not pending or pending < ACK_BATCH <= len(self._acks)))
+                or len(acked) < count
+                or (self._more[queue] and any(after <= mark < before for mark in (
+                    self.limits[queue] - 1, self._refill_at[queue])))
+                or after == 0
+            )
+        if wake:
+            self._wake.set()
 
     def _units(self, claimed: list[Claimed]) -> list[Claimed | list[Claimed]]:
         """Claimed jobs as they run: alone, or in chunks for chunk functions."""

@@ -1,7 +1,7 @@
 """A small HTTP/1.1 webhook receiver for benchmarks, run in its own process.
 
-It answers every request ``204`` on kept-alive connections and notes each
-``webhook-id``, at a small fraction of the CPU a threaded ``http.server``
+It answers every request ``204`` on kept-alive connections (after ``delay``
+seconds, to stand in for a remote provider) and notes each ``webhook-id``, at a small fraction of the CPU a threaded ``http.server``
 needs, so the receiver takes little of the machine from what is measured.
 """
 
@@ -20,8 +20,9 @@ __all__ = ["SinkProtocol", "run_sink", "start_sink"]
 class SinkProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive: answers each request ``204`` and notes its ``webhook-id``."""
 
-    def __init__(self, received: list[str]) -> None:
+    def __init__(self, received: list[str], delay: float = 0.0) -> None:
         self.received = received
+        self.delay = delay
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -48,15 +49,20 @@ class SinkProtocol(asyncio.Protocol):
             self.buffer = self.buffer[end + 4 + length:]
             self.received.append(webhook_id)
             assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+            if self.delay:
+                # Clients send one request at a time per connection: answers stay in order.
+                asyncio.get_running_loop().call_later(self.delay, self.transport.write, answer)
+            else:
+                self.transport.write(answer)
 
 
-def run_sink(port_file: Path, ids_file: Path) -> None:
+def run_sink(port_file: Path, ids_file: Path, delay: float = 0.0) -> None:
     received: list[str] = []
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SinkProtocol(received), "127.0.0.1", 0, backlog=512)
+        server = await loop.create_server(lambda: SinkProtocol(received, delay), "127.0.0.1", 0, backlog=1024)
         stopped = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)
         port_file.write_text(str(server.sockets[0].getsockname()[1]))
@@ -67,16 +73,21 @@ def run_sink(port_file: Path, ids_file: Path) -> None:
 
 
 
-def start_sink(directory: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Start a sink process; returns it, its URL and the file its received ids go to on SIGTERM."""
+def start_sink(directory: Path, delay: float = 0.0) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start a sink process; returns it, its URL and the file its received ids go to on SIGTERM.
+
+    Args:
+        directory: where the sink notes its port and the ids it received.
+        delay: seconds it waits before each answer (a remote provider's latency).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port_file, ids_file = directory / "port", directory / "ids"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, __file__, str(port_file), str(ids_file)])
+    proc = subprocess.Popen([sys.executable, __file__, str(port_file), str(ids_file), str(delay)])
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.05)
     return proc, f"http://127.0.0.1:{port_file.read_text()}/hook", ids_file
 
 
 if __name__ == "__main__":
-    run_sink(Path(sys.argv[1]), Path(sys.argv[2]))
+    run_sink(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)

@@ -1,6 +1,7 @@
 """Webhook deliveries through the queue dispatcher to a local HTTP sink, end to end.
 
     python tests/bench/e2e_webhook_bench.py [--deliveries 10000] [--workers 1] [--concurrency 50] [--poll-interval 1]
+                                            [--latency-ms 0]
 
 Triggers notifiers (10 recipients each, webhook channel) with the queue
 dispatcher, so every delivery and its job are committed before any worker
@@ -19,7 +20,8 @@ Also printed: the workers' CPU time per delivery (user + system, read from
 work shares the machine.
 
 The sink is a small asyncio HTTP/1.1 server in its own process (keep-alive,
-``204`` to every POST) so that receiving costs little of the machine's two
+``204`` to every POST, after ``--latency-ms`` to stand in for a remote
+provider; with latency L and concurrency C no worker can exceed C / L) so that receiving costs little of the machine's two
 cores; it checks that every delivery id (``webhook-id``) arrived and counts
 duplicates.
 """
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="the worker's poll interval (the library's default; NOTIFY wakes it sooner)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="the sink answers each request after this long (a remote provider)")
     parser.add_argument("--role", choices=["main", "worker"], default="main")
     parser.add_argument("--url")
     parser.add_argument("--sink")
@@ -93,7 +97,8 @@ def main() -> None:
         return
 
     me = [sys.executable, __file__]
-    sink_proc, sink, ids_file = start_sink(Path(os.environ.get("TMPDIR", "/tmp")) / f"chimeway-e2e-{os.getpid()}")
+    sink_proc, sink, ids_file = start_sink(Path(os.environ.get("TMPDIR", "/tmp")) / f"chimeway-e2e-{os.getpid()}",
+                                           delay=args.latency_ms / 1000)
     d = deliveries_table
     with fresh_postgres("chimeway_e2e") as url:
         engine = create_engine(url)
@@ -144,7 +149,8 @@ def main() -> None:
             attempts = conn.execute(sa.select(sa.func.sum(d.c.attempts))).scalar_one()
         engine.dispose()
         elapsed = (last - first).total_seconds()
-        print(f"{args.workers} worker process(es) × concurrency {args.concurrency}: {done} deliveries in "
+        print(f"{args.workers} worker process(es) × concurrency {args.concurrency}, sink latency {args.latency_ms:g} ms: "
+              f"{done} deliveries in "
               f"{elapsed:.2f}s from the first claim to the last outcome = {done / elapsed:.0f} deliveries/s; "
               f"worker CPU {cpu / max(done, 1) * 1e6:.0f} us/delivery")
         print(f"delivery rows by status: {statuses}; attempts made: {attempts}")

@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,7 +42,8 @@ def _wait_for(check: Any, seconds: float = 30.0) -> bool:
     return False
 
 
-def test_a_slow_send_holds_up_no_other_delivery_of_its_chunk(pg_engine: sa.Engine) -> None:
+def _slow_first(pg_engine: sa.Engine) -> tuple[Chimeway, list[str], threading.Event]:
+    """Six webhook-like deliveries; the first one's provider answers only once released."""
     release = threading.Event()
 
     def respond(message: Message) -> DeliveryResult:
@@ -52,6 +54,11 @@ def test_a_slow_send_holds_up_no_other_delivery_of_its_chunk(pg_engine: sa.Engin
     app = Chimeway(engine=pg_engine, dispatcher="queue", channels={"rec": RecordingChannel(respond)})
     with Session(pg_engine) as session, session.begin():
         ids = [str(app.trigger(session, ChunkHook, {"n": n}, idempotency_key=f"k{n}").delivery_ids[0]) for n in range(6)]
+    return app, ids, release
+
+
+def test_a_slow_send_holds_up_no_other_delivery_of_its_chunk(pg_engine: sa.Engine) -> None:
+    app, ids, release = _slow_first(pg_engine)
     by = app.queue.new_worker_id()
     app.queue.register_worker(by, {DELIVERY_QUEUE: 6})
     claimed = app.queue.claim(DELIVERY_QUEUE, 6, by)
@@ -61,13 +68,48 @@ def test_a_slow_send_holds_up_no_other_delivery_of_its_chunk(pg_engine: sa.Engin
         app.delivery_jobs.deliver_chunk([c.info for c in claimed])))
     chunk.start()
     try:
-        # The other five are sent and recorded while the first is still in flight.
-        assert _wait_for(lambda: list(_statuses(pg_engine).values()).count("succeeded") == 5)
-        assert _statuses(pg_engine)[ids[0]] == "dispatched"
+        # The chunk is done with the other five while the first is still in
+        # flight: they are sent and recorded, and the slow one's outcome is
+        # a future.
+        assert _wait_for(lambda: bool(outcomes))
+        assert outcomes[1:] == [None] * 5
+        slow = outcomes[0]
+        assert isinstance(slow, Future) and not slow.done()
+        statuses = _statuses(pg_engine)
+        assert statuses[ids[0]] == "dispatched" and [statuses[i] for i in ids[1:]] == ["succeeded"] * 5
     finally:
         release.set()
         chunk.join(60)
-    assert outcomes == [None] * 6
+    assert slow.result(30) is None
+    assert set(_statuses(pg_engine).values()) == {"succeeded"}
+    app.close()
+
+
+def test_a_worker_ends_the_jobs_of_a_chunk_while_one_send_is_still_running(pg_engine: sa.Engine) -> None:
+    app, ids, release = _slow_first(pg_engine)
+    j = jobs_table
+
+    def states() -> dict[str, str]:
+        with pg_engine.connect() as conn:
+            return {row.args["delivery_id"]: row.state
+                    for row in conn.execute(sa.select(j.c.args, j.c.state).where(j.c.worker == DELIVERY_WORKER))}
+
+    stop = threading.Event()
+    worker = threading.Thread(target=app.queue.run_worker, kwargs={
+        "queues": {DELIVERY_QUEUE: 6}, "poll_interval": 0.05, "stop_event": stop})
+    worker.start()
+    try:
+        # Five jobs completed (their slots free for more work) while the slow one runs.
+        assert _wait_for(lambda: [states().get(i) for i in ids[1:]] == ["completed"] * 5)
+        now = states()
+        assert now.get(ids[0]) == "executing", (now, ids)
+        assert _statuses(pg_engine)[ids[0]] == "dispatched"
+        release.set()
+        assert _wait_for(lambda: set(states().values()) == {"completed"})
+    finally:
+        release.set()
+        stop.set()
+        worker.join(60)
     assert set(_statuses(pg_engine).values()) == {"succeeded"}
     app.close()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -140,3 +142,55 @@ def test_event_callbacks_see_every_job_of_a_chunk(q: JobQueue, sqlite_engine: sa
     assert sorted(i for kind, i, _ in events if kind == "start") == ids
     assert sorted((i, kind, state) for kind, i, state in events if kind != "start") == [
         (ids[0], "stop", "completed"), (ids[1], "exception", "retryable"), (ids[2], "stop", "completed")]
+
+
+def test_a_job_given_a_future_keeps_its_slot_until_it_resolves_and_the_others_end_at_once(
+        q: JobQueue, sqlite_engine: sa.Engine) -> None:
+    later: Future[object] = Future()
+    returned = threading.Event()
+
+    def split(jobs: list[JobInfo]) -> list[object]:
+        returned.set()
+        return [later if job.args["n"] == 0 else "done" for job in jobs]
+
+    q.register(split, name="split", chunk=10)
+    with sqlite_engine.begin() as conn:
+        ids = q.insert_many(conn, [{"worker": "split", "args": {"n": n}} for n in range(3)])
+    events: list[JobEvent] = []
+    q.on_event(events.append)
+    stop = threading.Event()
+    worker = threading.Thread(target=q.run_worker, kwargs={
+        "queues": {"default": 3}, "poll_interval": 0.05, "stop_event": stop})
+    worker.start()
+    try:
+        assert returned.wait(30)
+        deadline = time.monotonic() + 30
+        while _states(q, ids[1:]) != ["completed"] * 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The call has returned and two jobs are acknowledged; the third is
+        # still running, its slot taken, until its future resolves.
+        assert _states(q, ids) == ["executing", "completed", "completed"]
+        assert [e.kind for e in events if e.job_id == ids[0]] == ["start"]
+        later.set_result(Retry("the provider said later", after=600))
+        while _states(q, ids[:1]) != ["retryable"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        worker.join(30)
+    job = q.get(ids[0])
+    assert job is not None and job.state == "retryable"
+    assert "the provider said later" in job.errors[-1]["error"]
+    assert [e.kind for e in events if e.job_id == ids[0]] == ["start", "exception"]
+
+
+def test_run_alone_a_chunk_job_given_a_future_waits_for_it(q: JobQueue, sqlite_engine: sa.Engine) -> None:
+    def slow(jobs: list[JobInfo]) -> list[object]:
+        future: Future[object] = Future()
+        threading.Timer(0.05, future.set_result, [Cancel(f"nothing to do for {jobs[0].args['n']}")]).start()
+        return [future]
+
+    q.register(slow, name="slow_alone", chunk=5)
+    with sqlite_engine.begin() as conn:
+        [job_id] = q.insert_many(conn, [{"worker": "slow_alone", "args": {"n": 41}}])
+    assert q.work() == 1
+    assert _states(q, [job_id]) == ["cancelled"]  # what the future gave, once it resolved
