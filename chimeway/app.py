@@ -563,6 +563,7 @@ class Chimeway(AsyncVerbs, PolicyVerbs, WorkflowVerbs, SchedulingVerbs, Operatin
             for dialect in list(self._encrypted):
                 unbind_encryption(dialect, self.encryption)
         self.executor.close()
+        self.delivery_jobs.close()
         if self.inbox_hub is not None:
             self.inbox_hub.close()
         for channel in self.channels.values():

@@ -91,6 +91,10 @@ class DeliveryJobs:
         queue.register(self.deliver_chunk, name=DELIVERY_WORKER, queue=DELIVERY_QUEUE, max_attempts=max_attempts,
                        chunk=chunk)
 
+    def close(self) -> None:
+        """Let the send helper threads end (they start again if more chunks come)."""
+        self._stalls.close()
+
     def job(self, due: Due, *, unique: bool = False) -> NewJob:
         """The job row for one delivery.
 
@@ -355,8 +359,10 @@ class _Stalls:
         self.stall = stall
         self.records = records
         self.pace = _Pace(4 * stall)
-        # Threads start as helpers are needed and are kept for the next ones.
-        self.helpers = ThreadPoolExecutor(max_workers=1000, thread_name_prefix="chimeway-send")
+        # Threads start as helpers are needed and are kept for the next ones,
+        # until close(); the pool (and the watcher) start again if needed.
+        self._helpers: ThreadPoolExecutor | None = None
+        self._closing = False
         self._chunks: set[_Chunk] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -364,6 +370,10 @@ class _Stalls:
     def run(self, chunk: _Chunk) -> dict[int, Future[DeliveryOutcome | BaseException]]:
         """Send and record a chunk's deliveries, watched for stalls; see :meth:`_Chunk.run`."""
         with self._cond:
+            self._closing = False
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(max_workers=1000, thread_name_prefix="chimeway-send")
+            helpers = self._helpers
             self._chunks.add(chunk)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="chimeway-send-stalls", daemon=True)
@@ -371,21 +381,34 @@ class _Stalls:
             elif len(self._chunks) == 1:
                 self._cond.notify()
         try:
-            return chunk.run(self.helpers)
+            return chunk.run(helpers)
         finally:
             with self._cond:
                 self._chunks.discard(chunk)
+
+    def close(self) -> None:
+        """Let the helper threads and the watcher end once the chunks in flight are done."""
+        with self._cond:
+            helpers, self._helpers = self._helpers, None
+            self._closing = True
+            self._cond.notify_all()
+        if helpers is not None:
+            helpers.shutdown(wait=False)
 
     def _watch(self) -> None:
         while True:
             with self._cond:
                 while not self._chunks:
+                    if self._closing:
+                        return
                     self._cond.wait()
                 chunks = list(self._chunks)
+                helpers = self._helpers
             now = time.monotonic()
             for chunk in chunks:
                 try:
-                    chunk.help_stalled(now, self.stall, self.helpers)
+                    if helpers is not None:
+                        chunk.help_stalled(now, self.stall, helpers)
                 except Exception:
                     log.exception("could not start a delivery send helper")
             time.sleep(self.stall / 2)

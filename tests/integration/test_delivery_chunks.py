@@ -153,3 +153,23 @@ def test_workers_racing_over_duplicate_jobs_send_each_delivery_once(pg_engine: s
     assert states["completed"] >= len(ids)
     assert states["completed"] + states["scheduled"] == 2 * len(ids)
     app.close()
+
+
+def test_closing_the_app_ends_its_send_threads_and_a_later_chunk_starts_them_again(pg_engine: sa.Engine) -> None:
+    before = set(threading.enumerate())
+    rec = RecordingChannel()
+    app = Chimeway(engine=pg_engine, dispatcher="queue", channels={"rec": rec})
+    with Session(pg_engine) as session, session.begin():
+        for n in range(4):
+            app.trigger(session, ChunkHook, {"n": n}, idempotency_key=f"k{n}")
+    assert app.work() == 4
+    # The helpers that sent them, and the stall watcher.
+    mine = [t for t in threading.enumerate() if t not in before and t.name.startswith("chimeway-send")]
+    assert mine
+    app.close()
+    assert _wait_for(lambda: not any(t.is_alive() for t in mine), 10), mine
+    with Session(pg_engine) as session, session.begin():
+        app.trigger(session, ChunkHook, {"n": 9}, idempotency_key="after-close")
+    assert app.work() == 1
+    assert len(rec.sent) == 5
+    app.close()
