@@ -1,8 +1,9 @@
 """Group commit: concurrent callers share one database round trip.
 
-A Celery worker runs many delivery tasks at once, each on its own thread.
-Each task must claim its delivery and record its attempt in a transaction;
-done one by one, that is several round trips per delivery. A :class:`Combiner` lets
+A Celery worker runs many delivery tasks at once, each on its own thread, and
+a queue worker many chunks of delivery jobs. Each must claim its deliveries
+and record their attempts in a transaction; done one by one, that is several
+round trips per delivery. A :class:`Combiner` lets
 whichever thread arrives first become the leader: it takes every request
 queued so far and runs them as one batch, while the others wait for their
 share of the answer. Under load batches grow by themselves; a lone caller

@@ -114,14 +114,6 @@ class DeliveryJobs:
         # Two jobs for one delivery in the same batch: only the first gets it.
         return [claimed.pop(i, None) for i in ids]
 
-    def deliver(self, delivery_id: str, job: JobInfo) -> None:
-        """One ``chimeway.deliver`` job on its own: one attempt at one delivery, if it is due."""
-        outcome = self.deliver_chunk([job])[0]
-        if isinstance(outcome, Future):
-            outcome = outcome.result()
-        if isinstance(outcome, Exception):
-            raise outcome
-
     def deliver_chunk(self, jobs: Sequence[JobInfo]) -> list[Exception | Future[Exception | None] | None]:
         """``chimeway.deliver`` jobs run together; one outcome per job, in order.
 
@@ -268,10 +260,10 @@ class _Chunk:
                 return False
         return True
 
-    def help_stalled(self, now: float, stall: float, helpers: ThreadPoolExecutor) -> int:
-        """Give each send running for ``stall`` seconds a helper for the sends still waiting."""
+    def help_stalled(self, now: float, helpers: ThreadPoolExecutor) -> int:
+        """Give each send running for the stall time a helper for the sends still waiting."""
         with self._lock:
-            stalled = [i for i, began in self._flying.items() if now - began >= stall and i not in self._helped]
+            stalled = [i for i, began in self._flying.items() if now - began >= self._stall and i not in self._helped]
             more = min(len(self._todo), len(stalled))
             self._helped.update(stalled[:more])
         for _ in range(more):
@@ -408,7 +400,7 @@ class _Stalls:
             for chunk in chunks:
                 try:
                     if helpers is not None:
-                        chunk.help_stalled(now, self.stall, helpers)
+                        chunk.help_stalled(now, helpers)
                 except Exception:
                     log.exception("could not start a delivery send helper")
             time.sleep(self.stall / 2)
